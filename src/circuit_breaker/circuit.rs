@@ -1,0 +1,532 @@
+//! The shared circuit: state machine, window, counters, metrics and the
+//! handle operators use.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::config::{Config, SlidingWindow};
+use super::state::{Admit, Core, GEN_MASK, Mode, Phase, Reject, Transition, Word};
+use crate::classify::{Outcome, Verdict};
+use crate::error::CircuitOpen;
+use crate::rng::Rng;
+use crate::stats::window::{CountWindow, Counts, Sample, TimeWindow, Window};
+use crate::sync::{AtomicU64, Ordering};
+
+/// The state of a circuit, as [`Circuit::state`] and
+/// [`Circuit::subscribe`] report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum State {
+    /// Calls go through; outcomes are counted.
+    Closed,
+    /// Calls are rejected with [`CircuitOpen`] until the open period ends.
+    Open,
+    /// A few probe calls go through to test the dependency.
+    HalfOpen,
+    /// An operator isolated the dependency: every call is rejected.
+    ForcedOpen,
+    /// An operator switched the breaker off: every call goes through and no
+    /// outcome is recorded in the window (the call metrics still count).
+    Disabled,
+}
+
+impl State {
+    /// The `state` label value of the `steadfast_circuit_state` gauge.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+            Self::ForcedOpen => "forced_open",
+            Self::Disabled => "disabled",
+        }
+    }
+
+    fn of(word: Word) -> Self {
+        match (word.mode, word.phase) {
+            (Mode::ForcedOpen, _) => Self::ForcedOpen,
+            (Mode::Disabled, _) => Self::Disabled,
+            (_, Phase::Closed) => Self::Closed,
+            (_, Phase::Open) => Self::Open,
+            (_, Phase::HalfOpen) => Self::HalfOpen,
+        }
+    }
+
+    const ALL: [State; 5] = [
+        Self::Closed,
+        Self::Open,
+        Self::HalfOpen,
+        Self::ForcedOpen,
+        Self::Disabled,
+    ];
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A point-in-time view of a circuit, for status pages and readiness checks.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// The state.
+    pub state: State,
+    /// Whether the breaker only records and never rejects
+    /// ([`Circuit::metrics_only`]); `state` is then what it would enforce.
+    pub metrics_only: bool,
+    /// Calls in the sliding window.
+    pub calls: u64,
+    /// Failures in the sliding window.
+    pub failures: u64,
+    /// Slow calls in the sliding window.
+    pub slow_calls: u64,
+    /// Failures in a row, in the closed state.
+    pub consecutive_failures: u64,
+    /// Trips since the circuit last closed (the open period grows with it).
+    pub consecutive_trips: u64,
+    /// When an open circuit lets the next probe through.
+    pub open_until: Option<Instant>,
+}
+
+impl Snapshot {
+    /// Failures over calls in the window, when it holds any calls.
+    pub fn failure_rate(&self) -> Option<f64> {
+        (self.calls > 0).then(|| self.failures as f64 / self.calls as f64)
+    }
+}
+
+/// The shared state of one circuit breaker, and the handle to it.
+///
+/// Cheap to clone: every clone, every [`CircuitBreaker`](super::CircuitBreaker)
+/// service the layer makes and every clone of those services share one
+/// circuit. Use it to read the state, subscribe to changes, and to isolate
+/// or release a dependency by hand.
+#[derive(Debug, Clone)]
+pub struct Circuit {
+    pub(super) shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(super) struct Shared {
+    core: Core,
+    config: Config,
+    /// Instant zero for the state word's millisecond open-until times.
+    base: Instant,
+    window: Option<Window>,
+    /// `[generation : 32][count : 32]`: failures in a row in the closed
+    /// period `generation`; a count of another period reads as zero.
+    consecutive: AtomicU64,
+    trips: AtomicU64,
+    last_open_nanos: AtomicU64,
+    rng: Rng,
+    watch: watch::Sender<State>,
+    /// The generation `watch` last published, guarded by the watch's lock.
+    published: AtomicU64,
+    metrics: Metrics,
+}
+
+#[derive(Debug)]
+struct Metrics {
+    success: Counter,
+    failure: Counter,
+    ignored: Counter,
+    slow: Counter,
+    rejected: Counter,
+    states: [Gauge; 5],
+}
+
+impl Metrics {
+    fn new(name: &Arc<str>) -> Self {
+        let calls = |outcome: &'static str| metrics::counter!("steadfast_circuit_calls_total", "name" => name.clone(), "outcome" => outcome);
+        Self {
+            success: calls("success"),
+            failure: calls("failure"),
+            ignored: calls("ignored"),
+            slow: metrics::counter!("steadfast_circuit_slow_calls_total", "name" => name.clone()),
+            rejected: metrics::counter!("steadfast_circuit_rejected_total", "name" => name.clone()),
+            states: State::ALL.map(|s| metrics::gauge!("steadfast_circuit_state", "name" => name.clone(), "state" => s.as_str())),
+        }
+    }
+
+    fn gauge(&self, state: State) -> &Gauge {
+        &self.states[State::ALL.iter().position(|s| *s == state).unwrap_or(0)]
+    }
+}
+
+/// Admission taken in `poll_ready`: what the call is, and when it started.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Permit {
+    pub(super) admit: Admit,
+    pub(super) started: Option<Instant>,
+}
+
+impl Circuit {
+    pub(super) fn new(config: Config) -> Self {
+        let base = Instant::now();
+        let window = (config.failure_rate.is_some() || config.slow_calls.is_some()).then(|| {
+            match config.window {
+                SlidingWindow::Count { size } => Window::Count(CountWindow::new(size)),
+                SlidingWindow::Time { span, buckets } => {
+                    Window::Time(TimeWindow::new(base, span, buckets))
+                }
+            }
+        });
+        let metrics = Metrics::new(&config.name);
+        metrics.gauge(State::Closed).set(1.0);
+        let (watch, _) = watch::channel(State::Closed);
+        Self {
+            shared: Arc::new(Shared {
+                core: Core::new(config.half_open_probes),
+                rng: config.open_backoff.rng(),
+                config,
+                base,
+                window,
+                consecutive: AtomicU64::new(0),
+                trips: AtomicU64::new(0),
+                last_open_nanos: AtomicU64::new(0),
+                watch,
+                published: AtomicU64::new(0),
+                metrics,
+            }),
+        }
+    }
+
+    /// The circuit's name.
+    pub fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+
+    /// The current state.
+    ///
+    /// An open circuit whose period is over reads as open until a call (or
+    /// this method) moves it to half-open: the crate runs no timer of its own.
+    pub fn state(&self) -> State {
+        let shared = &self.shared;
+        let word = shared.core.load();
+        if word.phase == Phase::Open && shared.now_ms() >= word.open_until_ms() {
+            return State::HalfOpen;
+        }
+        State::of(word)
+    }
+
+    /// A snapshot of the state and the window's counts.
+    pub fn snapshot(&self) -> Snapshot {
+        let shared = &self.shared;
+        let now = Instant::now();
+        let word = shared.core.load();
+        let counts = shared
+            .window
+            .as_ref()
+            .map_or(Counts::default(), |w| w.counts(now));
+        Snapshot {
+            state: self.state(),
+            metrics_only: word.mode == Mode::MetricsOnly,
+            calls: counts.calls,
+            failures: counts.failures,
+            slow_calls: counts.slow,
+            consecutive_failures: shared.consecutive_count(word.generation),
+            consecutive_trips: shared.trips.load(Ordering::Acquire),
+            open_until: (word.phase == Phase::Open
+                && matches!(word.mode, Mode::Auto | Mode::MetricsOnly))
+            .then(|| shared.base + Duration::from_millis(word.open_until_ms())),
+        }
+    }
+
+    /// Subscribes to state changes. The receiver sees the current state at
+    /// once and every later change (a burst of changes may coalesce to the
+    /// latest, as with any `watch` channel).
+    pub fn subscribe(&self) -> watch::Receiver<State> {
+        self.shared.watch.subscribe()
+    }
+
+    /// Isolates the dependency: every call is rejected until
+    /// [`reset`](Self::reset) or another mode.
+    pub fn force_open(&self) {
+        self.shared.set_mode(Mode::ForcedOpen);
+    }
+
+    /// Switches the breaker off: every call goes through and no outcome is
+    /// recorded, until [`reset`](Self::reset) or another mode.
+    pub fn disable(&self) {
+        self.shared.set_mode(Mode::Disabled);
+    }
+
+    /// A dry run: the breaker counts and changes state as usual (watch it
+    /// with [`subscribe`](Self::subscribe) or the metrics) but never rejects.
+    pub fn metrics_only(&self) {
+        self.shared.set_mode(Mode::MetricsOnly);
+    }
+
+    /// Back to normal operation, closed, with an empty window and the open
+    /// period back at its first value.
+    pub fn reset(&self) {
+        let shared = &self.shared;
+        shared.clear();
+        if let Some(t) = shared.core.reset() {
+            shared.publish(t);
+        }
+    }
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        let elapsed = Instant::now().saturating_duration_since(self.base);
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub(super) fn measures_duration(&self) -> bool {
+        self.config.slow_calls.is_some()
+    }
+
+    /// Admission, in `poll_ready`.
+    #[inline]
+    pub(super) fn acquire(&self) -> Result<Admit, CircuitOpen> {
+        let (result, transition) = self.core.acquire(|| self.now_ms());
+        if let Some(t) = transition {
+            self.publish(t);
+        }
+        result.map_err(|why| {
+            self.metrics.rejected.increment(1);
+            let retry_after = match why {
+                Reject::Open { until_ms } => Some(Duration::from_millis(
+                    until_ms.saturating_sub(self.now_ms()),
+                )),
+                Reject::HalfOpenBusy | Reject::ForcedOpen => None,
+            };
+            CircuitOpen::new(self.config.name.clone(), retry_after)
+        })
+    }
+
+    /// Whether a permit taken earlier still belongs to the current period.
+    #[inline]
+    pub(super) fn is_current(&self, admit: Admit) -> bool {
+        self.core.load().generation == admit.generation()
+    }
+
+    /// A call finished with `verdict`.
+    pub(super) fn complete(&self, permit: Permit, verdict: Verdict) {
+        let slow = match (self.config.slow_calls, permit.started) {
+            (Some((threshold, _)), Some(started)) => started.elapsed() >= threshold,
+            _ => false,
+        };
+        let failure = match verdict.outcome() {
+            Outcome::Success => {
+                self.metrics.success.increment(1);
+                false
+            }
+            Outcome::Failure => {
+                self.metrics.failure.increment(1);
+                true
+            }
+            _ => {
+                self.metrics.ignored.increment(1);
+                self.release(permit);
+                return;
+            }
+        };
+        if slow {
+            self.metrics.slow.increment(1);
+        }
+        match permit.admit {
+            Admit::Closed { generation } => self.closed_outcome(generation, failure, slow, verdict),
+            Admit::Probe { generation } if failure || slow => {
+                // HalfOpen -> Open: a probe failed (a slow probe counts as one).
+                self.open(generation, Phase::HalfOpen, verdict.pushback());
+            }
+            Admit::Probe { generation } => {
+                if let Some(t) = self.core.probe_succeeded(generation, || self.clear()) {
+                    self.publish(t);
+                }
+            }
+            Admit::Passive { .. } => {}
+        }
+    }
+
+    /// A call ended without an outcome (its future was dropped, or the
+    /// classifier ignored it): a probe's slot goes back.
+    pub(super) fn release(&self, permit: Permit) {
+        if let Admit::Probe { generation } = permit.admit {
+            self.core.release_probe(generation);
+        }
+    }
+
+    fn closed_outcome(&self, generation: u64, failure: bool, slow: bool, verdict: Verdict) {
+        let word = self.core.load();
+        if word.generation != generation || word.phase != Phase::Closed {
+            // A late outcome of an earlier closed period: it says nothing
+            // about the period the circuit is in now.
+            return;
+        }
+        let mut now = None;
+        let mut clock = || *now.get_or_insert_with(Instant::now);
+        if let Some(window) = &self.window {
+            window.record(&mut clock, Sample { failure, slow });
+        }
+        let in_a_row = match self.config.consecutive_failures {
+            Some(_) if failure => self.bump_consecutive(generation),
+            Some(_) => {
+                self.clear_consecutive();
+                0
+            }
+            None => 0,
+        };
+        if !failure && !slow {
+            return;
+        }
+        let mut trip = self
+            .config
+            .consecutive_failures
+            .is_some_and(|n| in_a_row >= u64::from(n));
+        if let (false, Some(window)) = (trip, &self.window) {
+            let counts = window.counts(clock());
+            if counts.calls >= u64::from(self.config.min_calls) {
+                let calls = counts.calls as f64;
+                trip = self
+                    .config
+                    .failure_rate
+                    .is_some_and(|r| counts.failures as f64 / calls >= r)
+                    || self
+                        .config
+                        .slow_calls
+                        .is_some_and(|(_, r)| counts.slow as f64 / calls >= r);
+            }
+        }
+        if trip {
+            // Closed -> Open: a rule tripped.
+            self.open(generation, Phase::Closed, verdict.pushback());
+        }
+    }
+
+    fn bump_consecutive(&self, generation: u64) -> u64 {
+        let tag = generation & GEN_MASK;
+        let mut current = self.consecutive.load(Ordering::Acquire);
+        loop {
+            let count = if current >> 32 == tag {
+                current & u64::from(u32::MAX)
+            } else {
+                0
+            };
+            let next = (tag << 32) | (count + 1).min(u64::from(u32::MAX));
+            match self.consecutive.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return count + 1,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    #[inline]
+    fn clear_consecutive(&self) {
+        // Read first: on a healthy path the count is already zero and the
+        // cache line stays shared between threads.
+        if self.consecutive.load(Ordering::Acquire) & u64::from(u32::MAX) != 0 {
+            self.consecutive.store(0, Ordering::Release);
+        }
+    }
+
+    fn consecutive_count(&self, generation: u64) -> u64 {
+        let v = self.consecutive.load(Ordering::Acquire);
+        if v >> 32 == generation & GEN_MASK {
+            v & u64::from(u32::MAX)
+        } else {
+            0
+        }
+    }
+
+    /// Opens the circuit from `phase` of `generation`, for the backoff's
+    /// next period, lengthened by the server's pushback if that is longer.
+    fn open(&self, generation: u64, phase: Phase, pushback: Option<Duration>) {
+        let trips = self.trips.load(Ordering::Acquire);
+        let backoff = &self.config.open_backoff;
+        let previous = Duration::from_nanos(self.last_open_nanos.load(Ordering::Acquire));
+        let mut period = backoff.delay(
+            u32::try_from(trips).unwrap_or(u32::MAX),
+            previous.max(backoff.base()),
+            &self.rng,
+        );
+        if let Some(pushback) = pushback {
+            period = period.max(pushback.min(self.config.max_pushback));
+        }
+        // Round up: never reopen earlier than the period.
+        let until = Instant::now().saturating_duration_since(self.base) + period;
+        let until_ms = u64::try_from(until.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+        let transition = match phase {
+            Phase::HalfOpen => self.core.trip_half_open(generation, until_ms),
+            _ => self.core.trip_closed(generation, until_ms),
+        };
+        if let Some(t) = transition {
+            // Only the winning thread counts the trip.
+            self.trips.store(trips + 1, Ordering::Release);
+            self.last_open_nanos.store(
+                u64::try_from(period.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Release,
+            );
+            self.publish(t);
+        }
+    }
+
+    /// Empties the window and the counters, before a close or on reset.
+    fn clear(&self) {
+        if let Some(window) = &self.window {
+            window.reset();
+        }
+        self.consecutive.store(0, Ordering::Release);
+        self.trips.store(0, Ordering::Release);
+        self.last_open_nanos.store(0, Ordering::Release);
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        if let Some(t) = self.core.set_mode(mode) {
+            self.publish(t);
+        }
+    }
+
+    /// Tells subscribers, metrics and traces about a transition. Racing
+    /// publishers are ordered by generation under the watch's lock, so a
+    /// subscriber never sees the circuit go back to an older state.
+    fn publish(&self, t: Transition) {
+        let to = State::of(t.to);
+        let generation = t.to.generation;
+        self.watch.send_if_modified(|current| {
+            let last = self.published.load(Ordering::Relaxed);
+            let ahead = generation.wrapping_sub(last) & GEN_MASK;
+            if ahead == 0 || ahead > GEN_MASK / 2 {
+                return false;
+            }
+            self.published.store(generation, Ordering::Relaxed);
+            let from = *current;
+            *current = to;
+            self.metrics.gauge(from).set(0.0);
+            self.metrics.gauge(to).set(1.0);
+            self.trace(from, to, t.to);
+            from != to
+        });
+    }
+
+    #[cfg(feature = "tracing")]
+    fn trace(&self, from: State, to: State, word: Word) {
+        let name = &*self.config.name;
+        match to {
+            State::Open => {
+                let open_for =
+                    Duration::from_millis(word.open_until_ms().saturating_sub(self.now_ms()));
+                tracing::warn!(circuit = name, %from, %to, ?open_for, "circuit opened");
+            }
+            State::ForcedOpen => tracing::warn!(circuit = name, %from, %to, "circuit forced open"),
+            _ => tracing::info!(circuit = name, %from, %to, "circuit state changed"),
+        }
+    }
+
+    #[cfg(not(feature = "tracing"))]
+    fn trace(&self, _from: State, _to: State, _word: Word) {}
+}

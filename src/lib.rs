@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![forbid(unsafe_code)]
+#![doc(test(attr(deny(warnings))))]
+
+pub mod backoff;
+pub mod circuit_breaker;
+pub mod classify;
+pub mod error;
+#[cfg(feature = "http")]
+pub mod http;
+
+mod rng;
+mod stats;
+mod sync;
+
+pub use self::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+pub use self::error::BoxError;

@@ -1,0 +1,8 @@
+//! Lock-free statistics shared by the layers (private).
+//!
+//! - [`window`]: sliding windows of call outcomes, count- or time-based.
+//!
+//! Planned with the hedge and pool work: a bounded latency histogram and a
+//! peak-EWMA load estimate. The hot path is atomics only.
+
+pub(crate) mod window;

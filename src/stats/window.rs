@@ -1,0 +1,456 @@
+//! Sliding windows of call outcomes: calls, failures and slow calls.
+//!
+//! Two kinds, both lock-free:
+//!
+//! - [`CountWindow`]: exactly the last N outcomes, as a ring of one-byte
+//!   slots. Not a running total: after 1,000 successes, 10 failures in a
+//!   window of 10 read as 100% failures.
+//! - [`TimeWindow`]: N buckets spanning a duration. Each counter carries the
+//!   bucket epoch it belongs to in its upper half, so rotating a bucket is
+//!   one compare-and-swap that cannot lose or mix counts.
+//!
+//! Under concurrency the three counts are read one after the other, so a
+//! reader may see a failure counted before the call that carried it; counts
+//! are clamped so that `failures <= calls` and `slow <= calls` always hold.
+
+use tokio::time::Instant;
+
+use crate::sync::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+
+/// One finished call, as the window sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Sample {
+    pub(crate) failure: bool,
+    pub(crate) slow: bool,
+}
+
+/// The counts over a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Counts {
+    pub(crate) calls: u64,
+    pub(crate) failures: u64,
+    pub(crate) slow: u64,
+}
+
+impl Counts {
+    fn clamped(calls: u64, failures: i64, slow: i64) -> Self {
+        let clamp = |n: i64| (n.max(0) as u64).min(calls);
+        Self {
+            calls,
+            failures: clamp(failures),
+            slow: clamp(slow),
+        }
+    }
+}
+
+/// A count- or time-based window.
+#[derive(Debug)]
+pub(crate) enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+impl Window {
+    /// Records one outcome. `now` is only read by time-based windows.
+    #[inline]
+    pub(crate) fn record(&self, now: impl FnOnce() -> Instant, sample: Sample) {
+        match self {
+            Self::Count(w) => w.record(sample),
+            Self::Time(w) => w.record(now(), sample),
+        }
+    }
+
+    pub(crate) fn counts(&self, now: Instant) -> Counts {
+        match self {
+            Self::Count(w) => w.counts(),
+            Self::Time(w) => w.counts(now),
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        match self {
+            Self::Count(w) => w.reset(),
+            Self::Time(w) => w.reset(),
+        }
+    }
+}
+
+const CALL: u8 = 1;
+const FAILURE: u8 = 2;
+const SLOW: u8 = 4;
+
+/// Exactly the last `N` outcomes.
+#[derive(Debug)]
+pub(crate) struct CountWindow {
+    /// Total outcomes ever recorded since the last reset; `head % N` is the
+    /// next slot to overwrite.
+    head: AtomicU64,
+    /// Failures currently in the ring. Signed: a concurrent overwrite may
+    /// subtract before the matching add lands.
+    failures: AtomicI64,
+    slow: AtomicI64,
+    slots: Box<[AtomicU8]>,
+}
+
+impl CountWindow {
+    /// A window over the last `size` outcomes; `size` is at least 1.
+    pub(crate) fn new(size: u32) -> Self {
+        let size = size.max(1) as usize;
+        Self {
+            head: AtomicU64::new(0),
+            failures: AtomicI64::new(0),
+            slow: AtomicI64::new(0),
+            slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
+        }
+    }
+
+    fn size(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, sample: Sample) {
+        if !sample.failure && !sample.slow && self.full_of_successes() {
+            // The ring holds N plain successes; one more pushes out a plain
+            // success and the last N outcomes read the same. Skipping the
+            // write keeps the healthy path free of shared-memory writes, so
+            // threads sharing a breaker do not contend.
+            return;
+        }
+        let new =
+            CALL | if sample.failure { FAILURE } else { 0 } | if sample.slow { SLOW } else { 0 };
+        let i = self.head.fetch_add(1, Ordering::AcqRel);
+        let old = self.slots[(i % self.size()) as usize].swap(new, Ordering::AcqRel);
+        self.apply(old, new);
+    }
+
+    #[inline]
+    fn full_of_successes(&self) -> bool {
+        self.failures.load(Ordering::Acquire) <= 0
+            && self.slow.load(Ordering::Acquire) <= 0
+            && self.head.load(Ordering::Acquire) >= self.size()
+    }
+
+    /// Moves the totals from slot value `old` to slot value `new`.
+    fn apply(&self, old: u8, new: u8) {
+        for (flag, total) in [(FAILURE, &self.failures), (SLOW, &self.slow)] {
+            match (old & flag != 0, new & flag != 0) {
+                (false, true) => {
+                    total.fetch_add(1, Ordering::AcqRel);
+                }
+                (true, false) => {
+                    total.fetch_sub(1, Ordering::AcqRel);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        let calls = self.head.load(Ordering::Acquire).min(self.size());
+        Counts::clamped(
+            calls,
+            self.failures.load(Ordering::Acquire),
+            self.slow.load(Ordering::Acquire),
+        )
+    }
+
+    pub(crate) fn reset(&self) {
+        // Swap every slot out so the totals stay equal to the ring's contents
+        // even if a late call records concurrently.
+        for slot in self.slots.iter() {
+            let old = slot.swap(0, Ordering::AcqRel);
+            self.apply(old, 0);
+        }
+        self.head.store(0, Ordering::Release);
+    }
+}
+
+/// `buckets` buckets of equal width spanning a duration.
+///
+/// Counters are `[epoch + 1 : 32 bits][count : 32 bits]`; a counter whose
+/// epoch is older than the window reads as zero and is claimed by the next
+/// write to its slot.
+#[derive(Debug)]
+pub(crate) struct TimeWindow {
+    base: Instant,
+    bucket_nanos: u64,
+    buckets: Box<[Bucket]>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    slow: AtomicU64,
+}
+
+const COUNT_MASK: u64 = u32::MAX as u64;
+
+impl TimeWindow {
+    /// A window of `buckets` buckets (at least 1) of `span / buckets` each
+    /// (at least 1 ns), starting at `base`.
+    pub(crate) fn new(base: Instant, span: std::time::Duration, buckets: u32) -> Self {
+        let buckets = buckets.max(1);
+        let bucket_nanos =
+            (span.as_nanos() / u128::from(buckets)).clamp(1, u128::from(u64::MAX)) as u64;
+        Self {
+            base,
+            bucket_nanos,
+            buckets: (0..buckets)
+                .map(|_| Bucket {
+                    calls: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                    slow: AtomicU64::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    /// The bucket index for `now`, and its 32-bit epoch tag.
+    fn epoch(&self, now: Instant) -> (u64, u32) {
+        let nanos = now.saturating_duration_since(self.base).as_nanos();
+        let idx = (nanos / u128::from(self.bucket_nanos)).min(u128::from(u64::MAX - 1)) as u64;
+        (idx, (idx.wrapping_add(1)) as u32)
+    }
+
+    pub(crate) fn record(&self, now: Instant, sample: Sample) {
+        let (idx, tag) = self.epoch(now);
+        let bucket = &self.buckets[(idx % self.buckets.len() as u64) as usize];
+        Self::bump(&bucket.calls, tag);
+        if sample.failure {
+            Self::bump(&bucket.failures, tag);
+        }
+        if sample.slow {
+            Self::bump(&bucket.slow, tag);
+        }
+    }
+
+    fn bump(counter: &AtomicU64, tag: u32) {
+        let mut current = counter.load(Ordering::Acquire);
+        loop {
+            let have = (current >> 32) as u32;
+            if have == tag {
+                counter.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
+            if (tag.wrapping_sub(have) as i32) < 0 {
+                // The slot already belongs to a later epoch: this sample is
+                // older than the window (the caller was descheduled for a
+                // whole span). Drop it.
+                return;
+            }
+            match counter.compare_exchange_weak(
+                current,
+                (u64::from(tag) << 32) | 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    pub(crate) fn counts(&self, now: Instant) -> Counts {
+        let (_, tag) = self.epoch(now);
+        let n = self.buckets.len() as u32;
+        let read = |counter: &AtomicU64| {
+            let v = counter.load(Ordering::Acquire);
+            let age = tag.wrapping_sub((v >> 32) as u32);
+            if age < n { v & COUNT_MASK } else { 0 }
+        };
+        let (mut calls, mut failures, mut slow) = (0u64, 0u64, 0u64);
+        for b in self.buckets.iter() {
+            calls += read(&b.calls);
+            failures += read(&b.failures);
+            slow += read(&b.slow);
+        }
+        Counts::clamped(calls, failures as i64, slow as i64)
+    }
+
+    pub(crate) fn reset(&self) {
+        for b in self.buckets.iter() {
+            b.calls.store(0, Ordering::Release);
+            b.failures.store(0, Ordering::Release);
+            b.slow.store(0, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(all(test, not(steadfast_loom)))]
+mod tests {
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const OK: Sample = Sample {
+        failure: false,
+        slow: false,
+    };
+    const FAIL: Sample = Sample {
+        failure: true,
+        slow: false,
+    };
+    const SLOW: Sample = Sample {
+        failure: false,
+        slow: true,
+    };
+
+    #[test]
+    fn count_window_is_truly_the_last_n() {
+        let w = CountWindow::new(10);
+        for _ in 0..1_000 {
+            w.record(OK);
+        }
+        assert_eq!(
+            w.counts(),
+            Counts {
+                calls: 10,
+                failures: 0,
+                slow: 0
+            }
+        );
+        for _ in 0..10 {
+            w.record(FAIL);
+        }
+        assert_eq!(
+            w.counts(),
+            Counts {
+                calls: 10,
+                failures: 10,
+                slow: 0
+            }
+        );
+        for _ in 0..4 {
+            w.record(OK);
+        }
+        assert_eq!(w.counts().failures, 6);
+    }
+
+    #[test]
+    fn count_window_reset() {
+        let w = CountWindow::new(3);
+        w.record(FAIL);
+        w.record(SLOW);
+        w.reset();
+        assert_eq!(w.counts(), Counts::default());
+        w.record(OK);
+        assert_eq!(
+            w.counts(),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
+    }
+
+    #[test]
+    fn time_window_expires_buckets() {
+        let base = Instant::now();
+        let w = TimeWindow::new(base, Duration::from_secs(10), 10);
+        w.record(base, FAIL);
+        w.record(base + Duration::from_millis(500), OK);
+        w.record(base + Duration::from_secs(5), SLOW);
+        assert_eq!(
+            w.counts(base + Duration::from_secs(5)),
+            Counts {
+                calls: 3,
+                failures: 1,
+                slow: 1
+            }
+        );
+        // At 10 s the first bucket [0, 1 s) has left the window.
+        assert_eq!(
+            w.counts(base + Duration::from_secs(10)),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 1
+            }
+        );
+        assert_eq!(w.counts(base + Duration::from_secs(15)), Counts::default());
+        // Writing into a recycled slot replaces the old epoch's counts.
+        w.record(base + Duration::from_secs(20), OK);
+        assert_eq!(
+            w.counts(base + Duration::from_secs(20)),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
+    }
+
+    #[test]
+    fn time_window_drops_samples_older_than_the_slot() {
+        let base = Instant::now();
+        let w = TimeWindow::new(base, Duration::from_secs(2), 2);
+        w.record(base + Duration::from_secs(2), OK);
+        // Same slot, one full span earlier: a descheduled caller.
+        w.record(base, FAIL);
+        assert_eq!(
+            w.counts(base + Duration::from_secs(2)),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
+    }
+
+    /// A reference model: a list of every outcome.
+    fn model_count(samples: &[Sample], n: usize) -> Counts {
+        let last: VecDeque<_> = samples.iter().rev().take(n).collect();
+        Counts {
+            calls: last.len() as u64,
+            failures: last.iter().filter(|s| s.failure).count() as u64,
+            slow: last.iter().filter(|s| s.slow).count() as u64,
+        }
+    }
+
+    fn sample() -> impl Strategy<Value = Sample> {
+        (prop::bool::weighted(0.3), prop::bool::weighted(0.2))
+            .prop_map(|(failure, slow)| Sample { failure, slow })
+    }
+
+    proptest! {
+        #[test]
+        fn count_window_matches_model(size in 1u32..40, samples in prop::collection::vec(sample(), 0..300)) {
+            let w = CountWindow::new(size);
+            for (i, s) in samples.iter().enumerate() {
+                w.record(*s);
+                prop_assert_eq!(w.counts(), model_count(&samples[..=i], size as usize));
+            }
+        }
+
+        #[test]
+        fn time_window_matches_model(
+            buckets in 1u32..12,
+            bucket_ms in 1u64..50,
+            steps in prop::collection::vec((0u64..40, sample()), 0..200),
+        ) {
+            let base = Instant::now();
+            let w = TimeWindow::new(base, Duration::from_millis(bucket_ms * u64::from(buckets)), buckets);
+            let mut at = 0u64;
+            let mut seen: Vec<(u64, Sample)> = Vec::new();
+            for (gap, s) in steps {
+                at += gap;
+                let now = base + Duration::from_millis(at);
+                w.record(now, s);
+                seen.push((at / bucket_ms, s));
+                let current = at / bucket_ms;
+                let live: Vec<_> = seen
+                    .iter()
+                    .filter(|(b, _)| current - b < u64::from(buckets))
+                    .map(|(_, s)| *s)
+                    .collect();
+                prop_assert_eq!(w.counts(now), model_count(&live, usize::MAX));
+            }
+        }
+    }
+}
