@@ -1,8 +1,10 @@
 //! Lock-free statistics shared by the layers (private).
 //!
 //! - [`window`]: sliding windows of call outcomes, count- or time-based.
+//! - [`epoch`]: counters tagged with the time bucket they count for.
 //!
 //! Planned with the hedge and pool work: a bounded latency histogram and a
 //! peak-EWMA load estimate. The hot path is atomics only.
 
+pub(crate) mod epoch;
 pub(crate) mod window;

@@ -5,9 +5,8 @@
 //! - [`CountWindow`]: exactly the last N outcomes, as a ring of one-byte
 //!   slots. Not a running total: after 1,000 successes, 10 failures in a
 //!   window of 10 read as 100% failures.
-//! - [`TimeWindow`]: N buckets spanning a duration. Each counter carries the
-//!   bucket epoch it belongs to in its upper half, so rotating a bucket is
-//!   one compare-and-swap that cannot lose or mix counts.
+//! - [`TimeWindow`]: N buckets spanning a duration, of epoch-tagged counters
+//!   (see [`super::epoch`]).
 //!
 //! Under concurrency the three counts are read one after the other, so a
 //! reader may see a failure counted before the call that carried it; counts
@@ -15,6 +14,7 @@
 
 use tokio::time::Instant;
 
+use super::epoch::{self, EpochCounter};
 use crate::sync::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
 /// One finished call, as the window sees it.
@@ -166,11 +166,9 @@ impl CountWindow {
     }
 }
 
-/// `buckets` buckets of equal width spanning a duration.
-///
-/// Counters are `[epoch + 1 : 32 bits][count : 32 bits]`; a counter whose
-/// epoch is older than the window reads as zero and is claimed by the next
-/// write to its slot.
+/// `buckets` buckets of equal width spanning a duration, each with three
+/// [`EpochCounter`]s: a counter whose epoch left the window reads as zero and
+/// is claimed by the next write to its slot.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     base: Instant,
@@ -180,12 +178,10 @@ pub(crate) struct TimeWindow {
 
 #[derive(Debug)]
 struct Bucket {
-    calls: AtomicU64,
-    failures: AtomicU64,
-    slow: AtomicU64,
+    calls: EpochCounter,
+    failures: EpochCounter,
+    slow: EpochCounter,
 }
-
-const COUNT_MASK: u64 = u32::MAX as u64;
 
 impl TimeWindow {
     /// A window of `buckets` buckets (at least 1) of `span / buckets` each
@@ -199,83 +195,58 @@ impl TimeWindow {
             bucket_nanos,
             buckets: (0..buckets)
                 .map(|_| Bucket {
-                    calls: AtomicU64::new(0),
-                    failures: AtomicU64::new(0),
-                    slow: AtomicU64::new(0),
+                    calls: EpochCounter::new(),
+                    failures: EpochCounter::new(),
+                    slow: EpochCounter::new(),
                 })
                 .collect(),
         }
     }
 
-    /// The bucket index for `now`, and its 32-bit epoch tag.
-    fn epoch(&self, now: Instant) -> (u64, u32) {
-        let nanos = now.saturating_duration_since(self.base).as_nanos();
-        let idx = (nanos / u128::from(self.bucket_nanos)).min(u128::from(u64::MAX - 1)) as u64;
-        (idx, (idx.wrapping_add(1)) as u32)
+    /// The bucket index for `now`.
+    fn index(&self, now: Instant) -> u64 {
+        bucket_index(self.base, now, self.bucket_nanos)
     }
 
     pub(crate) fn record(&self, now: Instant, sample: Sample) {
-        let (idx, tag) = self.epoch(now);
+        let idx = self.index(now);
+        let tag = epoch::tag(idx);
         let bucket = &self.buckets[(idx % self.buckets.len() as u64) as usize];
-        Self::bump(&bucket.calls, tag);
+        bucket.calls.add(tag, 1);
         if sample.failure {
-            Self::bump(&bucket.failures, tag);
+            bucket.failures.add(tag, 1);
         }
         if sample.slow {
-            Self::bump(&bucket.slow, tag);
-        }
-    }
-
-    fn bump(counter: &AtomicU64, tag: u32) {
-        let mut current = counter.load(Ordering::Acquire);
-        loop {
-            let have = (current >> 32) as u32;
-            if have == tag {
-                counter.fetch_add(1, Ordering::AcqRel);
-                return;
-            }
-            if (tag.wrapping_sub(have) as i32) < 0 {
-                // The slot already belongs to a later epoch: this sample is
-                // older than the window (the caller was descheduled for a
-                // whole span). Drop it.
-                return;
-            }
-            match counter.compare_exchange_weak(
-                current,
-                (u64::from(tag) << 32) | 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return,
-                Err(seen) => current = seen,
-            }
+            bucket.slow.add(tag, 1);
         }
     }
 
     pub(crate) fn counts(&self, now: Instant) -> Counts {
-        let (_, tag) = self.epoch(now);
-        let n = self.buckets.len() as u32;
-        let read = |counter: &AtomicU64| {
-            let v = counter.load(Ordering::Acquire);
-            let age = tag.wrapping_sub((v >> 32) as u32);
-            if age < n { v & COUNT_MASK } else { 0 }
-        };
+        let tag = epoch::tag(self.index(now));
+        let span = self.buckets.len() as u32;
         let (mut calls, mut failures, mut slow) = (0u64, 0u64, 0u64);
         for b in self.buckets.iter() {
-            calls += read(&b.calls);
-            failures += read(&b.failures);
-            slow += read(&b.slow);
+            calls += b.calls.read(tag, span);
+            failures += b.failures.read(tag, span);
+            slow += b.slow.read(tag, span);
         }
         Counts::clamped(calls, failures as i64, slow as i64)
     }
 
     pub(crate) fn reset(&self) {
         for b in self.buckets.iter() {
-            b.calls.store(0, Ordering::Release);
-            b.failures.store(0, Ordering::Release);
-            b.slow.store(0, Ordering::Release);
+            b.calls.clear();
+            b.failures.clear();
+            b.slow.clear();
         }
     }
+}
+
+/// Which bucket of width `bucket_nanos`, counted from `base`, holds `now`.
+#[inline]
+pub(crate) fn bucket_index(base: Instant, now: Instant, bucket_nanos: u64) -> u64 {
+    let nanos = now.saturating_duration_since(base).as_nanos();
+    (nanos / u128::from(bucket_nanos.max(1))).min(u128::from(u64::MAX - 1)) as u64
 }
 
 #[cfg(all(test, not(steadfast_loom)))]
