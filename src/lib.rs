@@ -10,11 +10,13 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod backoff;
+pub mod budget;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod error;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod retry;
 
 mod rng;
 mod stats;
@@ -22,3 +24,4 @@ mod sync;
 
 pub use self::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use self::error::BoxError;
+pub use self::retry::{Retry, RetryLayer};

@@ -1,7 +1,14 @@
-//! HTTP helpers shared by the layers (feature `http`): reading `Retry-After`.
+//! HTTP helpers shared by the layers (feature `http`): reading
+//! `Retry-After`, replayable request bodies, and the idempotency rules that
+//! decide which requests may be sent twice.
 //!
-//! Request replay, idempotency rules and error responses come with the retry
-//! and integration work (planned).
+//! Error responses for axum come with the integration work (planned).
+
+mod idempotency;
+mod replay;
+
+pub use self::idempotency::{HttpReplay, Idempotent, TryCloneBody, is_idempotent};
+pub use self::replay::{DEFAULT_REPLAY_CAP, ReplayBody};
 
 use std::time::{Duration, SystemTime};
 

@@ -27,9 +27,14 @@ impl EpochCounter {
     /// Adds `n` to the count of epoch `tag` (saturating), claiming the
     /// counter if it holds an older epoch. A write for an epoch older than
     /// the one the counter holds is dropped: that sample has left the window.
+    /// Returns the count after the write (0 when dropped).
+    ///
+    /// All operations are `SeqCst` (free on x86, where every read-modify-write
+    /// is a full barrier) so that sums over several counters can be reasoned
+    /// about as one order of events (the retry budget relies on it).
     #[inline]
-    pub(crate) fn add(&self, tag: u32, n: u64) {
-        let mut current = self.0.load(Ordering::Acquire);
+    pub(crate) fn add(&self, tag: u32, n: u64) -> u64 {
+        let mut current = self.0.load(Ordering::SeqCst);
         loop {
             let have = (current >> 32) as u32;
             let next = if have == tag {
@@ -37,13 +42,13 @@ impl EpochCounter {
             } else if (tag.wrapping_sub(have) as i32) > 0 {
                 (u64::from(tag) << 32) | n.min(COUNT_MASK)
             } else {
-                return;
+                return 0;
             };
             match self
                 .0
-                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange_weak(current, next, Ordering::SeqCst, Ordering::SeqCst)
             {
-                Ok(_) => return,
+                Ok(_) => return next & COUNT_MASK,
                 Err(seen) => current = seen,
             }
         }
@@ -52,7 +57,7 @@ impl EpochCounter {
     /// Takes `n` back from the count of epoch `tag`, if the counter still
     /// holds that epoch (never below zero).
     pub(crate) fn sub(&self, tag: u32, n: u64) {
-        let mut current = self.0.load(Ordering::Acquire);
+        let mut current = self.0.load(Ordering::SeqCst);
         loop {
             if (current >> 32) as u32 != tag {
                 return;
@@ -60,7 +65,7 @@ impl EpochCounter {
             let next = (current & !COUNT_MASK) | (current & COUNT_MASK).saturating_sub(n);
             match self
                 .0
-                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange_weak(current, next, Ordering::SeqCst, Ordering::SeqCst)
             {
                 Ok(_) => return,
                 Err(seen) => current = seen,
@@ -72,13 +77,13 @@ impl EpochCounter {
     /// at `tag` (inclusive); zero otherwise.
     #[inline]
     pub(crate) fn read(&self, tag: u32, span: u32) -> u64 {
-        let v = self.0.load(Ordering::Acquire);
+        let v = self.0.load(Ordering::SeqCst);
         let age = tag.wrapping_sub((v >> 32) as u32);
         if age < span { v & COUNT_MASK } else { 0 }
     }
 
     pub(crate) fn clear(&self) {
-        self.0.store(0, Ordering::Release);
+        self.0.store(0, Ordering::SeqCst);
     }
 }
 

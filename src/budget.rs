@@ -1,0 +1,482 @@
+//! A retry budget: caps the extra load that retries and hedges add.
+//!
+//! Every original request deposits into a [`RetryBudget`]; every retry (and
+//! every hedge) withdraws. Over any `ttl` window, extra attempts stay below
+//! `ratio × requests + min_per_sec × ttl`: the ratio keeps a failing
+//! dependency from seeing its load multiplied by `max_attempts`, and the
+//! floor lets a client that sends few requests still retry.
+//!
+//! # Why a budget rather than only a maximum of attempts
+//!
+//! `max_attempts = 3` triples the load on a dependency exactly when it is
+//! failing — the moment it can least take it — and every layer of a call
+//! graph multiplies it again. A budget lets retries fix the odd failure (a
+//! dropped connection, one bad replica) while capping the total: when
+//! everything fails, only a few percent more attempts go out, and the
+//! caller gets the real failure at once instead of after the backoffs.
+//!
+//! # Accuracy
+//!
+//! Tokens are integers scaled by 1,000 per attempt, so a ratio of 0.6 allows
+//! 60% extra attempts (tower's `TpsBudget` truncates `1 / ratio` and lets
+//! both 0.6 and 0.9 allow 100%). A withdrawal is checked after it is counted
+//! and handed back if it overdrew, so concurrent withdrawals never overdraw
+//! (under a race near zero, one may be refused that would have fit).
+//!
+//! # Cost
+//!
+//! Deposits go to per-thread shards (no shared cache line is written on the
+//! happy path) and do not read the clock each time: a deposit counts in the
+//! time bucket of the budget's last clock reading, which every withdrawal
+//! takes, and which a shard takes on its first deposit in a bucket and every
+//! 16th after. So after a quiet spell up to 15 deposits per shard may count
+//! in an older bucket and expire early — never late, so the cap holds.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use steadfast::budget::RetryBudget;
+//!
+//! let budget = Arc::new(
+//!     RetryBudget::builder()
+//!         .ttl(Duration::from_secs(10))
+//!         .min_per_sec(0)
+//!         .ratio(0.6)
+//!         .build()?,
+//! );
+//! for _ in 0..100 {
+//!     budget.deposit();
+//! }
+//! let mut retries = 0;
+//! while budget.withdraw() {
+//!     retries += 1;
+//! }
+//! assert_eq!(retries, 60);
+//! # Ok::<(), steadfast::error::ConfigError>(())
+//! ```
+
+use std::cell::Cell;
+use std::time::Duration;
+
+use metrics::Counter;
+use tokio::time::Instant;
+
+use crate::error::ConfigError;
+use crate::stats::epoch::{self, EpochCounter};
+use crate::stats::window::bucket_index;
+use crate::sync::{AtomicU64, Ordering};
+
+/// Tokens one attempt costs.
+const SCALE: u64 = 1_000;
+/// Buckets per ttl.
+const BUCKETS: u32 = 10;
+/// A shard reads the clock once per this many deposits.
+const TICK_EVERY: u64 = 16;
+/// The most shards a budget spreads over.
+const MAX_SHARDS: usize = 64;
+
+/// A budget for extra attempts, shared (in an `Arc`) by the retry, hedge and
+/// (planned) pool layers of one upstream. See the [module docs](self).
+#[derive(Debug)]
+pub struct RetryBudget {
+    name: std::sync::Arc<str>,
+    ttl: Duration,
+    min_per_sec: u32,
+    ratio: f64,
+    deposit_tokens: u64,
+    reserve_tokens: u64,
+    base: Instant,
+    bucket_nanos: u64,
+    /// The bucket index of the last clock reading: deposits land there.
+    epoch: AtomicU64,
+    shards: Box<[Shard]>,
+    exhausted: Counter,
+}
+
+/// One thread group's counters, on cache lines of their own.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard {
+    slots: [Slot; BUCKETS as usize],
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    deposits: EpochCounter,
+    withdrawals: EpochCounter,
+}
+
+/// Builds a [`RetryBudget`]. Defaults: ttl 10 s, `min_per_sec` 10, ratio 0.2
+/// (Finagle's and tower's usual values: retries add at most 20% load, and
+/// any client may retry 10 times a second).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Builder {
+    name: std::sync::Arc<str>,
+    ttl: Duration,
+    min_per_sec: u32,
+    ratio: f64,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            ttl: Duration::from_secs(10),
+            min_per_sec: 10,
+            ratio: 0.2,
+        }
+    }
+}
+
+impl Builder {
+    /// Names the budget: the `name` label of its metrics.
+    pub fn name(mut self, name: impl AsRef<str>) -> Self {
+        self.name = name.as_ref().into();
+        self
+    }
+
+    /// How long a deposit counts (1 s to 1 hour; default 10 s).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Extra attempts allowed per second whatever the traffic (default 10).
+    pub fn min_per_sec(mut self, n: u32) -> Self {
+        self.min_per_sec = n;
+        self
+    }
+
+    /// Extra attempts allowed per original request, `0..=1000` (default 0.2;
+    /// resolution 0.001).
+    pub fn ratio(mut self, ratio: f64) -> Self {
+        self.ratio = ratio;
+        self
+    }
+
+    /// Validates and builds the budget.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when the ttl is outside 1 s..=1 h, the ratio is
+    /// outside `0..=1000` or not a number, or both the ratio and
+    /// `min_per_sec` are zero (no retry could ever happen).
+    pub fn build(self) -> Result<RetryBudget, ConfigError> {
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.ttl) {
+            return Err(ConfigError::new(
+                "ttl",
+                format!("must be between 1 s and 1 hour, got {:?}", self.ttl),
+            ));
+        }
+        if !(0.0..=1000.0).contains(&self.ratio) {
+            return Err(ConfigError::new(
+                "ratio",
+                format!("must be in 0..=1000, got {}", self.ratio),
+            ));
+        }
+        let deposit_tokens = (self.ratio * SCALE as f64).round() as u64;
+        if deposit_tokens == 0 && self.min_per_sec == 0 {
+            return Err(ConfigError::new(
+                "ratio",
+                "and min_per_sec are both zero: the budget would never allow a retry",
+            ));
+        }
+        let shards = std::thread::available_parallelism()
+            .map_or(4, |n| n.get())
+            .next_power_of_two()
+            .clamp(1, MAX_SHARDS);
+        let ttl_nanos = u64::try_from(self.ttl.as_nanos()).unwrap_or(u64::MAX);
+        Ok(RetryBudget {
+            exhausted: metrics::counter!("steadfast_budget_exhausted_total", "name" => self.name.clone()),
+            name: self.name,
+            ttl: self.ttl,
+            min_per_sec: self.min_per_sec,
+            ratio: self.ratio,
+            deposit_tokens,
+            reserve_tokens: u64::from(self.min_per_sec) * self.ttl.as_secs() * SCALE,
+            base: Instant::now(),
+            bucket_nanos: ttl_nanos / u64::from(BUCKETS),
+            epoch: AtomicU64::new(0),
+            shards: (0..shards)
+                .map(|_| Shard {
+                    slots: Default::default(),
+                })
+                .collect(),
+        })
+    }
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        match Builder::default().build() {
+            Ok(budget) => budget,
+            // The defaults are valid; a test checks it.
+            Err(err) => unreachable!("default budget is invalid: {err}"),
+        }
+    }
+}
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// This thread's shard index (assigned round-robin on first use).
+#[inline]
+fn shard_index() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    SHARD.with(|cell| {
+        let mut i = cell.get();
+        if i == usize::MAX {
+            i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cell.set(i);
+        }
+        i
+    })
+}
+
+impl RetryBudget {
+    /// A builder with the defaults (ttl 10 s, 10 per second, ratio 0.2).
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The budget's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How long a deposit counts.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Extra attempts allowed per second whatever the traffic.
+    pub fn min_per_sec(&self) -> u32 {
+        self.min_per_sec
+    }
+
+    /// Extra attempts allowed per original request.
+    pub fn ratio(&self) -> f64 {
+        self.ratio
+    }
+
+    #[inline]
+    fn shard(&self) -> &Shard {
+        &self.shards[shard_index() & (self.shards.len() - 1)]
+    }
+
+    /// Reads the clock and moves the current bucket forward. Returns it.
+    fn tick(&self) -> u64 {
+        let idx = bucket_index(self.base, Instant::now(), self.bucket_nanos);
+        self.epoch.fetch_max(idx, Ordering::SeqCst);
+        idx
+    }
+
+    /// Records an original request: it earns `ratio` of an extra attempt.
+    #[inline]
+    pub fn deposit(&self) {
+        if self.deposit_tokens == 0 {
+            return;
+        }
+        let idx = self.epoch.load(Ordering::Relaxed);
+        let slot = &self.shard().slots[(idx % u64::from(BUCKETS)) as usize];
+        let count = slot.deposits.add(epoch::tag(idx), 1);
+        // The first deposit in a bucket (which may be a stale one after a
+        // quiet spell) and every 16th read the clock.
+        if count % TICK_EVERY == 1 {
+            self.tick();
+        }
+    }
+
+    /// Takes one extra attempt from the budget; `false` when it is spent.
+    ///
+    /// A refused withdrawal is counted in `steadfast_budget_exhausted_total`.
+    pub fn withdraw(&self) -> bool {
+        let idx = self.tick();
+        let tag = epoch::tag(idx);
+        let slot = &self.shard().slots[(idx % u64::from(BUCKETS)) as usize];
+        slot.withdrawals.add(tag, 1);
+        // Counted first, checked after: if this withdrawal overdrew, it goes
+        // back. Of two racing withdrawals the later sees both, so the budget
+        // is never overdrawn.
+        if self.balance_at(tag) >= 0 {
+            return true;
+        }
+        slot.withdrawals.sub(tag, 1);
+        self.exhausted.increment(1);
+        #[cfg(feature = "tracing")]
+        tracing::debug!(budget = &*self.name, "retry budget exhausted");
+        false
+    }
+
+    /// How many extra attempts the budget would allow now.
+    pub fn available(&self) -> u64 {
+        let tag = epoch::tag(self.tick());
+        u64::try_from(self.balance_at(tag)).map_or(0, |b| b / SCALE)
+    }
+
+    /// Tokens in the window ending at bucket `tag`, after withdrawals.
+    fn balance_at(&self, tag: u32) -> i128 {
+        let (mut deposits, mut withdrawals) = (0u64, 0u64);
+        for shard in self.shards.iter() {
+            for slot in &shard.slots {
+                deposits += slot.deposits.read(tag, BUCKETS);
+                withdrawals += slot.withdrawals.read(tag, BUCKETS);
+            }
+        }
+        i128::from(self.reserve_tokens) + i128::from(deposits) * i128::from(self.deposit_tokens)
+            - i128::from(withdrawals) * i128::from(SCALE)
+    }
+}
+
+#[cfg(all(test, not(steadfast_loom)))]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn budget(ratio: f64, min_per_sec: u32) -> RetryBudget {
+        RetryBudget::builder()
+            .ratio(ratio)
+            .min_per_sec(min_per_sec)
+            .build()
+            .unwrap()
+    }
+
+    fn drain(b: &RetryBudget) -> u64 {
+        let mut n = 0;
+        while b.withdraw() {
+            n += 1;
+        }
+        n
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ratios_mean_what_they_say() {
+        for (ratio, expected) in [
+            (0.1, 100),
+            (0.2, 200),
+            (0.6, 600),
+            (0.9, 900),
+            (1.0, 1000),
+            (2.5, 2500),
+        ] {
+            let b = budget(ratio, 0);
+            for _ in 0..1_000 {
+                b.deposit();
+            }
+            assert_eq!(b.available(), expected, "ratio {ratio}");
+            assert_eq!(drain(&b), expected, "ratio {ratio}");
+            assert_eq!(b.available(), 0);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_floor_allows_min_per_sec_times_ttl() {
+        let b = budget(0.0, 10);
+        assert_eq!(drain(&b), 100);
+        let b = budget(0.5, 3);
+        for _ in 0..10 {
+            b.deposit();
+        }
+        assert_eq!(drain(&b), 30 + 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_and_withdrawals_expire_after_the_ttl() {
+        let b = budget(1.0, 0);
+        for _ in 0..50 {
+            b.deposit();
+        }
+        assert_eq!(drain(&b), 50);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // A withdrawal (here a refused one) reads the clock, so the deposits
+        // that follow land in the current bucket.
+        assert!(!b.withdraw());
+        for _ in 0..10 {
+            b.deposit();
+        }
+        // The old withdrawals still count: 60 deposited, 50 taken.
+        assert_eq!(b.available(), 10);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        // The first 50 deposits and withdrawals have expired; the last 10 remain.
+        assert_eq!(b.available(), 10);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.available(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_after_a_quiet_spell_expire_early_never_late() {
+        let b = budget(1.0, 0);
+        b.deposit();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // No clock reading since t=0: these land in the t=0 bucket until a
+        // shard's 16th deposit reads the clock.
+        for _ in 0..40 {
+            b.deposit();
+        }
+        assert_eq!(b.available(), 41);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let left = b.available();
+        assert!(
+            (40 - (TICK_EVERY - 1) * b.shards.len() as u64..=40).contains(&left),
+            "{left}"
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.available(), 0, "nothing outlives the ttl");
+    }
+
+    #[test]
+    fn defaults_are_valid_and_invalid_configs_are_named() {
+        let b = RetryBudget::default();
+        assert_eq!(
+            (b.ttl(), b.min_per_sec(), b.ratio()),
+            (Duration::from_secs(10), 10, 0.2)
+        );
+        let field = |b: Builder| b.build().unwrap_err().field().to_owned();
+        assert_eq!(
+            field(RetryBudget::builder().ttl(Duration::from_millis(10))),
+            "ttl"
+        );
+        assert_eq!(
+            field(RetryBudget::builder().ttl(Duration::from_secs(7200))),
+            "ttl"
+        );
+        assert_eq!(field(RetryBudget::builder().ratio(-0.1)), "ratio");
+        assert_eq!(field(RetryBudget::builder().ratio(f64::NAN)), "ratio");
+        assert_eq!(field(RetryBudget::builder().ratio(1e6)), "ratio");
+        assert_eq!(
+            field(RetryBudget::builder().ratio(0.0).min_per_sec(0)),
+            "ratio"
+        );
+    }
+
+    /// Many threads withdraw at once from a budget that allows exactly 500:
+    /// never more than 500 succeed, and no more than a handful are refused
+    /// spuriously.
+    #[test]
+    fn concurrent_withdrawals_never_overdraw() {
+        for _ in 0..20 {
+            let b = Arc::new(budget(0.5, 0));
+            for _ in 0..1_000 {
+                b.deposit();
+            }
+            let granted: u64 = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        let b = b.clone();
+                        s.spawn(move || (0..200).filter(|_| b.withdraw()).count() as u64)
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).sum()
+            });
+            assert!(granted <= 500, "overdrawn: {granted}");
+            // Racing near zero may refuse a few that fit: never more than
+            // one per concurrent thread.
+            assert!(granted >= 500 - 8, "too many refused: {granted}");
+        }
+    }
+}

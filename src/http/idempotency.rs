@@ -1,0 +1,182 @@
+//! Which HTTP requests may be sent twice, and how they are copied.
+
+use http::{Method, Request};
+
+use super::ReplayBody;
+use crate::retry::{Attempt, Replay};
+
+/// Overrides, for one request, whether it may be sent more than once.
+///
+/// Insert it as a request extension: `Idempotent(true)` lets a `POST` be
+/// retried and hedged; `Idempotent(false)` keeps even a `GET` to one attempt.
+///
+/// ```
+/// use steadfast::http::Idempotent;
+///
+/// let mut req = http::Request::post("http://payments/charge").body(()).unwrap();
+/// req.extensions_mut().insert(Idempotent(true));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotent(pub bool);
+
+/// Whether `req` may be sent more than once under the default rules: an
+/// RFC 9110 idempotent method (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`,
+/// `DELETE`) or an `Idempotency-Key` header, unless an [`Idempotent`]
+/// extension says otherwise.
+pub fn is_idempotent<B>(req: &Request<B>) -> bool {
+    if let Some(Idempotent(flag)) = req.extensions().get::<Idempotent>() {
+        return *flag;
+    }
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) || req.headers().contains_key("idempotency-key")
+}
+
+/// A request body that may be copied for another attempt.
+///
+/// Implemented for every `Clone` body (`Full`, `Empty`, `String`, …) and for
+/// [`ReplayBody`], which wraps a streaming body.
+pub trait TryCloneBody: Sized {
+    /// A copy, or `None` when the body cannot be sent again.
+    fn try_clone_body(&self) -> Option<Self>;
+}
+
+impl<B: Clone> TryCloneBody for B {
+    fn try_clone_body(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+}
+
+impl<B> TryCloneBody for ReplayBody<B> {
+    fn try_clone_body(&self) -> Option<Self> {
+        self.try_clone()
+    }
+}
+
+/// Replays `http::Request`s: copies the head and the body (see
+/// [`TryCloneBody`]), refuses requests that are not idempotent (see
+/// [`is_idempotent`]) unless told otherwise, and marks each attempt with an
+/// [`Attempt`] extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpReplay {
+    all_methods: bool,
+}
+
+impl Default for HttpReplay {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpReplay {
+    /// Idempotent requests only: RFC 9110 methods, `Idempotency-Key`, or an
+    /// [`Idempotent`] extension.
+    pub const fn new() -> Self {
+        Self { all_methods: false }
+    }
+
+    /// Every request, whatever its method, unless an `Idempotent(false)`
+    /// extension says no. For services whose `POST`s are known to be safe
+    /// to repeat.
+    pub const fn all_methods() -> Self {
+        Self { all_methods: true }
+    }
+}
+
+impl<B: TryCloneBody> Replay<Request<B>> for HttpReplay {
+    fn replay(&self, req: &Request<B>) -> Option<Request<B>> {
+        let allowed = match req.extensions().get::<Idempotent>() {
+            Some(Idempotent(flag)) => *flag,
+            None => self.all_methods || is_idempotent(req),
+        };
+        if !allowed {
+            return None;
+        }
+        let body = req.body().try_clone_body()?;
+        let mut copy = Request::new(body);
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+
+    fn mark(&self, req: &mut Request<B>, number: u32) {
+        let attempt = match req.extensions().get::<Attempt>() {
+            Some(earlier) => earlier.with_number(number),
+            None => Attempt::first().with_number(number),
+        };
+        req.extensions_mut().insert(attempt);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method) -> Request<String> {
+        Request::builder()
+            .method(method)
+            .uri("http://x/")
+            .body("b".to_owned())
+            .unwrap()
+    }
+
+    #[test]
+    fn rfc_9110_methods_and_idempotency_key() {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::PUT,
+            Method::DELETE,
+        ] {
+            assert!(is_idempotent(&req(m.clone())), "{m}");
+            assert!(HttpReplay::new().replay(&req(m)).is_some());
+        }
+        for m in [Method::POST, Method::PATCH, Method::CONNECT] {
+            assert!(!is_idempotent(&req(m.clone())), "{m}");
+            assert!(HttpReplay::new().replay(&req(m.clone())).is_none());
+            assert!(HttpReplay::all_methods().replay(&req(m)).is_some());
+        }
+        let mut post = req(Method::POST);
+        post.headers_mut()
+            .insert("idempotency-key", "abc".parse().unwrap());
+        assert!(HttpReplay::new().replay(&post).is_some());
+    }
+
+    #[test]
+    fn per_request_override() {
+        let mut post = req(Method::POST);
+        post.extensions_mut().insert(Idempotent(true));
+        assert!(HttpReplay::new().replay(&post).is_some());
+        let mut get = req(Method::GET);
+        get.extensions_mut().insert(Idempotent(false));
+        assert!(HttpReplay::new().replay(&get).is_none());
+        assert!(HttpReplay::all_methods().replay(&get).is_none());
+    }
+
+    #[test]
+    fn copies_head_body_and_extensions_and_marks_attempts() {
+        let replay = HttpReplay::new();
+        let mut original = Request::put("http://x/a?b=c")
+            .header("x-h", "1")
+            .body("payload".to_owned())
+            .unwrap();
+        replay.mark(&mut original, 1);
+        let mut copy = replay.replay(&original).unwrap();
+        assert_eq!(copy.uri(), original.uri());
+        assert_eq!(copy.headers()["x-h"], "1");
+        assert_eq!(copy.body(), "payload");
+        replay.mark(&mut copy, 2);
+        let first = original.extensions().get::<Attempt>().unwrap();
+        let second = copy.extensions().get::<Attempt>().unwrap();
+        assert_eq!((first.number(), second.number()), (1, 2));
+        // Copies share the record of tried replicas.
+        first.record("a".into());
+        assert_eq!(second.tried(), vec![std::sync::Arc::<str>::from("a")]);
+    }
+}

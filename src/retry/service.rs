@@ -1,0 +1,99 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::time::Instant;
+use tower::Service;
+
+use super::config::Policy;
+use super::future::ResponseFuture;
+use super::{CloneRequest, Replay};
+use crate::classify::{Classify, ErrorsAsFailures};
+
+/// Retries failed calls of the inner service, under a budget; made by
+/// [`RetryLayer`](super::RetryLayer).
+///
+/// Errors are the inner service's, unchanged: the caller gets the last real
+/// outcome, whether the retries ran out, the budget refused, or the
+/// deadline came.
+#[derive(Debug)]
+pub struct Retry<S, C = ErrorsAsFailures, R = CloneRequest> {
+    inner: S,
+    /// This clone's own handle on the shared policy: the reference count a
+    /// call bumps is not shared with other threads' clones.
+    local: Arc<Local<C, R>>,
+}
+
+/// A service clone's handle on the shared policy (see [`Retry`]).
+#[derive(Debug)]
+pub(super) struct Local<C, R> {
+    pub(super) policy: Arc<Policy<C, R>>,
+}
+
+impl<S: Clone, C, R> Clone for Retry<S, C, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            local: Arc::new(Local {
+                policy: self.local.policy.clone(),
+            }),
+        }
+    }
+}
+
+impl<S, C, R> Retry<S, C, R> {
+    pub(super) fn from_policy(inner: S, policy: Arc<Policy<C, R>>) -> Self {
+        Self {
+            inner,
+            local: Arc::new(Local { policy }),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the layer.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, C, R, Req> Service<Req> for Retry<S, C, R>
+where
+    S: Service<Req> + Clone,
+    C: Classify<S::Response, S::Error>,
+    R: Replay<Req>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, Req, C, R>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let policy = &*self.local.policy;
+        policy.metrics.attempts.increment(1);
+        policy.budget.deposit();
+        policy.replay.mark(&mut req, 1);
+        let template = if policy.max_attempts > 1 {
+            policy.replay.replay(&req)
+        } else {
+            None
+        };
+        let started = policy.deadline.map(|_| Instant::now());
+        // The clone goes to the future for later attempts; the service that
+        // was polled ready takes this call (tower's contract).
+        let clone = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(service, req, template, Arc::clone(&self.local), started)
+    }
+}

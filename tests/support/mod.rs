@@ -1,0 +1,280 @@
+//! Helpers shared by the integration tests: a real HTTP/1 server on loopback
+//! whose answers are switched at run time, and a hyper-util client for it.
+//!
+//! ```ignore
+//! mod support;
+//! use support::{Reply, TestServer};
+//!
+//! let server = TestServer::start().await;
+//! let client = support::client();
+//! server.set_reply(Reply::unavailable_retry_after("120"));
+//! let res = client.request(support::get(&server.uri("/"))).await?;
+//! assert_eq!(server.requests(), 1);
+//! ```
+//!
+//! # Time
+//!
+//! Nothing here arms a tokio timer: the server's hyper builder has no timer
+//! (and its header read timeout is off), the client has no pool timer, and
+//! loopback addresses are IP literals, so no happy-eyeballs delay either.
+//! Tests may therefore pause tokio time (`start_paused = true`) and move it
+//! with `tokio::time::advance`: with no timer pending, auto-advance never
+//! jumps the clock while a request is on the wire.
+
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The request body the test client sends.
+pub type Body = Empty<Bytes>;
+
+/// The hyper-util client the tests wrap in layers.
+pub type HttpClient = Client<HttpConnector, Body>;
+
+/// What the [`TestServer`] answers to every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `200 OK`, body `ok`.
+    Ok,
+    /// The given status, body `error`, with an optional `Retry-After` value
+    /// (sent as is, so a test may send garbage or an HTTP-date).
+    Status {
+        /// The status code.
+        status: StatusCode,
+        /// The `Retry-After` header value, if any.
+        retry_after: Option<String>,
+    },
+}
+
+impl Reply {
+    /// `503 Service Unavailable` without `Retry-After`.
+    pub fn unavailable() -> Self {
+        Self::status(StatusCode::SERVICE_UNAVAILABLE)
+    }
+
+    /// `503 Service Unavailable` with `Retry-After: value`.
+    pub fn unavailable_retry_after(value: impl Into<String>) -> Self {
+        Self::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: Some(value.into()),
+        }
+    }
+
+    /// Any status, without `Retry-After`.
+    pub fn status(status: StatusCode) -> Self {
+        Self::Status {
+            status,
+            retry_after: None,
+        }
+    }
+
+    fn response(&self) -> Response<Full<Bytes>> {
+        match self {
+            Self::Ok => Response::new(Full::new(Bytes::from_static(b"ok"))),
+            Self::Status {
+                status,
+                retry_after,
+            } => {
+                let mut res = Response::new(Full::new(Bytes::from_static(b"error")));
+                *res.status_mut() = *status;
+                if let Some(value) = retry_after {
+                    let value = HeaderValue::from_str(value).expect("a valid header value");
+                    res.headers_mut().insert(RETRY_AFTER, value);
+                }
+                res
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    reply: Mutex<Reply>,
+    requests: AtomicU64,
+}
+
+/// A real HTTP/1 server on `127.0.0.1` (a port the OS picks), one task per
+/// connection. Its answer is switched with [`set_reply`](Self::set_reply)
+/// and it counts the requests it received.
+///
+/// Dropping the handle (or [`shutdown`](Self::shutdown)) stops the accept
+/// loop and asks every open connection to close once its current request is
+/// answered (idle keep-alive connections close at once).
+#[derive(Debug)]
+pub struct TestServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    /// Dropping it wakes every `changed()` of the server's tasks.
+    stop: Option<watch::Sender<()>>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server that answers `200 ok`.
+    pub async fn start() -> Self {
+        Self::start_with(Reply::Ok).await
+    }
+
+    /// Starts a server that answers `reply`.
+    pub async fn start_with(reply: Reply) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("the bound address");
+        let shared = Arc::new(Shared {
+            reply: Mutex::new(reply),
+            requests: AtomicU64::new(0),
+        });
+        let (stop, stopped) = watch::channel(());
+        let accept = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
+        Self {
+            addr,
+            shared,
+            stop: Some(stop),
+            accept: Some(accept),
+        }
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn uri(&self, path: &str) -> Uri {
+        format!("http://{}{path}", self.addr)
+            .parse()
+            .expect("a valid URI")
+    }
+
+    /// Switches what the server answers from the next request on.
+    pub fn set_reply(&self, reply: Reply) {
+        *self.shared.reply.lock().unwrap() = reply;
+    }
+
+    /// What the server answers now.
+    pub fn reply(&self) -> Reply {
+        self.shared.reply.lock().unwrap().clone()
+    }
+
+    /// Answer `200 ok` from now on.
+    pub fn set_healthy(&self) {
+        self.set_reply(Reply::Ok);
+    }
+
+    /// Answer `503` from now on, with `Retry-After: retry_after` if given.
+    pub fn set_unavailable(&self, retry_after: Option<&str>) {
+        self.set_reply(match retry_after {
+            Some(value) => Reply::unavailable_retry_after(value),
+            None => Reply::unavailable(),
+        });
+    }
+
+    /// How many requests the server has received so far.
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Stops the server and waits for its accept loop to end (at once: the
+    /// loop only waits on `accept` and the stop signal).
+    pub async fn shutdown(mut self) {
+        self.stop.take();
+        if let Some(accept) = self.accept.take() {
+            accept.await.expect("the accept loop does not panic");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // Dropping the sender is the stop signal; the tasks end by themselves.
+        self.stop.take();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<()>) {
+    loop {
+        let stream = tokio::select! {
+            // Only the sender's drop ends the wait: nothing is ever sent.
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // A connection that failed before it was accepted
+                // (reset, out of descriptors): keep serving the others.
+                Err(_) => continue,
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve(stream, shared.clone(), stopped.clone()));
+    }
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<()>,
+) {
+    let service = service_fn(move |_req: Request<Incoming>| {
+        let shared = shared.clone();
+        async move {
+            shared.requests.fetch_add(1, Ordering::SeqCst);
+            let reply = shared.reply.lock().unwrap().clone();
+            Ok::<_, Infallible>(reply.response())
+        }
+    });
+    let conn = http1::Builder::new()
+        // No timer on purpose (see the module docs): say so explicitly.
+        .header_read_timeout(None)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        // Errors are the client's business (it hung up mid-request).
+        _ = conn.as_mut() => {}
+        _ = stopped.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// A hyper-util client (HTTP/1, plain TCP, connection pool without timers).
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A `GET uri` request with an empty body.
+pub fn get(uri: &Uri) -> Request<Body> {
+    Request::get(uri.clone())
+        .body(Empty::new())
+        .expect("a valid request")
+}
+
+/// Reads a response's body to the end (which also lets the client reuse
+/// the connection) and returns the status and the body.
+pub async fn read(res: Response<Incoming>) -> (StatusCode, Bytes) {
+    let status = res.status();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .expect("read the response body")
+        .to_bytes();
+    (status, body)
+}
