@@ -1,1 +1,348 @@
-fn main() {}
+//! What a closed circuit breaker costs per call, next to the alternatives.
+//!
+//! Run: `cargo bench --bench overhead -- --noplot` (about two minutes).
+//!
+//! Every variant drives a tower `Service` by hand — `poll_ready`, `call`,
+//! then the returned future polled to completion — with no runtime, around
+//! an inner service that answers at once (`Echo`). What is left is the
+//! breaker's own bookkeeping.
+//!
+//! Group `breaker/closed` (one thread, time per call, `Waker::noop()`):
+//!
+//! - `raw`: the inner service alone, the floor;
+//! - `steadfast/count`: `CircuitBreakerLayer::builder().build()` (the
+//!   default count window of 100 calls);
+//! - `steadfast/time`: the same with `SlidingWindow::time(10 s)` (10
+//!   buckets);
+//! - `tower-resilience`: `tower_resilience::circuitbreaker`, its default
+//!   (leanest) config: count window of 100, no listeners, no slow-call rule,
+//!   no fallback;
+//! - `failsafe`: failsafe's synchronous `CircuitBreaker::call` (default
+//!   `Config::new().build()`) wrapped around the same hand-driven `Echo` as
+//!   `raw`. Its futures API makes the same two state-machine calls
+//!   (`is_call_permitted` on first poll, `on_success` on completion) plus a
+//!   future wrapper, so the synchronous call is its leanest closed path.
+//!
+//! Every breaker is warmed with 1,000 calls first, so its window is full of
+//! successes and the circuit is in its steady closed state.
+//!
+//! Group `breaker/contended` (time per call, aggregated over threads):
+//! `iters` calls split over 1 or 2 threads, each driving its own clone of
+//! ONE shared breaker (so they share its state), timed from a common start
+//! barrier to the last thread's end. A steadfast clone shares the circuit;
+//! a tower-resilience clone shares its `Arc<tokio::sync::Mutex<Circuit>>`;
+//! a failsafe clone shares its `Arc<parking_lot::Mutex<..>>`. The
+//! `*-unshared` controls give each thread its own steadfast breaker: the
+//! same work with nothing shared, i.e. the machine's ceiling for that work.
+//! `raw` is too small (a cycle or so per call) to say much.
+//!
+//! Here the waker raises a flag and a thread that sees `Pending` (only
+//! tower-resilience's async mutex ever returns it, when the other thread
+//! holds it) polls again once woken, as a runtime would. Polling again at
+//! once with a no-op waker instead makes tower-resilience look worse still:
+//! each repoll of a queued tokio semaphore waiter takes the semaphore's
+//! waiter-list lock, fighting the thread that is trying to release.
+//!
+//! # Reading the numbers
+//!
+//! - Overhead of a breaker = `breaker/closed/<impl>` − `breaker/closed/raw`.
+//! - Scaling = `contended/<impl>/1thread` ÷ `contended/<impl>/2threads`:
+//!   the throughput of two threads over one. 2.0 is perfect scaling (the
+//!   threads never wait on each other); about 1.0 means the shared state
+//!   serialises them (two threads do no more than one, each call taking
+//!   twice as long); below 1.0 means sharing makes two threads slower than
+//!   one (cache-line ping-pong on a lock, lock hand-offs). Compare with the
+//!   `*-unshared` control's ratio, which is what this machine gives for the
+//!   same work without sharing (on a busy 2-core box even that falls short
+//!   of 2.0: run it on a quiet machine).
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use criterion::{
+    BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
+};
+use steadfast::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+use tower_resilience::circuitbreaker::CircuitBreakerLayer as TrLayer;
+
+/// An inner service that answers at once.
+#[derive(Debug, Clone, Copy)]
+struct Echo;
+
+impl Service<u64> for Echo {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, x: u64) -> Self::Future {
+        ready(Ok(x))
+    }
+}
+
+/// What a thread does when a future or `poll_ready` returns `Pending`.
+struct Driver {
+    waker: Waker,
+    flag: Option<Arc<Flag>>,
+}
+
+/// A waker that raises a flag, so a thread repolls only once woken, as a
+/// runtime would.
+struct Flag(AtomicBool);
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Driver {
+    /// A no-op waker; `Pending` is polled again at once.
+    fn noop() -> Self {
+        Self {
+            waker: Waker::noop().clone(),
+            flag: None,
+        }
+    }
+
+    /// A flag waker; `Pending` waits for the wake-up before polling again.
+    fn flagged() -> Self {
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        Self {
+            waker: Waker::from(flag.clone()),
+            flag: Some(flag),
+        }
+    }
+
+    #[cold]
+    fn wait(&self) {
+        let Some(flag) = &self.flag else {
+            std::hint::spin_loop();
+            return;
+        };
+        let mut spins = 0u32;
+        while !flag.0.swap(false, Ordering::Acquire) {
+            spins += 1;
+            if spins % 128 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// One call driven by hand: ready, call, poll to completion.
+#[inline]
+fn drive<S>(svc: &mut S, d: &Driver, x: u64) -> S::Response
+where
+    S: Service<u64>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(&d.waker);
+    loop {
+        match svc.poll_ready(&mut cx) {
+            Poll::Ready(r) => break r.expect("ready"),
+            Poll::Pending => d.wait(),
+        }
+    }
+    let mut fut = pin!(svc.call(x));
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(r) => return r.expect("closed breaker, instant success"),
+            Poll::Pending => d.wait(),
+        }
+    }
+}
+
+/// Anything the benches can call once, from its own clone.
+trait Caller: Clone + Send {
+    fn once(&mut self, d: &Driver, x: u64) -> u64;
+}
+
+/// A tower service.
+#[derive(Clone)]
+struct Svc<S>(S);
+
+impl<S> Caller for Svc<S>
+where
+    S: Service<u64, Response = u64> + Clone + Send,
+    S::Error: std::fmt::Debug,
+{
+    #[inline]
+    fn once(&mut self, d: &Driver, x: u64) -> u64 {
+        drive(&mut self.0, d, x)
+    }
+}
+
+/// failsafe's synchronous breaker around the hand-driven inner service.
+#[derive(Clone)]
+struct Failsafe<B> {
+    breaker: B,
+    inner: Echo,
+}
+
+impl<B: failsafe::CircuitBreaker + Clone + Send> Caller for Failsafe<B> {
+    #[inline]
+    fn once(&mut self, d: &Driver, x: u64) -> u64 {
+        let inner = &mut self.inner;
+        self.breaker
+            .call(|| Ok::<_, Infallible>(drive(inner, d, x)))
+            .expect("closed breaker, instant success")
+    }
+}
+
+fn steadfast_count() -> impl Caller {
+    let layer = CircuitBreakerLayer::builder()
+        .build()
+        .expect("valid config");
+    Svc(layer.layer(Echo))
+}
+
+fn steadfast_time() -> impl Caller {
+    let layer = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::time(Duration::from_secs(10)))
+        .build()
+        .expect("valid config");
+    Svc(layer.layer(Echo))
+}
+
+fn tower_resilience() -> impl Caller {
+    // A service's clones share its circuit (`Arc<Mutex<Circuit>>`).
+    let layer = TrLayer::builder().build().expect("valid config");
+    Svc(layer.layer(Echo))
+}
+
+fn failsafe() -> impl Caller {
+    // Clones share the state machine (`Arc<Mutex<..>>`).
+    Failsafe {
+        breaker: failsafe::Config::new().build(),
+        inner: Echo,
+    }
+}
+
+/// Fills the windows so the measured calls see a steady closed circuit.
+fn warmed<C: Caller>(mut caller: C) -> C {
+    let d = Driver::noop();
+    for i in 0..1_000 {
+        black_box(caller.once(&d, i));
+    }
+    caller
+}
+
+fn closed(c: &mut Criterion) {
+    let mut group = c.benchmark_group("breaker/closed");
+    configure(&mut group);
+    let d = Driver::noop();
+
+    let mut raw = Svc(Echo);
+    group.bench_function("raw", |b| b.iter(|| raw.once(&d, black_box(1))));
+    let mut sf = warmed(steadfast_count());
+    group.bench_function("steadfast/count", |b| b.iter(|| sf.once(&d, black_box(1))));
+    let mut sf = warmed(steadfast_time());
+    group.bench_function("steadfast/time", |b| b.iter(|| sf.once(&d, black_box(1))));
+    let mut tr = warmed(tower_resilience());
+    group.bench_function("tower-resilience", |b| b.iter(|| tr.once(&d, black_box(1))));
+    let mut fs = warmed(failsafe());
+    group.bench_function("failsafe", |b| b.iter(|| fs.once(&d, black_box(1))));
+    group.finish();
+}
+
+/// `iters` calls split over `threads` threads, each with its own caller
+/// from `make` (made before the threads start); wall time from the common
+/// start barrier to the last thread's end.
+fn run_split<C: Caller>(make: &impl Fn() -> C, threads: u64, iters: u64) -> Duration {
+    let barrier = Barrier::new(threads as usize);
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let mut caller = make();
+                let barrier = &barrier;
+                // Thread 0 takes the remainder.
+                let n = iters / threads + if t == 0 { iters % threads } else { 0 };
+                s.spawn(move || {
+                    let d = Driver::flagged();
+                    barrier.wait();
+                    let start = Instant::now();
+                    for i in 0..n {
+                        black_box(caller.once(&d, black_box(i)));
+                    }
+                    (start, Instant::now())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .collect()
+    });
+    let start = spans.iter().map(|s| s.0).min().expect("a thread");
+    let end = spans.iter().map(|s| s.1).max().expect("a thread");
+    end - start
+}
+
+/// `<name>/1thread` and `<name>/2threads`.
+fn contended_pair<C: Caller>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    make: impl Fn() -> C,
+) {
+    for threads in [1, 2] {
+        let plural = if threads > 1 { "s" } else { "" };
+        group.bench_function(format!("{name}/{threads}thread{plural}"), |b| {
+            b.iter_custom(|iters| run_split(&make, threads, iters))
+        });
+    }
+}
+
+/// Every thread gets a clone of one warmed caller: one shared breaker.
+fn shared<C: Caller>(caller: C) -> impl Fn() -> C {
+    let caller = warmed(caller);
+    move || caller.clone()
+}
+
+fn contended(c: &mut Criterion) {
+    let mut group = c.benchmark_group("breaker/contended");
+    configure(&mut group);
+    contended_pair(&mut group, "raw", shared(Svc(Echo)));
+    contended_pair(&mut group, "steadfast/count", shared(steadfast_count()));
+    contended_pair(&mut group, "steadfast/time", shared(steadfast_time()));
+    // Controls: each thread its own breaker (own circuit), so nothing is
+    // shared; the ceiling the shared variants are compared with.
+    contended_pair(&mut group, "steadfast/count-unshared", || {
+        warmed(steadfast_count())
+    });
+    contended_pair(&mut group, "steadfast/time-unshared", || {
+        warmed(steadfast_time())
+    });
+    contended_pair(&mut group, "tower-resilience", shared(tower_resilience()));
+    contended_pair(&mut group, "failsafe", shared(failsafe()));
+    group.finish();
+}
+
+fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+}
+
+criterion_group!(benches, closed, contended);
+criterion_main!(benches);

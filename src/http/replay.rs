@@ -25,9 +25,11 @@ pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
 /// retried, and the attempt in flight is not harmed.
 ///
 /// Attempts take turns: a replay reads the shared state once the previous
-/// attempt has dropped its body (as hyper does when a request is done). A
-/// replay polled while an earlier attempt still holds the body fails with
-/// an error rather than wait.
+/// attempt has dropped its body (as hyper does when a request is done).
+/// While an attempt still reads it (a server answered before reading the
+/// whole upload), `try_clone` returns `None`, so the request is not retried;
+/// two copies polled at once (which the retry layer never does) make the
+/// second fail with an error rather than wait.
 ///
 /// # Example
 ///
@@ -60,6 +62,8 @@ pub struct ReplayBody<B> {
 #[derive(Debug)]
 struct Shared<B> {
     state: Mutex<Option<State<B>>>,
+    /// Whether an attempt has started reading and not yet let go of the body.
+    held: AtomicBool,
     /// Set once the buffer passed the cap (or the body failed): no more replays.
     capped: AtomicBool,
     cap: usize,
@@ -85,19 +89,21 @@ impl<B: Body> ReplayBody<B> {
     pub fn with_cap(body: B, cap: usize) -> Self {
         let hint = body.size_hint();
         let ended = body.is_end_stream();
+        let state = State {
+            body: (!ended).then_some(body),
+            chunks: Vec::new(),
+            buffered: 0,
+            trailers: None,
+        };
         Self {
             shared: Arc::new(Shared {
-                state: Mutex::new(None),
+                state: Mutex::new(Some(state)),
+                held: AtomicBool::new(false),
                 capped: AtomicBool::new(false),
                 cap,
                 hint,
             }),
-            state: Some(State {
-                body: (!ended).then_some(body),
-                chunks: Vec::new(),
-                buffered: 0,
-                trailers: None,
-            }),
+            state: None,
             cursor: 0,
             trailers_sent: false,
             yielded: 0,
@@ -107,10 +113,12 @@ impl<B: Body> ReplayBody<B> {
 }
 
 impl<B> ReplayBody<B> {
-    /// A body for another attempt, or `None` once the buffer passed its cap
-    /// (or the original body failed).
+    /// A body for another attempt, or `None` when it cannot be sent again:
+    /// the buffer passed its cap, the original body failed, or an earlier
+    /// attempt is still reading it (a server that answered before reading
+    /// the whole upload) — a retry then is refused rather than fail later.
     pub fn try_clone(&self) -> Option<Self> {
-        if self.shared.capped.load(Ordering::Acquire) {
+        if self.shared.capped.load(Ordering::Acquire) || self.shared.held.load(Ordering::Acquire) {
             return None;
         }
         Some(Self {
@@ -139,7 +147,9 @@ impl<B> Drop for ReplayBody<B> {
     fn drop(&mut self) {
         if let Some(state) = self.state.take() {
             // Hand the state to the next attempt.
-            *self.shared.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
+            let mut slot = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            *slot = Some(state);
+            self.shared.held.store(false, Ordering::Release);
         }
     }
 }
@@ -170,12 +180,11 @@ where
         if this.state.is_none() {
             // Take the state once, not per frame: the lock is never held
             // across polls and is taken twice per attempt at most.
-            this.state = this
-                .shared
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            let mut slot = this.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            this.state = slot.take();
+            if this.state.is_some() {
+                this.shared.held.store(true, Ordering::Release);
+            }
         }
         let Some(mut state) = this.state.take() else {
             return Poll::Ready(Some(Err(ReplayBusy.into())));
@@ -370,9 +379,26 @@ mod tests {
         let mut first = ReplayBody::new(stream(vec!["a", "b"], false));
         let second = first.try_clone().unwrap();
         first.frame().await.unwrap().unwrap();
+        // No new copy while the first attempt reads the body...
+        assert!(first.try_clone().is_none());
+        // ...and a copy made before is polled in vain.
         let err = second.collect().await.unwrap_err();
         assert!(err.to_string().contains("earlier attempt"), "{err}");
         drop(first);
+    }
+
+    #[tokio::test]
+    async fn copies_wait_for_the_attempt_reading_the_body_to_let_go() {
+        let mut first = ReplayBody::new(stream(vec!["a", "b"], false));
+        let template = first.try_clone().unwrap();
+        first.frame().await.unwrap().unwrap();
+        assert!(
+            template.try_clone().is_none(),
+            "the first attempt still reads it"
+        );
+        drop(first);
+        let replay = template.try_clone().expect("free again");
+        assert_eq!(replay.collect().await.unwrap().to_bytes(), "ab");
     }
 
     #[tokio::test]

@@ -43,6 +43,7 @@ pub struct Builder<C = ErrorsAsFailures, R = CloneRequest> {
 /// The validated settings, shared by every service of a layer (private).
 #[derive(Debug)]
 pub(super) struct Policy<C, R> {
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     pub(super) name: Arc<str>,
     pub(super) classifier: C,
     pub(super) replay: R,

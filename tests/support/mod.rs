@@ -12,6 +12,12 @@
 //! assert_eq!(server.requests(), 1);
 //! ```
 //!
+//! A test may also script the next few answers ([`TestServer::fail_first`],
+//! [`TestServer::script`]) and have the server read and keep every request
+//! it receives, body included ([`TestServer::record`],
+//! [`TestServer::received`]); a client for any request body type comes from
+//! [`client_for`].
+//!
 //! # Time
 //!
 //! Nothing here arms a tokio timer: the server's hyper builder has no timer
@@ -24,17 +30,18 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -104,10 +111,40 @@ impl Reply {
     }
 }
 
+/// A request as the server received it, body read to the end (see
+/// [`TestServer::record`]).
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The method.
+    pub method: Method,
+    /// The request target, as sent (a path for HTTP/1 origin-form).
+    pub uri: Uri,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
 #[derive(Debug)]
 struct Shared {
     reply: Mutex<Reply>,
     requests: AtomicU64,
+    /// Answers for the next requests, one each, before `reply` again.
+    script: Mutex<VecDeque<Reply>>,
+    /// Whether to read and keep every request (see `TestServer::record`).
+    record: AtomicBool,
+    received: Mutex<Vec<Received>>,
+}
+
+impl Shared {
+    /// The answer to the request that just arrived: the next scripted one,
+    /// or else the current reply.
+    fn next_reply(&self) -> Reply {
+        match self.script.lock().unwrap().pop_front() {
+            Some(reply) => reply,
+            None => self.reply.lock().unwrap().clone(),
+        }
+    }
 }
 
 /// A real HTTP/1 server on `127.0.0.1` (a port the OS picks), one task per
@@ -141,6 +178,9 @@ impl TestServer {
         let shared = Arc::new(Shared {
             reply: Mutex::new(reply),
             requests: AtomicU64::new(0),
+            script: Mutex::new(VecDeque::new()),
+            record: AtomicBool::new(false),
+            received: Mutex::new(Vec::new()),
         });
         let (stop, stopped) = watch::channel(());
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
@@ -192,6 +232,44 @@ impl TestServer {
         self.shared.requests.load(Ordering::SeqCst)
     }
 
+    /// Answers the next requests with `replies`, one each and in order
+    /// (after any still scripted), then goes back to the current reply.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.shared.script.lock().unwrap().extend(replies);
+    }
+
+    /// Answers the next `n` requests with `reply` (see [`script`](Self::script)),
+    /// e.g. `fail_first(2, Reply::unavailable())` on a healthy server.
+    pub fn fail_first(&self, n: usize, reply: Reply) {
+        self.script(std::iter::repeat_n(reply, n));
+    }
+
+    /// From the next request on, reads every request's body to the end
+    /// before answering, and keeps the request (see
+    /// [`received`](Self::received)). A request whose body fails to arrive
+    /// (the client hung up) is not kept, and is answered `400`.
+    pub fn record(&self) {
+        self.shared.record.store(true, Ordering::SeqCst);
+    }
+
+    /// The requests kept since [`record`](Self::record), in arrival order.
+    /// A request is kept before it is answered, so once the client has the
+    /// answer, the request is here.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().unwrap().clone()
+    }
+
+    /// The bodies of [`received`](Self::received).
+    pub fn bodies(&self) -> Vec<Bytes> {
+        self.shared
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.body.clone())
+            .collect()
+    }
+
     /// Stops the server and waits for its accept loop to end (at once: the
     /// loop only waits on `accept` and the stop signal).
     pub async fn shutdown(mut self) {
@@ -231,11 +309,23 @@ async fn serve(
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<()>,
 ) {
-    let service = service_fn(move |_req: Request<Incoming>| {
+    let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         async move {
             shared.requests.fetch_add(1, Ordering::SeqCst);
-            let reply = shared.reply.lock().unwrap().clone();
+            let reply = shared.next_reply();
+            if shared.record.load(Ordering::SeqCst) {
+                let (head, body) = req.into_parts();
+                let Ok(body) = body.collect().await else {
+                    return Ok(Reply::status(StatusCode::BAD_REQUEST).response());
+                };
+                shared.received.lock().unwrap().push(Received {
+                    method: head.method,
+                    uri: head.uri,
+                    headers: head.headers,
+                    body: body.to_bytes(),
+                });
+            }
             Ok::<_, Infallible>(reply.response())
         }
     });
@@ -256,6 +346,16 @@ async fn serve(
 
 /// A hyper-util client (HTTP/1, plain TCP, connection pool without timers).
 pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// The same client for another request body type (a streaming body, a
+/// `ReplayBody`, …).
+pub fn client_for<B>() -> Client<HttpConnector, B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
     Client::builder(TokioExecutor::new()).build_http()
 }
 
