@@ -387,7 +387,8 @@ async fn an_early_answer_during_the_upload_is_returned_not_retried() {
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let count = Arc::new(AtomicU32::new(0));
-    let bodies: Arc<Mutex<Vec<(u32, Result<Bytes, String>)>>> = Arc::default();
+    type Bodies = Arc<Mutex<Vec<(u32, Result<Bytes, String>)>>>;
+    let bodies: Bodies = Arc::default();
     {
         let count = count.clone();
         let bodies = bodies.clone();
