@@ -57,7 +57,6 @@
 //! # Ok::<(), steadfast::error::ConfigError>(())
 //! ```
 
-use std::cell::Cell;
 use std::time::Duration;
 
 use metrics::Counter;
@@ -65,6 +64,7 @@ use tokio::time::Instant;
 
 use crate::error::ConfigError;
 use crate::stats::epoch::{self, EpochCounter};
+use crate::stats::shard;
 use crate::stats::window::bucket_index;
 use crate::sync::{AtomicU64, Ordering};
 
@@ -74,8 +74,6 @@ const SCALE: u64 = 1_000;
 const BUCKETS: u32 = 10;
 /// A shard reads the clock once per this many deposits.
 const TICK_EVERY: u64 = 16;
-/// The most shards a budget spreads over.
-const MAX_SHARDS: usize = 64;
 
 /// A budget for extra attempts, shared (in an `Arc`) by the retry, hedge and
 /// (planned) pool layers of one upstream. See the [module docs](self).
@@ -184,10 +182,7 @@ impl Builder {
                 "and min_per_sec are both zero: the budget would never allow a retry",
             ));
         }
-        let shards = std::thread::available_parallelism()
-            .map_or(4, |n| n.get())
-            .next_power_of_two()
-            .clamp(1, MAX_SHARDS);
+        let shards = shard::count(usize::MAX);
         let ttl_nanos = u64::try_from(self.ttl.as_nanos()).unwrap_or(u64::MAX);
         Ok(RetryBudget {
             exhausted: metrics::counter!("steadfast_budget_exhausted_total", "name" => self.name.clone()),
@@ -219,24 +214,6 @@ impl Default for RetryBudget {
     }
 }
 
-thread_local! {
-    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-/// This thread's shard index (assigned round-robin on first use).
-#[inline]
-fn shard_index() -> usize {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    SHARD.with(|cell| {
-        let mut i = cell.get();
-        if i == usize::MAX {
-            i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            cell.set(i);
-        }
-        i
-    })
-}
-
 impl RetryBudget {
     /// A builder with the defaults (ttl 10 s, 10 per second, ratio 0.2).
     pub fn builder() -> Builder {
@@ -265,7 +242,7 @@ impl RetryBudget {
 
     #[inline]
     fn shard(&self) -> &Shard {
-        &self.shards[shard_index() & (self.shards.len() - 1)]
+        &self.shards[shard::index() & (self.shards.len() - 1)]
     }
 
     /// Reads the clock and moves the current bucket forward. Returns it.

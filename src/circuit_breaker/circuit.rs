@@ -310,7 +310,33 @@ impl Shared {
     }
 
     /// A call finished with `verdict`.
+    #[inline]
     pub(super) fn complete(&self, permit: Permit, verdict: Verdict) {
+        // The healthy path: a success in the closed state that would change
+        // nothing recorded. Loads only, so threads sharing the circuit do
+        // not contend.
+        if verdict.is_success()
+            && matches!(permit.admit, Admit::Closed { .. })
+            && self.config.slow_calls.is_none()
+            && self.success_changes_nothing()
+        {
+            self.metrics.success.increment(1);
+            return;
+        }
+        self.complete_slow(permit, verdict);
+    }
+
+    #[inline]
+    fn success_changes_nothing(&self) -> bool {
+        let window = match &self.window {
+            None => true,
+            Some(Window::Count(w)) => w.full_of_successes(),
+            Some(Window::Time(_)) => false,
+        };
+        window && self.consecutive.load(Ordering::Acquire) & u64::from(u32::MAX) == 0
+    }
+
+    fn complete_slow(&self, permit: Permit, verdict: Verdict) {
         let slow = match (self.config.slow_calls, permit.started) {
             (Some((threshold, _)), Some(started)) => started.elapsed() >= threshold,
             _ => false,
@@ -356,7 +382,7 @@ impl Shared {
         }
     }
 
-    fn closed_outcome(&self, generation: u64, failure: bool, slow: bool, verdict: Verdict) {
+    fn closed_outcome(&self, generation: u32, failure: bool, slow: bool, verdict: Verdict) {
         let word = self.core.load();
         if word.generation != generation || word.phase != Phase::Closed {
             // A late outcome of an earlier closed period: it says nothing
@@ -403,8 +429,8 @@ impl Shared {
         }
     }
 
-    fn bump_consecutive(&self, generation: u64) -> u64 {
-        let tag = generation & GEN_MASK;
+    fn bump_consecutive(&self, generation: u32) -> u64 {
+        let tag = u64::from(generation) & GEN_MASK;
         let mut current = self.consecutive.load(Ordering::Acquire);
         loop {
             let count = if current >> 32 == tag {
@@ -434,9 +460,9 @@ impl Shared {
         }
     }
 
-    fn consecutive_count(&self, generation: u64) -> u64 {
+    fn consecutive_count(&self, generation: u32) -> u64 {
         let v = self.consecutive.load(Ordering::Acquire);
-        if v >> 32 == generation & GEN_MASK {
+        if v >> 32 == u64::from(generation) & GEN_MASK {
             v & u64::from(u32::MAX)
         } else {
             0
@@ -445,7 +471,7 @@ impl Shared {
 
     /// Opens the circuit from `phase` of `generation`, for the backoff's
     /// next period, lengthened by the server's pushback if that is longer.
-    fn open(&self, generation: u64, phase: Phase, pushback: Option<Duration>) {
+    fn open(&self, generation: u32, phase: Phase, pushback: Option<Duration>) {
         let trips = self.trips.load(Ordering::Acquire);
         let backoff = &self.config.open_backoff;
         let previous = Duration::from_nanos(self.last_open_nanos.load(Ordering::Acquire));
@@ -496,7 +522,7 @@ impl Shared {
     /// subscriber never sees the circuit go back to an older state.
     fn publish(&self, t: Transition) {
         let to = State::of(t.to);
-        let generation = t.to.generation;
+        let generation = u64::from(t.to.generation);
         self.watch.send_if_modified(|current| {
             let last = self.published.load(Ordering::Relaxed);
             let ahead = generation.wrapping_sub(last) & GEN_MASK;

@@ -20,7 +20,8 @@ pin_project! {
     /// Dropping it before it completes records nothing, and a half-open
     /// probe gives its slot back so another probe can be admitted.
     #[derive(Debug)]
-    pub struct ResponseFuture<F, C> {
+    pub struct ResponseFuture<F, C>
+    {
         #[pin]
         kind: Kind<F>,
         guard: Option<Guard<C>>,
@@ -52,10 +53,6 @@ impl<C> Guard<C> {
             permit,
             done: false,
         }
-    }
-
-    pub(super) fn permit(&self) -> &Permit {
-        &self.permit
     }
 
     pub(super) fn permit_mut(&mut self) -> &mut Permit {
@@ -100,11 +97,13 @@ where
         match this.kind.project() {
             KindProj::Called { future } => {
                 let result = ready!(future.poll(cx));
-                if let Some(mut guard) = this.guard.take() {
-                    let verdict = guard.local.classifier.classify(result.as_ref());
+                if let Some(guard) = this.guard.as_mut() {
+                    let local = &guard.local;
+                    let verdict = local.classifier.classify(result.as_ref());
+                    local.circuit.shared.complete(guard.permit, verdict);
                     guard.done = true;
-                    guard.local.circuit.shared.complete(guard.permit, verdict);
                 }
+                *this.guard = None;
                 Poll::Ready(result.map_err(Into::into))
             }
             KindProj::Rejected { error } => match error.take() {

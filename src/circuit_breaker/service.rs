@@ -5,8 +5,9 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::Circuit;
-use super::circuit::{Permit, Shared};
+use super::circuit::Permit;
 use super::future::{Guard, ResponseFuture};
+use super::state::Admit;
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::error::{BoxError, CircuitOpen};
 
@@ -23,7 +24,14 @@ use crate::error::{BoxError, CircuitOpen};
 pub struct CircuitBreaker<S, C = ErrorsAsFailures> {
     inner: S,
     local: Arc<Local<C>>,
-    state: Ready<C>,
+    /// The admission `poll_ready` took for the next `call`. Plain data, so
+    /// the healthy path stores it without drop glue.
+    ready: Ready,
+    /// A half-open probe's slot, held from `poll_ready` to `call` so that
+    /// dropping the service (or deciding again) gives it back.
+    probe: Option<Guard<C>>,
+    /// Why the next call is rejected, when it is.
+    rejected: Option<CircuitOpen>,
 }
 
 /// What this service clone shares with the futures it makes. Each clone
@@ -35,12 +43,11 @@ pub(super) struct Local<C> {
     pub(super) classifier: C,
 }
 
-/// The admission `poll_ready` took for the next `call`.
-#[derive(Debug)]
-enum Ready<C> {
+#[derive(Debug, Clone, Copy)]
+enum Ready {
     Nothing,
-    Admitted(Guard<C>),
-    Rejected(CircuitOpen),
+    Admitted(Admit),
+    Rejected,
 }
 
 impl<S, C> CircuitBreaker<S, C> {
@@ -52,7 +59,9 @@ impl<S, C> CircuitBreaker<S, C> {
                 circuit,
                 classifier,
             }),
-            state: Ready::Nothing,
+            ready: Ready::Nothing,
+            probe: None,
+            rejected: None,
         }
     }
 
@@ -74,10 +83,6 @@ impl<S, C> CircuitBreaker<S, C> {
     /// The inner service, consuming the breaker.
     pub fn into_inner(self) -> S {
         self.inner
-    }
-
-    fn shared(&self) -> &Shared {
-        &self.local.circuit.shared
     }
 }
 
@@ -101,49 +106,73 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let shared = &self.local.circuit.shared;
         // An admission from an earlier poll that returned Pending stays valid
         // while the circuit is in the same period; otherwise decide again.
-        let keep = match &self.state {
-            Ready::Admitted(guard) => self.shared().is_current(guard.permit().admit),
+        let current = match self.ready {
+            Ready::Admitted(admit) => shared.is_current(admit),
             _ => false,
         };
-        if !keep {
-            self.state = match self.shared().acquire() {
-                Ok(admit) => Ready::Admitted(Guard::new(
-                    self.local.clone(),
-                    Permit {
-                        admit,
-                        started: None,
-                    },
-                )),
-                // Rejected: ready at once, without waiting on the inner service.
-                Err(open) => Ready::Rejected(open),
+        if !current {
+            self.probe = None;
+            self.ready = match shared.acquire() {
+                Ok(admit) => {
+                    if let Admit::Probe { .. } = admit {
+                        let permit = Permit {
+                            admit,
+                            started: None,
+                        };
+                        self.probe = Some(Guard::new(self.local.clone(), permit));
+                    }
+                    Ready::Admitted(admit)
+                }
+                Err(open) => {
+                    self.rejected = Some(open);
+                    Ready::Rejected
+                }
             };
         }
-        if let Ready::Rejected(_) = self.state {
+        if let Ready::Rejected = self.ready {
+            // Rejected: ready at once, without waiting on the inner service.
             return Poll::Ready(Ok(()));
         }
         match self.inner.poll_ready(cx) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(err)) => {
                 // Dropping the guard gives a probe slot back.
-                self.state = Ready::Nothing;
+                self.ready = Ready::Nothing;
+                self.probe = None;
                 Poll::Ready(Err(err.into()))
             }
             Poll::Pending => Poll::Pending,
         }
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        match std::mem::replace(&mut self.state, Ready::Nothing) {
-            Ready::Admitted(mut guard) => {
-                if self.shared().measures_duration() {
+        match std::mem::replace(&mut self.ready, Ready::Nothing) {
+            Ready::Admitted(admit) => {
+                let mut guard = match self.probe.take() {
+                    Some(guard) => guard,
+                    None => Guard::new(
+                        self.local.clone(),
+                        Permit {
+                            admit,
+                            started: None,
+                        },
+                    ),
+                };
+                if self.local.circuit.shared.measures_duration() {
                     guard.permit_mut().started = Some(Instant::now());
                 }
                 ResponseFuture::called(self.inner.call(req), guard)
             }
-            Ready::Rejected(open) => ResponseFuture::rejected(open),
+            Ready::Rejected => match self.rejected.take() {
+                Some(open) => ResponseFuture::rejected(open),
+                None => unreachable!("a rejection is stored with its reason"),
+            },
             Ready::Nothing => panic!("poll_ready must be called (and return Ready) before call"),
         }
     }

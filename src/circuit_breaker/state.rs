@@ -49,7 +49,7 @@ pub(crate) enum Mode {
 pub(crate) struct Word {
     pub(crate) mode: Mode,
     pub(crate) phase: Phase,
-    pub(crate) generation: u64,
+    pub(crate) generation: u32,
     pub(crate) payload: u64,
 }
 
@@ -69,7 +69,7 @@ impl Word {
         Self {
             mode,
             phase,
-            generation: (raw >> GEN_SHIFT) & GEN_MASK,
+            generation: ((raw >> GEN_SHIFT) & GEN_MASK) as u32,
             payload: raw & PAYLOAD_MASK,
         }
     }
@@ -77,7 +77,7 @@ impl Word {
     fn encode(self) -> u64 {
         ((self.mode as u64) << MODE_SHIFT)
             | ((self.phase as u64) << STATE_SHIFT)
-            | ((self.generation & GEN_MASK) << GEN_SHIFT)
+            | ((u64::from(self.generation) & GEN_MASK) << GEN_SHIFT)
             | (self.payload & PAYLOAD_MASK)
     }
 
@@ -86,7 +86,7 @@ impl Word {
         Self {
             mode: self.mode,
             phase,
-            generation: (self.generation + 1) & GEN_MASK,
+            generation: (self.generation + 1) & GEN_MASK as u32,
             payload,
         }
     }
@@ -109,16 +109,16 @@ fn half_open(in_flight: u64, successes: u64) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admit {
     /// A normal call in the closed state; its outcome feeds the window.
-    Closed { generation: u64 },
+    Closed { generation: u32 },
     /// One of the K half-open probes.
-    Probe { generation: u64 },
+    Probe { generation: u32 },
     /// Admitted without a role: disabled mode, or a call metrics-only mode
     /// lets through although the machine would reject it. Records nothing.
-    Passive { generation: u64 },
+    Passive { generation: u32 },
 }
 
 impl Admit {
-    pub(crate) fn generation(self) -> u64 {
+    pub(crate) fn generation(self) -> u32 {
         match self {
             Self::Closed { generation }
             | Self::Probe { generation }
@@ -269,16 +269,16 @@ impl Core {
 
     /// Closed -> Open, if the circuit is still in the closed period
     /// `generation`. Only one of several racing failures wins.
-    pub(crate) fn trip_closed(&self, generation: u64, until_ms: u64) -> Option<Transition> {
+    pub(crate) fn trip_closed(&self, generation: u32, until_ms: u64) -> Option<Transition> {
         self.trip(generation, Phase::Closed, until_ms)
     }
 
     /// HalfOpen -> Open: a probe failed.
-    pub(crate) fn trip_half_open(&self, generation: u64, until_ms: u64) -> Option<Transition> {
+    pub(crate) fn trip_half_open(&self, generation: u32, until_ms: u64) -> Option<Transition> {
         self.trip(generation, Phase::HalfOpen, until_ms)
     }
 
-    fn trip(&self, generation: u64, phase: Phase, until_ms: u64) -> Option<Transition> {
+    fn trip(&self, generation: u32, phase: Phase, until_ms: u64) -> Option<Transition> {
         self.update(|w| {
             if w.generation != generation || w.phase != phase {
                 return Err(());
@@ -293,7 +293,7 @@ impl Core {
     /// closed-state calls are admitted.
     pub(crate) fn probe_succeeded(
         &self,
-        generation: u64,
+        generation: u32,
         before_close: impl Fn(),
     ) -> Option<Transition> {
         self.update(|w| {
@@ -320,7 +320,7 @@ impl Core {
 
     /// A probe of `generation` ended without a verdict (cancelled or
     /// ignored): its slot goes back.
-    pub(crate) fn release_probe(&self, generation: u64) {
+    pub(crate) fn release_probe(&self, generation: u32) {
         self.update(|w| {
             if w.generation != generation || w.phase != Phase::HalfOpen {
                 return Err(());
@@ -378,7 +378,7 @@ impl Core {
 mod tests {
     use super::*;
 
-    fn probe_gen(r: Result<Admit, Reject>) -> u64 {
+    fn probe_gen(r: Result<Admit, Reject>) -> u32 {
         match r {
             Ok(Admit::Probe { generation }) => generation,
             other => panic!("expected a probe, got {other:?}"),
@@ -390,7 +390,7 @@ mod tests {
         let w = Word {
             mode: Mode::MetricsOnly,
             phase: Phase::HalfOpen,
-            generation: GEN_MASK,
+            generation: GEN_MASK as u32,
             payload: PAYLOAD_MASK,
         };
         assert_eq!(Word::decode(w.encode()), w);

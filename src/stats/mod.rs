@@ -2,9 +2,11 @@
 //!
 //! - [`window`]: sliding windows of call outcomes, count- or time-based.
 //! - [`epoch`]: counters tagged with the time bucket they count for.
+//! - [`shard`]: per-thread shards, so threads do not write one cache line.
 //!
 //! Planned with the hedge and pool work: a bounded latency histogram and a
 //! peak-EWMA load estimate. The hot path is atomics only.
 
 pub(crate) mod epoch;
+pub(crate) mod shard;
 pub(crate) mod window;

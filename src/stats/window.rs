@@ -15,6 +15,7 @@
 use tokio::time::Instant;
 
 use super::epoch::{self, EpochCounter};
+use super::shard;
 use crate::sync::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
 /// One finished call, as the window sees it.
@@ -124,8 +125,9 @@ impl CountWindow {
         self.apply(old, new);
     }
 
+    /// Whether the ring holds N successes, so one more changes nothing.
     #[inline]
-    fn full_of_successes(&self) -> bool {
+    pub(crate) fn full_of_successes(&self) -> bool {
         self.failures.load(Ordering::Acquire) <= 0
             && self.slow.load(Ordering::Acquire) <= 0
             && self.head.load(Ordering::Acquire) >= self.size()
@@ -168,11 +170,20 @@ impl CountWindow {
 
 /// `buckets` buckets of equal width spanning a duration, each with three
 /// [`EpochCounter`]s: a counter whose epoch left the window reads as zero and
-/// is claimed by the next write to its slot.
+/// is claimed by the next write to its slot. The buckets are sharded per
+/// thread (see [`shard`]) so that threads recording at once do not write
+/// one cache line; reading sums the shards.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     base: Instant,
     bucket_nanos: u64,
+    buckets: usize,
+    shards: Box<[Shard]>,
+}
+
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard {
     buckets: Box<[Bucket]>,
 }
 
@@ -183,21 +194,30 @@ struct Bucket {
     slow: EpochCounter,
 }
 
+/// Buckets over all shards at most: ~100 KB of counters.
+const MAX_SHARDED_BUCKETS: usize = 4096;
+
 impl TimeWindow {
     /// A window of `buckets` buckets (at least 1) of `span / buckets` each
     /// (at least 1 ns), starting at `base`.
     pub(crate) fn new(base: Instant, span: std::time::Duration, buckets: u32) -> Self {
-        let buckets = buckets.max(1);
+        let buckets = buckets.max(1) as usize;
         let bucket_nanos =
-            (span.as_nanos() / u128::from(buckets)).clamp(1, u128::from(u64::MAX)) as u64;
+            (span.as_nanos() / buckets as u128).clamp(1, u128::from(u64::MAX)) as u64;
+        let shards = shard::count(MAX_SHARDED_BUCKETS / buckets);
         Self {
             base,
             bucket_nanos,
-            buckets: (0..buckets)
-                .map(|_| Bucket {
-                    calls: EpochCounter::new(),
-                    failures: EpochCounter::new(),
-                    slow: EpochCounter::new(),
+            buckets,
+            shards: (0..shards)
+                .map(|_| Shard {
+                    buckets: (0..buckets)
+                        .map(|_| Bucket {
+                            calls: EpochCounter::new(),
+                            failures: EpochCounter::new(),
+                            slow: EpochCounter::new(),
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -211,7 +231,8 @@ impl TimeWindow {
     pub(crate) fn record(&self, now: Instant, sample: Sample) {
         let idx = self.index(now);
         let tag = epoch::tag(idx);
-        let bucket = &self.buckets[(idx % self.buckets.len() as u64) as usize];
+        let shard = &self.shards[shard::index() & (self.shards.len() - 1)];
+        let bucket = &shard.buckets[(idx % self.buckets as u64) as usize];
         bucket.calls.add(tag, 1);
         if sample.failure {
             bucket.failures.add(tag, 1);
@@ -223,9 +244,9 @@ impl TimeWindow {
 
     pub(crate) fn counts(&self, now: Instant) -> Counts {
         let tag = epoch::tag(self.index(now));
-        let span = self.buckets.len() as u32;
+        let span = self.buckets as u32;
         let (mut calls, mut failures, mut slow) = (0u64, 0u64, 0u64);
-        for b in self.buckets.iter() {
+        for b in self.shards.iter().flat_map(|s| s.buckets.iter()) {
             calls += b.calls.read(tag, span);
             failures += b.failures.read(tag, span);
             slow += b.slow.read(tag, span);
@@ -234,7 +255,7 @@ impl TimeWindow {
     }
 
     pub(crate) fn reset(&self) {
-        for b in self.buckets.iter() {
+        for b in self.shards.iter().flat_map(|s| s.buckets.iter()) {
             b.calls.clear();
             b.failures.clear();
             b.slow.clear();
@@ -245,8 +266,14 @@ impl TimeWindow {
 /// Which bucket of width `bucket_nanos`, counted from `base`, holds `now`.
 #[inline]
 pub(crate) fn bucket_index(base: Instant, now: Instant, bucket_nanos: u64) -> u64 {
-    let nanos = now.saturating_duration_since(base).as_nanos();
-    (nanos / u128::from(bucket_nanos.max(1))).min(u128::from(u64::MAX - 1)) as u64
+    // u64 arithmetic (584 years of nanoseconds): a 128-bit division costs
+    // more than the rest of a record.
+    let elapsed = now.saturating_duration_since(base);
+    let nanos = elapsed
+        .as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(elapsed.subsec_nanos()));
+    (nanos / bucket_nanos.max(1)).min(u64::MAX - 1)
 }
 
 #[cfg(all(test, not(steadfast_loom)))]
