@@ -33,7 +33,8 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<F> {
         Called { #[pin] future: F },
-        Rejected { error: Option<CircuitOpen> },
+        // Boxed as it will be returned: keeps the future small.
+        Rejected { error: Option<BoxError> },
     }
 }
 
@@ -78,7 +79,9 @@ impl<F, C> ResponseFuture<F, C> {
 
     pub(super) fn rejected(error: CircuitOpen) -> Self {
         Self {
-            kind: Kind::Rejected { error: Some(error) },
+            kind: Kind::Rejected {
+                error: Some(Box::new(error)),
+            },
             guard: None,
         }
     }
@@ -107,7 +110,7 @@ where
                 Poll::Ready(result.map_err(Into::into))
             }
             KindProj::Rejected { error } => match error.take() {
-                Some(open) => Poll::Ready(Err(Box::new(open))),
+                Some(open) => Poll::Ready(Err(open)),
                 None => panic!("ResponseFuture polled after completion"),
             },
         }
