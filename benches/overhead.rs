@@ -1,11 +1,14 @@
-//! What a closed circuit breaker costs per call, next to the alternatives.
+//! What a closed circuit breaker, and a retry layer whose calls succeed,
+//! cost per call, next to the alternatives.
 //!
-//! Run: `cargo bench --bench overhead -- --noplot` (about two minutes).
+//! Run: `cargo bench --bench overhead -- --noplot` (about four minutes);
+//! one family: `-- 'breaker/' --noplot` or `-- 'retry/' --noplot`.
 //!
 //! Every variant drives a tower `Service` by hand — `poll_ready`, `call`,
 //! then the returned future polled to completion — with no runtime, around
-//! an inner service that answers at once (`Echo`). What is left is the
-//! breaker's own bookkeeping.
+//! an inner service that answers at once (`Echo`, `u64` in and out, never
+//! failing). What is left is the layer's own bookkeeping. No metrics
+//! recorder is installed, so steadfast's counters are no-ops here.
 //!
 //! Group `breaker/closed` (one thread, time per call, `Waker::noop()`):
 //!
@@ -43,16 +46,49 @@
 //! each repoll of a queued tokio semaphore waiter takes the semaphore's
 //! waiter-list lock, fighting the thread that is trying to release.
 //!
+//! Group `retry/happy` (one thread, time per call, `Waker::noop()`): the
+//! happy path of a retry layer, where the first attempt succeeds. What a
+//! call pays for is keeping a copy of the request in case it must be sent
+//! again, and the budget deposit that lets a later failure be retried.
+//!
+//! - `raw`: `Echo` alone, the floor;
+//! - `steadfast`: `steadfast::retry::RetryLayer::builder().build()`, its
+//!   defaults: 3 attempts and a budget of its own (ttl 10 s, 10/s floor,
+//!   20%), one deposit per call (per-thread shards);
+//! - `tower`: `tower::retry::Retry` with `TowerPolicy` below, a minimal
+//!   policy doing the same: clones the request, retries errors (3
+//!   attempts), deposits into an `Arc<TpsBudget>` (ttl 10 s, 10/s, 20%)
+//!   once per request (in `clone_request`, which tower calls before the
+//!   first attempt) and withdraws before a retry. `TpsBudget` takes a
+//!   `Mutex` and reads the clock on every deposit, and `Retry::call` clones
+//!   the whole service (policy and its `Arc` included) into the future;
+//! - `tower-resilience`: `tower_resilience::retry`, its default config: 3
+//!   attempts, no listeners and no budget (a budget is opt-in). Its future
+//!   is a `BoxFuture` and every success builds a `RetryEvent` (the layer's
+//!   name cloned into a `String`, a clock read) even with no listener;
+//! - `tower-resilience/budget`: the same with its default token-bucket
+//!   budget (`RetryBudgetBuilder::new().token_bucket()`: 10/s, 100 tokens,
+//!   behind a `Mutex`, a clock read per deposit), which makes the deposit
+//!   per success the other two make.
+//!
+//! Group `retry/contended`: as `breaker/contended`, each thread driving its
+//! own clone of ONE retry service. Services of one steadfast layer, and
+//! their clones, share its policy and budget; tower's clones share the
+//! `Arc<TpsBudget>`; tower-resilience's clones share its
+//! `Arc<RetryConfig>` (and the budget in it). The control
+//! `steadfast/unshared` gives each thread its own layer, so its own budget.
+//!
 //! # Reading the numbers
 //!
-//! - Overhead of a breaker = `breaker/closed/<impl>` − `breaker/closed/raw`.
+//! - Overhead of a layer = `<group>/<impl>` − `<group>/raw`, in
+//!   `breaker/closed` or `retry/happy`.
 //! - Scaling = `contended/<impl>/1thread` ÷ `contended/<impl>/2threads`:
 //!   the throughput of two threads over one. 2.0 is perfect scaling (the
 //!   threads never wait on each other); about 1.0 means the shared state
 //!   serialises them (two threads do no more than one, each call taking
 //!   twice as long); below 1.0 means sharing makes two threads slower than
 //!   one (cache-line ping-pong on a lock, lock hand-offs). Compare with the
-//!   `*-unshared` control's ratio, which is what this machine gives for the
+//!   `*unshared` control's ratio, which is what this machine gives for the
 //!   same work without sharing (on a busy 2-core box even that falls short
 //!   of 2.0: run it on a quiet machine).
 
@@ -69,9 +105,14 @@ use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
 use steadfast::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
+use steadfast::retry::RetryLayer;
 use tokio::time::Instant;
+use tower::retry::Policy;
+use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service};
 use tower_resilience::circuitbreaker::CircuitBreakerLayer as TrLayer;
+use tower_resilience::retry::RetryBudgetBuilder;
+use tower_resilience::retry::RetryLayer as TrRetryLayer;
 
 /// An inner service that answers at once.
 #[derive(Debug, Clone, Copy)]
@@ -166,7 +207,7 @@ where
     let mut fut = pin!(svc.call(x));
     loop {
         match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(r) => return r.expect("closed breaker, instant success"),
+            Poll::Ready(r) => return r.expect("Echo never fails"),
             Poll::Pending => d.wait(),
         }
     }
@@ -236,6 +277,79 @@ fn failsafe() -> impl Caller {
         breaker: failsafe::Config::new().build(),
         inner: Echo,
     }
+}
+
+fn steadfast_retry() -> impl Caller {
+    // The defaults: 3 attempts, a budget of its own (ttl 10 s, 10/s, 20%)
+    // that every service of the layer shares.
+    let layer = RetryLayer::builder().build().expect("valid config");
+    Svc(layer.layer(Echo))
+}
+
+/// A minimal `tower::retry::Policy` that does what steadfast's retry does
+/// for a call: keeps a copy of the request, retries errors (up to 3
+/// attempts), deposits into a shared `TpsBudget` once per request and
+/// withdraws before each retry.
+#[derive(Clone)]
+struct TowerPolicy {
+    budget: Arc<TpsBudget>,
+    /// Attempts made so far by the request this copy of the policy serves.
+    attempt: u32,
+}
+
+impl<Req: Clone, Res, E> Policy<Req, Res, E> for TowerPolicy {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _req: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
+        if result.is_ok() || self.attempt >= 3 || !self.budget.withdraw() {
+            return None;
+        }
+        self.attempt += 1;
+        Some(ready(()))
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        // tower calls this in `Retry::call`, on the service's own policy
+        // (never retried, so `attempt` stays 1), before the first attempt;
+        // and again before each retry, on the response future's copy, after
+        // `retry` has counted the attempt. So this is one deposit per
+        // request, as steadfast makes in its `call`.
+        if self.attempt == 1 {
+            self.budget.deposit();
+        }
+        Some(req.clone())
+    }
+}
+
+fn tower_retry() -> impl Caller {
+    // Clones share the budget's `Arc`.
+    let policy = TowerPolicy {
+        budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
+        attempt: 1,
+    };
+    Svc(tower::retry::Retry::new(policy, Echo))
+}
+
+fn tower_resilience_retry() -> impl Caller {
+    // The default config: 3 attempts, exponential backoff from 100 ms, no
+    // listeners, and no budget (a budget is opt-in). Clones share the
+    // `Arc<RetryConfig>`.
+    let layer = TrRetryLayer::<u64, u64, Infallible>::builder().build();
+    Svc(layer.layer(Echo))
+}
+
+fn tower_resilience_retry_budget() -> impl Caller {
+    // The same with its default token bucket (10/s, at most 100 tokens,
+    // `Mutex`-guarded): a deposit per success, as steadfast's and tower's.
+    // Clones share the budget's `Arc`.
+    let budget = RetryBudgetBuilder::new()
+        .token_bucket()
+        .build()
+        .expect("valid budget");
+    let layer = TrRetryLayer::<u64, u64, Infallible>::builder()
+        .budget(budget)
+        .build();
+    Svc(layer.layer(Echo))
 }
 
 /// Fills the windows so the measured calls see a steady closed circuit.
@@ -337,6 +451,48 @@ fn contended(c: &mut Criterion) {
     group.finish();
 }
 
+fn retry_happy(c: &mut Criterion) {
+    let mut group = c.benchmark_group("retry/happy");
+    configure(&mut group);
+    let d = Driver::noop();
+
+    let mut raw = Svc(Echo);
+    group.bench_function("raw", |b| b.iter(|| raw.once(&d, black_box(1))));
+    let mut sf = warmed(steadfast_retry());
+    group.bench_function("steadfast", |b| b.iter(|| sf.once(&d, black_box(1))));
+    let mut tw = warmed(tower_retry());
+    group.bench_function("tower", |b| b.iter(|| tw.once(&d, black_box(1))));
+    let mut tr = warmed(tower_resilience_retry());
+    group.bench_function("tower-resilience", |b| b.iter(|| tr.once(&d, black_box(1))));
+    let mut tr = warmed(tower_resilience_retry_budget());
+    group.bench_function("tower-resilience/budget", |b| {
+        b.iter(|| tr.once(&d, black_box(1)))
+    });
+    group.finish();
+}
+
+fn retry_contended(c: &mut Criterion) {
+    let mut group = c.benchmark_group("retry/contended");
+    configure(&mut group);
+    contended_pair(&mut group, "steadfast", shared(steadfast_retry()));
+    // Control: each thread its own layer, so its own budget.
+    contended_pair(&mut group, "steadfast/unshared", || {
+        warmed(steadfast_retry())
+    });
+    contended_pair(&mut group, "tower", shared(tower_retry()));
+    contended_pair(
+        &mut group,
+        "tower-resilience",
+        shared(tower_resilience_retry()),
+    );
+    contended_pair(
+        &mut group,
+        "tower-resilience/budget",
+        shared(tower_resilience_retry_budget()),
+    );
+    group.finish();
+}
+
 fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
     group
         .warm_up_time(Duration::from_secs(1))
@@ -344,5 +500,5 @@ fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
         .sample_size(30);
 }
 
-criterion_group!(benches, closed, contended);
+criterion_group!(benches, closed, contended, retry_happy, retry_contended);
 criterion_main!(benches);

@@ -14,6 +14,7 @@ pub mod budget;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod error;
+pub mod hedge;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod retry;
@@ -24,4 +25,5 @@ mod sync;
 
 pub use self::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use self::error::BoxError;
+pub use self::hedge::{Hedge, HedgeLayer};
 pub use self::retry::{Retry, RetryLayer};

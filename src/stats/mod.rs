@@ -3,10 +3,12 @@
 //! - [`window`]: sliding windows of call outcomes, count- or time-based.
 //! - [`epoch`]: counters tagged with the time bucket they count for.
 //! - [`shard`]: per-thread shards, so threads do not write one cache line.
+//! - [`histogram`]: a bounded latency histogram with a cheap quantile.
 //!
-//! Planned with the hedge and pool work: a bounded latency histogram and a
-//! peak-EWMA load estimate. The hot path is atomics only.
+//! Planned with the pool work: a peak-EWMA load estimate. The hot path is
+//! atomics only.
 
 pub(crate) mod epoch;
+pub(crate) mod histogram;
 pub(crate) mod shard;
 pub(crate) mod window;

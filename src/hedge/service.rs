@@ -1,0 +1,92 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::Service;
+
+use super::config::Policy;
+use super::future::ResponseFuture;
+use crate::classify::{Classify, ErrorsAsFailures};
+use crate::retry::{CloneRequest, Replay};
+
+/// Sends a request again when the first attempt is slow, and answers with
+/// the first success; made by [`HedgeLayer`](super::HedgeLayer).
+///
+/// Errors are the inner service's, unchanged: when every attempt fails the
+/// caller gets the last failure.
+#[derive(Debug)]
+pub struct Hedge<S, C = ErrorsAsFailures, R = CloneRequest> {
+    inner: S,
+    /// This clone's own handle on the shared policy: the reference count a
+    /// call bumps is not shared with other threads' clones.
+    local: Arc<Local<C, R>>,
+}
+
+/// A service clone's handle on the shared policy.
+#[derive(Debug)]
+pub(super) struct Local<C, R> {
+    pub(super) policy: Arc<Policy<C, R>>,
+}
+
+impl<S: Clone, C, R> Clone for Hedge<S, C, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            local: Arc::new(Local {
+                policy: self.local.policy.clone(),
+            }),
+        }
+    }
+}
+
+impl<S, C, R> Hedge<S, C, R> {
+    pub(super) fn from_policy(inner: S, policy: Arc<Policy<C, R>>) -> Self {
+        Self {
+            inner,
+            local: Arc::new(Local { policy }),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the layer.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, C, R, Req> Service<Req> for Hedge<S, C, R>
+where
+    S: Service<Req> + Clone,
+    C: Classify<S::Response, S::Error>,
+    R: Replay<Req>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, Req, C, R>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let policy = &*self.local.policy;
+        policy.budget.deposit();
+        policy.replay.mark(&mut req, 1);
+        let template = policy.replay.replay(&req);
+        // The ready service takes this call; its clone goes to the future
+        // for the hedges (tower's contract).
+        let clone = self.inner.clone();
+        let mut service = std::mem::replace(&mut self.inner, clone);
+        let first = service.call(req);
+        ResponseFuture::new(first, service, template, Arc::clone(&self.local))
+    }
+}
