@@ -1,7 +1,7 @@
 //! What a closed circuit breaker, and a retry layer whose calls succeed,
 //! cost per call, next to the alternatives.
 //!
-//! Run: `cargo bench --bench overhead -- --noplot` (about four minutes);
+//! Run: `cargo bench --bench overhead -- --noplot` (about three minutes);
 //! one family: `-- 'breaker/' --noplot` or `-- 'retry/' --noplot`.
 //!
 //! Every variant drives a tower `Service` by hand — `poll_ready`, `call`,
@@ -352,7 +352,8 @@ fn tower_resilience_retry_budget() -> impl Caller {
     Svc(layer.layer(Echo))
 }
 
-/// Fills the windows so the measured calls see a steady closed circuit.
+/// 1,000 calls first: a breaker's window fills so the measured calls see a
+/// steady closed circuit; a retry budget's deposits and shards are warm.
 fn warmed<C: Caller>(mut caller: C) -> C {
     let d = Driver::noop();
     for i in 0..1_000 {

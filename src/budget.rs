@@ -248,7 +248,11 @@ impl RetryBudget {
     /// Reads the clock and moves the current bucket forward. Returns it.
     fn tick(&self) -> u64 {
         let idx = bucket_index(self.base, Instant::now(), self.bucket_nanos);
-        self.epoch.fetch_max(idx, Ordering::SeqCst);
+        // Write only when the bucket moved (once per ttl/10): every deposit
+        // reads this line, and a write per tick would make threads contend.
+        if self.epoch.load(Ordering::Relaxed) < idx {
+            self.epoch.fetch_max(idx, Ordering::SeqCst);
+        }
         idx
     }
 

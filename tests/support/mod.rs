@@ -134,6 +134,9 @@ struct Shared {
     /// Whether to read and keep every request (see `TestServer::record`).
     record: AtomicBool,
     received: Mutex<Vec<Received>>,
+    /// How long to wait before answering (a tokio sleep: paused time
+    /// moves past it when the runtime is idle).
+    delay: Mutex<std::time::Duration>,
 }
 
 impl Shared {
@@ -181,6 +184,7 @@ impl TestServer {
             script: Mutex::new(VecDeque::new()),
             record: AtomicBool::new(false),
             received: Mutex::new(Vec::new()),
+            delay: Mutex::new(std::time::Duration::ZERO),
         });
         let (stop, stopped) = watch::channel(());
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
@@ -212,6 +216,12 @@ impl TestServer {
     /// What the server answers now.
     pub fn reply(&self) -> Reply {
         self.shared.reply.lock().unwrap().clone()
+    }
+
+    /// Wait `delay` before answering each request from now on (a slow
+    /// replica). The wait is a tokio sleep, the one timer this server arms.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        *self.shared.delay.lock().unwrap() = delay;
     }
 
     /// Answer `200 ok` from now on.
@@ -314,6 +324,10 @@ async fn serve(
         async move {
             shared.requests.fetch_add(1, Ordering::SeqCst);
             let reply = shared.next_reply();
+            let delay = *shared.delay.lock().unwrap();
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             if shared.record.load(Ordering::SeqCst) {
                 let (head, body) = req.into_parts();
                 let Ok(body) = body.collect().await else {
