@@ -27,8 +27,8 @@ pin_project! {
     {
         #[pin]
         first: Option<S::Future>,
-        #[pin]
-        sleep: Option<Sleep>,
+        // Boxed: a timer entry is large and only a slow call arms one.
+        sleep: Option<Pin<Box<Sleep>>>,
         extras: Vec<Extra<S::Future>>,
         service: S,
         template: Option<Req>,
@@ -210,7 +210,7 @@ where
                                 });
                                 *this.due = false;
                                 // The timer restarts for the hedge after this one.
-                                this.sleep.set(None);
+                                *this.sleep = None;
                             }
                         }
                         continue;
@@ -230,11 +230,11 @@ where
                 if this.sleep.is_none() {
                     let now = Instant::now();
                     this.started.get_or_insert(now);
-                    this.sleep.set(Some(tokio::time::sleep(policy.delay(now))));
+                    *this.sleep = Some(Box::pin(tokio::time::sleep(policy.delay(now))));
                 }
-                if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
-                    if sleep.poll(cx).is_ready() {
-                        this.sleep.set(None);
+                if let Some(sleep) = this.sleep.as_mut() {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        *this.sleep = None;
                         *this.due = true;
                         continue;
                     }

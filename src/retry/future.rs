@@ -44,7 +44,9 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Called { #[pin] future: F },
-        Backoff { #[pin] sleep: Sleep },
+        // Boxed: a timer entry is large, and only a retry needs one; the
+        // future of a call that succeeds stays small.
+        Backoff { sleep: Pin<Box<Sleep>> },
         Ready,
     }
 }
@@ -143,12 +145,12 @@ where
                         this.state.set(State::Ready);
                     } else {
                         this.state.set(State::Backoff {
-                            sleep: tokio::time::sleep(delay),
+                            sleep: Box::pin(tokio::time::sleep(delay)),
                         });
                     }
                 }
                 StateProj::Backoff { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     // Backoff -> Ready: the delay is over.
                     this.state.set(State::Ready);
                 }
