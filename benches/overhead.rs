@@ -97,7 +97,7 @@ use std::future::{Future, Ready, ready};
 use std::hint::black_box;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -105,12 +105,14 @@ use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
 use steadfast::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
+use steadfast::hedge::HedgeLayer;
 use steadfast::retry::RetryLayer;
 use tokio::time::Instant;
 use tower::retry::Policy;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service};
 use tower_resilience::circuitbreaker::CircuitBreakerLayer as TrLayer;
+use tower_resilience::hedge::HedgeLayer as TrHedgeLayer;
 use tower_resilience::retry::RetryBudgetBuilder;
 use tower_resilience::retry::RetryLayer as TrRetryLayer;
 
@@ -214,8 +216,14 @@ where
 }
 
 /// Anything the benches can call once, from its own clone.
-trait Caller: Clone + Send {
+trait Caller: Send {
     fn once(&mut self, d: &Driver, x: u64) -> u64;
+
+    /// Runs `f` — a thread's whole loop of calls — in the context the
+    /// caller needs: none by default; see [`InRuntime`].
+    fn scope<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
 }
 
 /// A tower service.
@@ -224,7 +232,7 @@ struct Svc<S>(S);
 
 impl<S> Caller for Svc<S>
 where
-    S: Service<u64, Response = u64> + Clone + Send,
+    S: Service<u64, Response = u64> + Send,
     S::Error: std::fmt::Debug,
 {
     #[inline]
@@ -250,14 +258,14 @@ impl<B: failsafe::CircuitBreaker + Clone + Send> Caller for Failsafe<B> {
     }
 }
 
-fn steadfast_count() -> impl Caller {
+fn steadfast_count() -> impl Caller + Clone {
     let layer = CircuitBreakerLayer::builder()
         .build()
         .expect("valid config");
     Svc(layer.layer(Echo))
 }
 
-fn steadfast_time() -> impl Caller {
+fn steadfast_time() -> impl Caller + Clone {
     let layer = CircuitBreakerLayer::builder()
         .window(SlidingWindow::time(Duration::from_secs(10)))
         .build()
@@ -265,13 +273,13 @@ fn steadfast_time() -> impl Caller {
     Svc(layer.layer(Echo))
 }
 
-fn tower_resilience() -> impl Caller {
+fn tower_resilience() -> impl Caller + Clone {
     // A service's clones share its circuit (`Arc<Mutex<Circuit>>`).
     let layer = TrLayer::builder().build().expect("valid config");
     Svc(layer.layer(Echo))
 }
 
-fn failsafe() -> impl Caller {
+fn failsafe() -> impl Caller + Clone {
     // Clones share the state machine (`Arc<Mutex<..>>`).
     Failsafe {
         breaker: failsafe::Config::new().build(),
@@ -279,7 +287,7 @@ fn failsafe() -> impl Caller {
     }
 }
 
-fn steadfast_retry() -> impl Caller {
+fn steadfast_retry() -> impl Caller + Clone {
     // The defaults: 3 attempts, a budget of its own (ttl 10 s, 10/s, 20%)
     // that every service of the layer shares.
     let layer = RetryLayer::builder().build().expect("valid config");
@@ -321,7 +329,7 @@ impl<Req: Clone, Res, E> Policy<Req, Res, E> for TowerPolicy {
     }
 }
 
-fn tower_retry() -> impl Caller {
+fn tower_retry() -> impl Caller + Clone {
     // Clones share the budget's `Arc`.
     let policy = TowerPolicy {
         budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
@@ -330,7 +338,7 @@ fn tower_retry() -> impl Caller {
     Svc(tower::retry::Retry::new(policy, Echo))
 }
 
-fn tower_resilience_retry() -> impl Caller {
+fn tower_resilience_retry() -> impl Caller + Clone {
     // The default config: 3 attempts, exponential backoff from 100 ms, no
     // listeners, and no budget (a budget is opt-in). Clones share the
     // `Arc<RetryConfig>`.
@@ -338,7 +346,7 @@ fn tower_resilience_retry() -> impl Caller {
     Svc(layer.layer(Echo))
 }
 
-fn tower_resilience_retry_budget() -> impl Caller {
+fn tower_resilience_retry_budget() -> impl Caller + Clone {
     // The same with its default token bucket (10/s, at most 100 tokens,
     // `Mutex`-guarded): a deposit per success, as steadfast's and tower's.
     // Clones share the budget's `Arc`.
@@ -352,13 +360,129 @@ fn tower_resilience_retry_budget() -> impl Caller {
     Svc(layer.layer(Echo))
 }
 
+/// A caller whose layer arms a tokio timer on every call, even one that
+/// completes at once (`tokio::time::sleep` panics outside a runtime): each
+/// thread's loop runs inside `block_on` of a current-thread runtime of its
+/// own. The calls are still driven by hand with the same `Driver`; the
+/// runtime only supplies the timer handle (no timer ever fires: the
+/// instant answer wins before one is polled).
+#[derive(Clone)]
+struct InRuntime<C>(C);
+
+impl<C: Caller> Caller for InRuntime<C> {
+    #[inline]
+    fn once(&mut self, d: &Driver, x: u64) -> u64 {
+        self.0.once(d, x)
+    }
+
+    fn scope<R>(f: impl FnOnce() -> R) -> R {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move { f() })
+    }
+}
+
+/// A service that is not `Clone` (tower's `Hedge`), shared the usual way
+/// without a `Buffer` task: behind a mutex held for `poll_ready` and `call`;
+/// the response future is polled after the mutex is released.
+struct Locked<S>(Arc<Mutex<S>>);
+
+impl<S> Clone for Locked<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S> Caller for Locked<S>
+where
+    S: Service<u64, Response = u64> + Send,
+    S::Error: std::fmt::Debug,
+{
+    #[inline]
+    fn once(&mut self, d: &Driver, x: u64) -> u64 {
+        let mut cx = Context::from_waker(&d.waker);
+        let fut = {
+            let mut svc = self.0.lock().expect("not poisoned");
+            loop {
+                match svc.poll_ready(&mut cx) {
+                    Poll::Ready(r) => break r.expect("ready"),
+                    Poll::Pending => d.wait(),
+                }
+            }
+            svc.call(x)
+        };
+        let mut fut = pin!(fut);
+        loop {
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(r) => return r.expect("Echo never fails"),
+                Poll::Pending => d.wait(),
+            }
+        }
+    }
+}
+
+fn steadfast_hedge() -> impl Caller + Clone {
+    // The defaults: adaptive p95 delay (1 ms..1 s, 50 ms until 20 samples),
+    // one extra attempt, a budget of its own (ttl 10 s, 10/s, 20%). Every
+    // service of the layer, and every clone, shares the histogram and the
+    // budget. No runtime: a call that completes on its first poll reads no
+    // clock and arms no timer.
+    let layer = HedgeLayer::builder().build().expect("valid config");
+    Svc(layer.layer(Echo))
+}
+
+/// A `tower::hedge::Policy` that hedges every request (tower's hedge has no
+/// budget to consult).
+#[derive(Clone)]
+struct TowerHedgePolicy;
+
+impl tower::hedge::Policy<u64> for TowerHedgePolicy {
+    fn clone_request(&self, req: &u64) -> Option<u64> {
+        Some(*req)
+    }
+
+    fn can_retry(&self, _req: &u64) -> bool {
+        true
+    }
+}
+
+type TowerHedge = tower::hedge::Hedge<Echo, TowerHedgePolicy>;
+
+fn tower_hedge() -> TowerHedge {
+    // The settings steadfast defaults to: p95, 20 data points, a 10 s
+    // period. tower reads only the previous full period, so a fresh hedge
+    // does not hedge for its first 10 s; the histogram is prefilled (its
+    // `new_with_mock_latencies`) so that, as in steady state, every call is
+    // eligible: it clones the request and builds the delayed branch with
+    // its `tokio::time::Sleep`.
+    tower::hedge::Hedge::new_with_mock_latencies::<u64>(
+        Echo,
+        TowerHedgePolicy,
+        20,
+        0.95,
+        Duration::from_secs(10),
+        &[1; 100],
+    )
+}
+
+fn tower_resilience_hedge() -> impl Caller + Clone {
+    // The default config: a fixed 1 s delay, 2 attempts in all, no
+    // listeners, every request eligible. Clones share its `Arc<HedgeConfig>`.
+    let layer = TrHedgeLayer::builder().build();
+    InRuntime(Svc(layer.layer(Echo)))
+}
+
 /// 1,000 calls first: a breaker's window fills so the measured calls see a
 /// steady closed circuit; a retry budget's deposits and shards are warm.
 fn warmed<C: Caller>(mut caller: C) -> C {
     let d = Driver::noop();
-    for i in 0..1_000 {
-        black_box(caller.once(&d, i));
-    }
+    C::scope(|| {
+        for i in 0..1_000 {
+            black_box(caller.once(&d, i));
+        }
+    });
     caller
 }
 
@@ -393,13 +517,17 @@ fn run_split<C: Caller>(make: &impl Fn() -> C, threads: u64, iters: u64) -> Dura
                 // Thread 0 takes the remainder.
                 let n = iters / threads + if t == 0 { iters % threads } else { 0 };
                 s.spawn(move || {
-                    let d = Driver::flagged();
-                    barrier.wait();
-                    let start = Instant::now();
-                    for i in 0..n {
-                        black_box(caller.once(&d, black_box(i)));
-                    }
-                    (start, Instant::now())
+                    // A runtime, if the caller needs one, is built before the
+                    // barrier: outside the timed span.
+                    C::scope(|| {
+                        let d = Driver::flagged();
+                        barrier.wait();
+                        let start = Instant::now();
+                        for i in 0..n {
+                            black_box(caller.once(&d, black_box(i)));
+                        }
+                        (start, Instant::now())
+                    })
                 })
             })
             .collect();
@@ -428,7 +556,7 @@ fn contended_pair<C: Caller>(
 }
 
 /// Every thread gets a clone of one warmed caller: one shared breaker.
-fn shared<C: Caller>(caller: C) -> impl Fn() -> C {
+fn shared<C: Caller + Clone>(caller: C) -> impl Fn() -> C {
     let caller = warmed(caller);
     move || caller.clone()
 }
@@ -494,6 +622,60 @@ fn retry_contended(c: &mut Criterion) {
     group.finish();
 }
 
+/// Time per call of `iters` calls on one thread, inside `C::scope`.
+fn timed<C: Caller>(caller: &mut C, d: &Driver, iters: u64) -> Duration {
+    C::scope(|| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            black_box(caller.once(d, black_box(1)));
+        }
+        start.elapsed()
+    })
+}
+
+fn hedge_happy(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hedge/happy");
+    configure(&mut group);
+    let d = Driver::noop();
+
+    let mut raw = Svc(Echo);
+    group.bench_function("raw", |b| b.iter(|| raw.once(&d, black_box(1))));
+    let mut sf = warmed(steadfast_hedge());
+    group.bench_function("steadfast", |b| b.iter(|| sf.once(&d, black_box(1))));
+    // The two that need a runtime: the timed loop runs inside `block_on`.
+    let mut tw = warmed(InRuntime(Svc(tower_hedge())));
+    group.bench_function("tower", |b| {
+        b.iter_custom(|iters| timed(&mut tw, &d, iters))
+    });
+    let mut tr = warmed(tower_resilience_hedge());
+    group.bench_function("tower-resilience", |b| {
+        b.iter_custom(|iters| timed(&mut tr, &d, iters))
+    });
+    group.finish();
+}
+
+fn hedge_contended(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hedge/contended");
+    configure(&mut group);
+    contended_pair(&mut group, "steadfast", shared(steadfast_hedge()));
+    // Control: each thread its own layer (own histogram, own budget).
+    contended_pair(&mut group, "steadfast/unshared", || {
+        warmed(steadfast_hedge())
+    });
+    // tower's `Hedge` is not `Clone`: the threads share one behind a mutex.
+    contended_pair(
+        &mut group,
+        "tower/mutex",
+        shared(InRuntime(Locked(Arc::new(Mutex::new(tower_hedge()))))),
+    );
+    contended_pair(
+        &mut group,
+        "tower-resilience",
+        shared(tower_resilience_hedge()),
+    );
+    group.finish();
+}
+
 fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
     group
         .warm_up_time(Duration::from_secs(1))
@@ -501,5 +683,13 @@ fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
         .sample_size(30);
 }
 
-criterion_group!(benches, closed, contended, retry_happy, retry_contended);
+criterion_group!(
+    benches,
+    closed,
+    contended,
+    retry_happy,
+    retry_contended,
+    hedge_happy,
+    hedge_contended
+);
 criterion_main!(benches);

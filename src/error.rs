@@ -95,6 +95,35 @@ impl CircuitOpen {
     }
 }
 
+/// No replica of a pool could take the request.
+///
+/// Every replica is ejected, failing its health checks, avoided after a
+/// server's pushback, drained or disabled — or the pool is empty.
+/// [`retry_after`](Self::retry_after) says when the first may be back, where
+/// that is known.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no healthy replica in pool `{name}`")]
+pub struct NoHealthyReplica {
+    name: Arc<str>,
+    retry_after: Option<Duration>,
+}
+
+impl NoHealthyReplica {
+    pub(crate) fn new(name: Arc<str>, retry_after: Option<Duration>) -> Self {
+        Self { name, retry_after }
+    }
+
+    /// The name given to the pool.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How long until the first replica may take requests again, when known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

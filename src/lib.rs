@@ -14,9 +14,11 @@ pub mod budget;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod error;
+pub mod health;
 pub mod hedge;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod pool;
 pub mod retry;
 
 mod rng;
@@ -26,4 +28,5 @@ mod sync;
 pub use self::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use self::error::BoxError;
 pub use self::hedge::{Hedge, HedgeLayer};
+pub use self::pool::Pool;
 pub use self::retry::{Retry, RetryLayer};

@@ -274,6 +274,34 @@ impl Circuit {
     }
 }
 
+/// An admission through a circuit used inside the crate (the replica
+/// pool's per-replica breakers): complete it, or release it if the call
+/// never finished.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CircuitPermit(Permit);
+
+impl Circuit {
+    /// Admits one call, or says why not (crate-internal use).
+    pub(crate) fn try_acquire(&self) -> Result<CircuitPermit, CircuitOpen> {
+        self.shared.acquire().map(|admit| {
+            CircuitPermit(Permit {
+                admit,
+                started: self.shared.measures_duration().then(Instant::now),
+            })
+        })
+    }
+
+    /// Records the outcome of an admitted call.
+    pub(crate) fn complete(&self, permit: CircuitPermit, verdict: Verdict) {
+        self.shared.complete(permit.0, verdict);
+    }
+
+    /// Gives back an admission whose call never finished.
+    pub(crate) fn release(&self, permit: CircuitPermit) {
+        self.shared.release(permit.0);
+    }
+}
+
 impl Shared {
     fn now_ms(&self) -> u64 {
         let elapsed = Instant::now().saturating_duration_since(self.base);
@@ -287,6 +315,14 @@ impl Shared {
     /// Admission, in `poll_ready`.
     #[inline]
     pub(super) fn acquire(&self) -> Result<Admit, CircuitOpen> {
+        if let Some(admit) = self.core.admit_closed() {
+            return Ok(admit);
+        }
+        self.acquire_slow()
+    }
+
+    #[cold]
+    fn acquire_slow(&self) -> Result<Admit, CircuitOpen> {
         let (result, transition) = self.core.acquire(|| self.now_ms());
         if let Some(t) = transition {
             self.publish(t);

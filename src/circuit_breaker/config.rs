@@ -212,6 +212,14 @@ impl<C> Builder<C> {
         ))
     }
 
+    /// Validates the settings and builds a circuit named `name` (the
+    /// replica pool builds one per replica from one builder).
+    pub(crate) fn build_circuit(&self, name: &str) -> Result<Circuit, ConfigError> {
+        let mut config = self.validate()?;
+        config.name = Arc::from(name);
+        Ok(Circuit::new(config))
+    }
+
     fn validate(&self) -> Result<Config, ConfigError> {
         fn rate(field: &'static str, value: f64) -> Result<(), ConfigError> {
             if value > 0.0 && value <= 1.0 {

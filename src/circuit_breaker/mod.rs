@@ -98,6 +98,7 @@ mod layer;
 mod service;
 mod state;
 
+pub(crate) use self::circuit::CircuitPermit;
 pub use self::circuit::{Circuit, Snapshot, State};
 pub use self::config::{Builder, MAX_BUCKETS, MAX_PROBES, MAX_WINDOW_CALLS, SlidingWindow};
 pub use self::layer::CircuitBreakerLayer;

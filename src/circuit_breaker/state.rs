@@ -197,6 +197,21 @@ impl Core {
         }
     }
 
+    /// The hot path of [`acquire`](Self::acquire): a closed circuit admits
+    /// with a single load. `None` means "take the slow path".
+    #[inline]
+    pub(crate) fn admit_closed(&self) -> Option<Admit> {
+        let raw = self.word.load(Ordering::Acquire);
+        // Mode Auto (0) or MetricsOnly (3), phase Closed (0).
+        let mode = raw >> MODE_SHIFT;
+        let closed = (raw >> STATE_SHIFT) & 0b11 == Phase::Closed as u64;
+        (closed && (mode == Mode::Auto as u64 || mode == Mode::MetricsOnly as u64)).then(|| {
+            Admit::Closed {
+                generation: ((raw >> GEN_SHIFT) & GEN_MASK) as u32,
+            }
+        })
+    }
+
     /// Admits a call or says why not. `now_ms` is read only when the
     /// circuit is open (to see whether the open period is over).
     #[inline]

@@ -4,11 +4,12 @@
 //! - [`epoch`]: counters tagged with the time bucket they count for.
 //! - [`shard`]: per-thread shards, so threads do not write one cache line.
 //! - [`histogram`]: a bounded latency histogram with a cheap quantile.
+//! - [`ewma`]: a peak-EWMA latency estimate per endpoint.
 //!
-//! Planned with the pool work: a peak-EWMA load estimate. The hot path is
-//! atomics only.
+//! The hot path is atomics only.
 
 pub(crate) mod epoch;
+pub(crate) mod ewma;
 pub(crate) mod histogram;
 pub(crate) mod shard;
 pub(crate) mod window;

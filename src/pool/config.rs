@@ -1,0 +1,355 @@
+//! The pool's configuration: a builder validated when built.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+use crate::circuit_breaker;
+use crate::classify::ErrorsAsFailures;
+use crate::error::ConfigError;
+use crate::health::HealthChecks;
+
+/// Passive outlier detection: which live outcomes eject a replica, and for
+/// how long.
+///
+/// | rule | default |
+/// |---|---|
+/// | [`consecutive_failures`](Self::consecutive_failures) | 5 in a row |
+/// | [`failure_percentage`](Self::failure_percentage) | 50% of the last 100 calls, once there are 20 |
+/// | [`success_rate_stdev`](Self::success_rate_stdev) | below the fleet's mean − 1.9 σ, with 3 replicas of 20 calls each in the interval |
+/// | [`latency_factor`](Self::latency_factor) | peak-EWMA latency over 5× the fleet median and over 100 ms |
+/// | [`ejection`](Self::ejection) | 10 s doubling to 5 min per ejection in a row; one step back per clean interval |
+/// | [`max_ejected`](Self::max_ejected) | 50% of the replicas (but always at least one may be) |
+/// | [`interval`](Self::interval) | 10 s between sweeps of the fleet rules |
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct OutlierDetection {
+    pub(super) consecutive_failures: Option<u32>,
+    pub(super) failure_percentage: Option<(f64, u32)>,
+    pub(super) success_rate_stdev: Option<(f64, u32, u32)>,
+    pub(super) latency_factor: Option<(f64, Duration)>,
+    pub(super) ejection: Backoff,
+    pub(super) max_ejected: f64,
+    pub(super) interval: Duration,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: Some(5),
+            failure_percentage: Some((0.5, 20)),
+            success_rate_stdev: Some((1.9, 3, 20)),
+            latency_factor: Some((5.0, Duration::from_millis(100))),
+            ejection: Backoff::exponential(Duration::from_secs(10), Duration::from_secs(300)),
+            max_ejected: 0.5,
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl OutlierDetection {
+    /// Ejects after `n` failures in a row (`None` turns the rule off).
+    pub fn consecutive_failures(mut self, n: Option<u32>) -> Self {
+        self.consecutive_failures = n;
+        self
+    }
+
+    /// Ejects when at least `rate` of the last 100 calls failed, once there
+    /// are `min_calls` of them (`None` turns the rule off).
+    pub fn failure_percentage(mut self, rule: Option<(f64, u32)>) -> Self {
+        self.failure_percentage = rule;
+        self
+    }
+
+    /// Ejects a replica whose success rate over the interval is below the
+    /// fleet's mean − `factor` × σ, when at least `min_hosts` replicas had
+    /// `min_calls` calls each (`None` turns the rule off).
+    pub fn success_rate_stdev(mut self, rule: Option<(f64, u32, u32)>) -> Self {
+        self.success_rate_stdev = rule;
+        self
+    }
+
+    /// Ejects a replica whose latency estimate is over `factor` × the
+    /// fleet's median and over `floor` (`None` turns the rule off).
+    pub fn latency_factor(mut self, rule: Option<(f64, Duration)>) -> Self {
+        self.latency_factor = rule;
+        self
+    }
+
+    /// How long an ejection lasts: the n-th ejection in a row waits the
+    /// schedule's n-th delay.
+    pub fn ejection(mut self, backoff: Backoff) -> Self {
+        self.ejection = backoff;
+        self
+    }
+
+    /// The largest share of replicas ejected at once (at least one may be).
+    pub fn max_ejected(mut self, share: f64) -> Self {
+        self.max_ejected = share;
+        self
+    }
+
+    /// How often the fleet-relative rules are evaluated (and ejection
+    /// counts decay).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let within = |e: ConfigError| e.within("outlier");
+        if self.consecutive_failures == Some(0) {
+            return Err(within(ConfigError::new(
+                "consecutive_failures",
+                "must be at least 1",
+            )));
+        }
+        if let Some((rate, _)) = self.failure_percentage {
+            if !(rate > 0.0 && rate <= 1.0) {
+                return Err(within(ConfigError::new(
+                    "failure_percentage",
+                    format!("rate must be in (0, 1], got {rate}"),
+                )));
+            }
+        }
+        if let Some((factor, hosts, _)) = self.success_rate_stdev {
+            if !(factor > 0.0 && factor.is_finite()) || hosts < 2 {
+                return Err(within(ConfigError::new(
+                    "success_rate_stdev",
+                    format!(
+                        "needs a positive factor and at least 2 hosts, got {factor} and {hosts}"
+                    ),
+                )));
+            }
+        }
+        if let Some((factor, _)) = self.latency_factor {
+            if !(factor > 1.0 && factor.is_finite()) {
+                return Err(within(ConfigError::new(
+                    "latency_factor",
+                    format!("must be above 1, got {factor}"),
+                )));
+            }
+        }
+        self.ejection
+            .validate()
+            .map_err(|e| within(e.within("ejection")))?;
+        if self.ejection.base().is_zero() {
+            return Err(within(ConfigError::new(
+                "ejection",
+                "must not give a zero ejection",
+            )));
+        }
+        if !(self.max_ejected >= 0.0 && self.max_ejected <= 1.0) {
+            return Err(within(ConfigError::new(
+                "max_ejected",
+                format!("must be in 0..=1, got {}", self.max_ejected),
+            )));
+        }
+        if self.interval < Duration::from_millis(10) {
+            return Err(within(ConfigError::new(
+                "interval",
+                "must be at least 10 ms",
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What a pool does when no replica can take a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WhenNoneHealthy {
+    /// Fail at once with [`NoHealthyReplica`](crate::error::NoHealthyReplica).
+    FailFast,
+    /// Wait up to this long for one to come back, then fail.
+    Wait(Duration),
+}
+
+/// Builds a [`Pool`](super::Pool); see [`Pool::builder`](super::Pool::builder).
+///
+/// | setting | default | why |
+/// |---|---|---|
+/// | [`name`](Self::name) | `"default"` | the `name` label of metrics and events |
+/// | [`local_zone`](Self::local_zone) | none | prefer replicas in the caller's zone |
+/// | [`overprovisioning`](Self::overprovisioning) | 1.4 | Envoy's: a tier 72% healthy still takes all its traffic |
+/// | [`panic_threshold`](Self::panic_threshold) | 0.5 | below half healthy, spread over all rather than crush the few |
+/// | [`failback_after`](Self::failback_after) | 10 s | a recovered replica proves itself before taking traffic back |
+/// | [`when_none_healthy`](Self::when_none_healthy) | fail fast | a caller's own timeout is the better judge of waiting |
+/// | [`outlier`](Self::outlier) | see [`OutlierDetection`] | eject replicas that fail or lag |
+/// | [`max_pushback`](Self::max_pushback) | 60 s | avoid a replica that asked for it, but not for a day |
+/// | [`failure_penalty`](Self::failure_penalty) | 1 s | a failure must never make a replica look fast |
+/// | [`circuit_breaker`](Self::circuit_breaker) | none | a breaker per replica, from one builder |
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Builder<C = ErrorsAsFailures> {
+    pub(super) name: Arc<str>,
+    pub(super) classifier: C,
+    pub(super) local_zone: Option<Arc<str>>,
+    pub(super) overprovisioning: f64,
+    pub(super) panic_threshold: f64,
+    pub(super) failback_after: Duration,
+    pub(super) when_none_healthy: WhenNoneHealthy,
+    pub(super) outlier: OutlierDetection,
+    pub(super) max_pushback: Duration,
+    pub(super) failure_penalty: Duration,
+    pub(super) breaker: Option<circuit_breaker::Builder>,
+    pub(super) health_checks: Option<HealthChecks>,
+    pub(super) seed: Option<u64>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            name: Arc::from("default"),
+            classifier: ErrorsAsFailures,
+            local_zone: None,
+            overprovisioning: 1.4,
+            panic_threshold: 0.5,
+            failback_after: Duration::from_secs(10),
+            when_none_healthy: WhenNoneHealthy::FailFast,
+            outlier: OutlierDetection::default(),
+            max_pushback: Duration::from_secs(60),
+            failure_penalty: Duration::from_secs(1),
+            breaker: None,
+            health_checks: None,
+            seed: None,
+        }
+    }
+}
+
+impl<C> Builder<C> {
+    /// Names the pool: the `name` label of its metrics and events.
+    pub fn name(mut self, name: impl AsRef<str>) -> Self {
+        self.name = Arc::from(name.as_ref());
+        self
+    }
+
+    /// Sets the classifier: what a failure is, for outlier detection.
+    pub fn classify<C2>(self, classifier: C2) -> Builder<C2> {
+        Builder {
+            name: self.name,
+            classifier,
+            local_zone: self.local_zone,
+            overprovisioning: self.overprovisioning,
+            panic_threshold: self.panic_threshold,
+            failback_after: self.failback_after,
+            when_none_healthy: self.when_none_healthy,
+            outlier: self.outlier,
+            max_pushback: self.max_pushback,
+            failure_penalty: self.failure_penalty,
+            breaker: self.breaker,
+            health_checks: self.health_checks,
+            seed: self.seed,
+        }
+    }
+
+    /// The caller's zone: its replicas are preferred while enough of them
+    /// are healthy.
+    pub fn local_zone(mut self, zone: impl AsRef<str>) -> Self {
+        self.local_zone = Some(Arc::from(zone.as_ref()));
+        self
+    }
+
+    /// How much healthy capacity a tier is assumed to have spare (≥ 1): a
+    /// tier with `h` of its replicas healthy takes `min(1, h × factor)` of
+    /// the traffic and the next tier the rest.
+    pub fn overprovisioning(mut self, factor: f64) -> Self {
+        self.overprovisioning = factor;
+        self
+    }
+
+    /// Below this share of healthy capacity, traffic is spread over every
+    /// enabled replica, healthy or not.
+    pub fn panic_threshold(mut self, share: f64) -> Self {
+        self.panic_threshold = share;
+        self
+    }
+
+    /// How long a replica must stay healthy after trouble before it counts
+    /// again in the tier arithmetic (failback hysteresis).
+    pub fn failback_after(mut self, wait: Duration) -> Self {
+        self.failback_after = wait;
+        self
+    }
+
+    /// What to do when no replica can take a request.
+    pub fn when_none_healthy(mut self, policy: WhenNoneHealthy) -> Self {
+        self.when_none_healthy = policy;
+        self
+    }
+
+    /// Sets passive outlier detection.
+    pub fn outlier(mut self, outlier: OutlierDetection) -> Self {
+        self.outlier = outlier;
+        self
+    }
+
+    /// Caps how long a replica is avoided after a server's pushback.
+    pub fn max_pushback(mut self, max: Duration) -> Self {
+        self.max_pushback = max;
+        self
+    }
+
+    /// The latency a failed call counts as in the load estimate, if it was
+    /// faster: a replica that fails fast must not look attractive.
+    pub fn failure_penalty(mut self, penalty: Duration) -> Self {
+        self.failure_penalty = penalty;
+        self
+    }
+
+    /// Gives every replica a circuit breaker built from `breaker` (named
+    /// `<pool>/<replica>`).
+    pub fn circuit_breaker(mut self, breaker: circuit_breaker::Builder) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    /// Sets the schedule of active health checks (see
+    /// [`Pool::health_checks`](super::Pool::health_checks)).
+    pub fn health_checks(mut self, checks: HealthChecks) -> Self {
+        self.health_checks = Some(checks);
+        self
+    }
+
+    /// Seeds the random choices (for repeatable tests).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::new("name", "must not be empty"));
+        }
+        if !(self.overprovisioning >= 1.0 && self.overprovisioning <= 100.0) {
+            return Err(ConfigError::new(
+                "overprovisioning",
+                format!("must be in 1..=100, got {}", self.overprovisioning),
+            ));
+        }
+        if !(self.panic_threshold >= 0.0 && self.panic_threshold <= 1.0) {
+            return Err(ConfigError::new(
+                "panic_threshold",
+                format!("must be in 0..=1, got {}", self.panic_threshold),
+            ));
+        }
+        if let WhenNoneHealthy::Wait(d) = self.when_none_healthy {
+            if d.is_zero() {
+                return Err(ConfigError::new(
+                    "when_none_healthy",
+                    "a wait must be greater than zero",
+                ));
+            }
+        }
+        self.outlier.validate()?;
+        if let Some(checks) = &self.health_checks {
+            checks.validate()?;
+        }
+        if let Some(breaker) = &self.breaker {
+            breaker
+                .build_circuit("check")
+                .map_err(|e| e.within("circuit_breaker"))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,219 @@
+//! The pool's response future.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::Service;
+use tower::util::Oneshot;
+
+use super::Why;
+use super::replica::ReplicaState;
+use super::service::Local;
+use crate::circuit_breaker::CircuitPermit;
+use crate::classify::{Classify, Verdict};
+use crate::error::{BoxError, NoHealthyReplica};
+use crate::sync::Ordering;
+
+pin_project! {
+    /// The response future of [`Pool`](super::Pool).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it drops the call; the replica's in-flight count and its
+    /// breaker's probe slot (if any) are given back.
+    pub struct ResponseFuture<K, S, Req, C, A>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        kind: Kind<S, Req>,
+        tracked: Option<Tracked>,
+        local: Option<Arc<Local<K, S, C, A>>>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S, Req>
+    where
+        S: Service<Req>,
+    {
+        Called { #[pin] call: Oneshot<S, Req> },
+        Rejected { error: Option<NoHealthyReplica> },
+    }
+}
+
+impl<K, S, Req, C, A> std::fmt::Debug for ResponseFuture<K, S, Req, C, A>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let replica = self.tracked.as_ref().map(|t| t.state.label.clone());
+        f.debug_struct("ResponseFuture")
+            .field("replica", &replica)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A call in flight on one replica: counted in its load until it ends.
+#[derive(Debug)]
+pub(super) struct Tracked {
+    pub(super) state: Arc<ReplicaState>,
+    permit: Option<CircuitPermit>,
+    started: Instant,
+    done: bool,
+}
+
+impl Tracked {
+    pub(super) fn new(state: Arc<ReplicaState>, permit: Option<CircuitPermit>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self {
+            state,
+            permit,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if !self.done {
+            if let (Some(circuit), Some(permit)) = (&self.state.breaker, self.permit) {
+                circuit.release(permit);
+            }
+        }
+    }
+}
+
+impl<K, S, Req, C, A> ResponseFuture<K, S, Req, C, A>
+where
+    S: Service<Req>,
+{
+    pub(super) fn called(
+        service: S,
+        req: Req,
+        tracked: Tracked,
+        local: Arc<Local<K, S, C, A>>,
+    ) -> Self {
+        Self {
+            kind: Kind::Called {
+                call: Oneshot::new(service, req),
+            },
+            tracked: Some(tracked),
+            local: Some(local),
+        }
+    }
+
+    pub(super) fn rejected(error: NoHealthyReplica) -> Self {
+        Self {
+            kind: Kind::Rejected { error: Some(error) },
+            tracked: None,
+            local: None,
+        }
+    }
+}
+
+impl<K, S, Req, C, A> Future for ResponseFuture<K, S, Req, C, A>
+where
+    K: Clone,
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Called { call } => {
+                let result = ready!(call.poll(cx));
+                if let (Some(mut tracked), Some(local)) = (this.tracked.take(), this.local.take()) {
+                    let verdict = local.classifier.classify(result.as_ref());
+                    tracked.done = true;
+                    report(&local, &tracked, verdict);
+                }
+                Poll::Ready(result.map_err(Into::into))
+            }
+            KindProj::Rejected { error } => match error.take() {
+                Some(err) => Poll::Ready(Err(Box::new(err))),
+                None => panic!("ResponseFuture polled after completion"),
+            },
+        }
+    }
+}
+
+/// Feeds one finished call to the replica's load estimate, its breaker and
+/// outlier detection.
+fn report<K, S, C, A>(local: &Local<K, S, C, A>, tracked: &Tracked, verdict: Verdict)
+where
+    K: Clone,
+    S: Clone,
+{
+    let shared = &local.shared;
+    let state = &tracked.state;
+    let now = Instant::now();
+    let elapsed = now.saturating_duration_since(tracked.started);
+    if let (Some(circuit), Some(permit)) = (&state.breaker, tracked.permit) {
+        circuit.complete(permit, verdict);
+    }
+    let now_ms = shared.ms(now);
+    if !verdict.is_failure() {
+        state.latency.observe(now, elapsed);
+        if verdict.is_success() {
+            state.record_outcome(false);
+        }
+        // The fleet rules (success rate, latency) run once per interval.
+        if now_ms >= shared.next_sweep_ms.load(Ordering::Acquire) {
+            if let Ok(snapshot) = shared.current.lock().map(|s| s.clone()) {
+                shared.sweep(&snapshot, now_ms);
+            }
+        }
+        return;
+    }
+    // A failure must never make a replica look fast: it counts as at least
+    // the penalty latency, or the pushback asked for.
+    let penalty = shared
+        .settings
+        .failure_penalty
+        .max(verdict.pushback().unwrap_or(Duration::ZERO));
+    state.latency.observe(now, elapsed.max(penalty));
+    let in_a_row = state.record_outcome(true);
+    if let Some(pushback) = verdict.pushback() {
+        shared.avoid(state, now_ms, pushback);
+    }
+    let outlier = &shared.settings.outlier;
+    let by_consecutive = outlier
+        .consecutive_failures
+        .is_some_and(|n| in_a_row >= u64::from(n));
+    let by_rate = outlier.failure_percentage.is_some_and(|(rate, min_calls)| {
+        let counts = state.window.counts();
+        counts.calls >= u64::from(min_calls) && counts.failures as f64 / counts.calls as f64 >= rate
+    });
+    if by_consecutive || by_rate {
+        let why = if by_consecutive {
+            Why::ConsecutiveFailures
+        } else {
+            Why::FailureRate
+        };
+        // The failure path may take the lock: the current members decide
+        // how many may be ejected at once.
+        let snapshot = shared.current.lock().map(|s| s.clone());
+        if let Ok(snapshot) = snapshot {
+            if shared.eject(&snapshot, state, now_ms, why) {
+                state.consecutive.store(0, Ordering::Release);
+            }
+            shared.sweep(&snapshot, now_ms);
+        }
+    } else if now_ms >= shared.next_sweep_ms.load(Ordering::Acquire) {
+        if let Ok(snapshot) = shared.current.lock().map(|s| s.clone()) {
+            shared.sweep(&snapshot, now_ms);
+        }
+    }
+}

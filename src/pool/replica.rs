@@ -1,0 +1,256 @@
+//! A replica as the pool is given it, and its live state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use tokio::time::Instant;
+
+use crate::circuit_breaker::Circuit;
+use crate::health::HealthCheck;
+use crate::stats::ewma::PeakEwma;
+use crate::stats::window::{CountWindow, Sample};
+use crate::sync::{AtomicU8, AtomicU64, Ordering};
+
+/// One replica of a [`Pool`](super::Pool): a service, a priority tier, a
+/// locality and a weight, and optionally an active health check.
+///
+/// ```
+/// use steadfast::pool::Replica;
+/// # let client = tower::service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+/// let standby = Replica::new(client).tier(1).zone("eu-west-1b").weight(2);
+/// # let _ = standby;
+/// ```
+#[derive(Debug)]
+pub struct Replica<S> {
+    pub(super) service: S,
+    pub(super) tier: u32,
+    pub(super) zone: Option<Arc<str>>,
+    pub(super) weight: u32,
+    pub(super) check: Option<Arc<dyn HealthCheck>>,
+}
+
+impl<S> Replica<S> {
+    /// A replica in tier 0 (primary), with no zone, weight 1.
+    pub fn new(service: S) -> Self {
+        Self {
+            service,
+            tier: 0,
+            zone: None,
+            weight: 1,
+            check: None,
+        }
+    }
+
+    /// Its priority tier: 0 is the primary, 1 the standby, and so on.
+    #[must_use]
+    pub fn tier(mut self, tier: u32) -> Self {
+        self.tier = tier;
+        self
+    }
+
+    /// Its zone (or region): the pool prefers replicas in its own.
+    #[must_use]
+    pub fn zone(mut self, zone: impl AsRef<str>) -> Self {
+        self.zone = Some(Arc::from(zone.as_ref()));
+        self
+    }
+
+    /// Its weight among replicas of the same tier and zone (at least 1):
+    /// a replica of weight 2 is chosen as if it had half the load.
+    #[must_use]
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Checks its health actively (see [`health`](crate::health)); the checks
+    /// run in the future [`Pool::health_checks`](super::Pool::health_checks)
+    /// returns.
+    #[must_use]
+    pub fn health_check(mut self, check: impl HealthCheck) -> Self {
+        self.check = Some(Arc::new(check));
+        self
+    }
+}
+
+/// Operator state of a replica.
+pub(super) const ENABLED: u8 = 0;
+pub(super) const DRAINING: u8 = 1;
+pub(super) const DISABLED: u8 = 2;
+/// Removed by discovery: drains, then leaves the pool.
+pub(super) const REMOVED: u8 = 3;
+
+/// Live health and load of one replica, shared by every clone of the pool
+/// and by the health-check driver.
+#[derive(Debug)]
+pub(super) struct ReplicaState {
+    pub(super) label: Arc<str>,
+    pub(super) tier: u32,
+    pub(super) zone: Option<Arc<str>>,
+    pub(super) weight: u32,
+    pub(super) check: Option<Arc<dyn HealthCheck>>,
+    pub(super) breaker: Option<Circuit>,
+    pub(super) in_flight: AtomicU64,
+    pub(super) latency: PeakEwma,
+    /// Failures in a row.
+    pub(super) consecutive: AtomicU64,
+    /// The last calls' outcomes, for the failure-percentage rule.
+    pub(super) window: CountWindow,
+    /// Calls and successes since the last sweep, for the success-rate rule.
+    pub(super) interval_calls: AtomicU64,
+    pub(super) interval_successes: AtomicU64,
+    /// Milliseconds since the pool's base; zero means "not".
+    pub(super) ejected_until: AtomicU64,
+    pub(super) ejections: AtomicU64,
+    pub(super) avoid_until: AtomicU64,
+    /// The active check's verdict: 1 healthy, 0 failing; and since when (ms + 1).
+    pub(super) check_healthy: AtomicU8,
+    pub(super) check_recovered_at: AtomicU64,
+    pub(super) admin: AtomicU8,
+    pub(super) admin_enabled_at: AtomicU64,
+    /// Why it was last made unhealthy (a [`Why`](super::Why) as u8).
+    pub(super) why: AtomicU8,
+    pub(super) metrics: ReplicaMetrics,
+}
+
+#[derive(Debug)]
+pub(super) struct ReplicaMetrics {
+    pub(super) healthy: Gauge,
+    pub(super) ejections: Counter,
+    pub(super) selections: Counter,
+}
+
+/// What stands between a replica and traffic, at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Standing {
+    /// Takes traffic.
+    Eligible,
+    /// Healthy again, but not yet for long enough to take traffic back from
+    /// a lower tier (failback hysteresis) until this time (ms).
+    Recovering(u64),
+    Ejected(u64),
+    Avoided(u64),
+    FailingChecks,
+    CircuitOpen,
+    Draining,
+    Disabled,
+}
+
+impl ReplicaState {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        pool: &Arc<str>,
+        label: Arc<str>,
+        base: Instant,
+        tier: u32,
+        zone: Option<Arc<str>>,
+        weight: u32,
+        check: Option<Arc<dyn HealthCheck>>,
+        breaker: Option<Circuit>,
+        window: u32,
+    ) -> Self {
+        let labels = |name: &'static str| (name, pool.clone(), label.clone());
+        let (h, p, r) = labels("steadfast_replica_healthy");
+        let healthy = metrics::gauge!(h, "name" => p, "replica" => r);
+        healthy.set(1.0);
+        let (e, p, r) = labels("steadfast_replica_ejections_total");
+        let (s, p2, r2) = labels("steadfast_replica_selections_total");
+        Self {
+            label,
+            tier,
+            zone,
+            weight: weight.max(1),
+            check,
+            breaker,
+            in_flight: AtomicU64::new(0),
+            latency: PeakEwma::new(base, Duration::from_millis(1), Duration::from_secs(10)),
+            consecutive: AtomicU64::new(0),
+            window: CountWindow::new(window),
+            interval_calls: AtomicU64::new(0),
+            interval_successes: AtomicU64::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            avoid_until: AtomicU64::new(0),
+            check_healthy: AtomicU8::new(1),
+            check_recovered_at: AtomicU64::new(0),
+            admin: AtomicU8::new(ENABLED),
+            admin_enabled_at: AtomicU64::new(0),
+            why: AtomicU8::new(0),
+            metrics: ReplicaMetrics {
+                healthy,
+                ejections: metrics::counter!(e, "name" => p, "replica" => r),
+                selections: metrics::counter!(s, "name" => p2, "replica" => r2),
+            },
+        }
+    }
+
+    /// Where the replica stands at `now_ms`, with `failback_ms` of
+    /// hysteresis after any recovery.
+    pub(super) fn standing(&self, now_ms: u64, failback_ms: u64) -> Standing {
+        match self.admin.load(Ordering::Acquire) {
+            ENABLED => {}
+            DISABLED => return Standing::Disabled,
+            _ => return Standing::Draining,
+        }
+        if self.check_healthy.load(Ordering::Acquire) == 0 {
+            return Standing::FailingChecks;
+        }
+        let ejected = self.ejected_until.load(Ordering::Acquire);
+        if ejected > now_ms {
+            return Standing::Ejected(ejected);
+        }
+        let avoided = self.avoid_until.load(Ordering::Acquire);
+        if avoided > now_ms {
+            return Standing::Avoided(avoided);
+        }
+        if let Some(breaker) = &self.breaker {
+            if matches!(
+                breaker.state(),
+                crate::circuit_breaker::State::Open | crate::circuit_breaker::State::ForcedOpen
+            ) {
+                return Standing::CircuitOpen;
+            }
+        }
+        // Failback hysteresis: counted from the end of the last trouble.
+        let recovered = ejected
+            .max(avoided)
+            .max(self.check_recovered_at.load(Ordering::Acquire))
+            .max(self.admin_enabled_at.load(Ordering::Acquire));
+        if recovered > 0 && now_ms < recovered + failback_ms {
+            return Standing::Recovering(recovered + failback_ms);
+        }
+        Standing::Eligible
+    }
+
+    /// Whether it may take a request now (recovering replicas may: only
+    /// the tier arithmetic holds them back).
+    #[inline]
+    pub(super) fn routable(&self, now_ms: u64) -> bool {
+        matches!(self.standing(now_ms, 0), Standing::Eligible)
+    }
+
+    /// The load estimate p2c compares: latency × (in flight + 1) / weight.
+    #[inline]
+    pub(super) fn cost(&self) -> f64 {
+        let in_flight = self.in_flight.load(Ordering::Relaxed) as f64;
+        self.latency.get() * (in_flight + 1.0) / f64::from(self.weight)
+    }
+
+    pub(super) fn record_outcome(&self, failure: bool) -> u64 {
+        self.window.record(Sample {
+            failure,
+            slow: false,
+        });
+        self.interval_calls.fetch_add(1, Ordering::Relaxed);
+        if failure {
+            self.consecutive.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            self.interval_successes.fetch_add(1, Ordering::Relaxed);
+            if self.consecutive.load(Ordering::Relaxed) != 0 {
+                self.consecutive.store(0, Ordering::Release);
+            }
+            0
+        }
+    }
+}

@@ -1,0 +1,324 @@
+use std::fmt;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+use super::config::{Builder, WhenNoneHealthy};
+use super::future::{ResponseFuture, Tracked};
+use super::handle::PoolHandle;
+use super::replica::{Replica, ReplicaState};
+use super::shared::{Member, Settings, Shared, Snapshot};
+use super::table::Table;
+use super::{Attempts, NoAttempts};
+use crate::classify::{Classify, ErrorsAsFailures};
+use crate::error::{BoxError, ConfigError, NoHealthyReplica};
+use crate::health::HealthChecks;
+use crate::rng::Rng;
+use crate::sync::AtomicU64;
+
+/// A service over replicas that routes each request to a healthy, lightly
+/// loaded one; see the [module docs](super).
+///
+/// Cloning a pool is cheap and every clone shares the replicas' health and
+/// load: clone it per task, or put it under retry and hedge layers.
+pub struct Pool<K, S, C = ErrorsAsFailures, A = NoAttempts> {
+    pub(super) shared: Arc<Shared<K, S>>,
+    pub(super) local: Arc<Local<K, S, C, A>>,
+    pub(super) cached: Arc<Snapshot<K, S>>,
+    pub(super) checks: Option<HealthChecks>,
+    /// Set by `poll_ready` when no replica can take the next request.
+    rejected: Option<NoHealthyReplica>,
+    /// While waiting for a replica (`WhenNoneHealthy::Wait`): since when, and
+    /// the timer for the next look.
+    waiting: Option<(Instant, Pin<Box<Sleep>>)>,
+}
+
+/// What each clone shares with its futures (its own, so the reference count
+/// a call bumps is not contended by other threads' clones).
+#[derive(Debug)]
+pub(super) struct Local<K, S, C, A> {
+    pub(super) shared: Arc<Shared<K, S>>,
+    pub(super) classifier: C,
+    pub(super) attempts: A,
+}
+
+impl<K, S, C, A> fmt::Debug for Pool<K, S, C, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.shared.settings.name)
+            .field("replicas", &self.cached.members.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Clone, S: Clone, C: Clone, A: Clone> Clone for Pool<K, S, C, A> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            local: Arc::new(Local {
+                shared: self.shared.clone(),
+                classifier: self.local.classifier.clone(),
+                attempts: self.local.attempts.clone(),
+            }),
+            cached: self.cached.clone(),
+            checks: self.checks,
+            rejected: None,
+            waiting: None,
+        }
+    }
+}
+
+impl Pool<(), ()> {
+    /// A builder with the documented defaults (see [`Builder`]).
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+}
+
+impl<C> Builder<C> {
+    /// Validates the settings and builds a pool over `replicas`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid setting, or a replica
+    /// whose id is given twice.
+    pub fn build<K, S>(
+        self,
+        replicas: impl IntoIterator<Item = (K, Replica<S>)>,
+    ) -> Result<Pool<K, S, C>, ConfigError>
+    where
+        K: Clone + Eq + Hash + fmt::Display,
+        S: Clone,
+    {
+        self.validate()?;
+        let base = Instant::now();
+        let settings = Settings {
+            name: self.name.clone(),
+            local_zone: self.local_zone.clone(),
+            overprovisioning: self.overprovisioning,
+            panic_threshold: self.panic_threshold,
+            failback_ms: u64::try_from(self.failback_after.as_millis()).unwrap_or(u64::MAX),
+            when_none_healthy: self.when_none_healthy,
+            outlier: self.outlier.clone(),
+            max_pushback: self.max_pushback,
+            failure_penalty: self.failure_penalty,
+        };
+        let mut members = Vec::new();
+        for (id, replica) in replicas {
+            if members.iter().any(|m: &Member<K, S>| m.id == id) {
+                return Err(ConfigError::new(
+                    "replicas",
+                    format!("replica `{id}` is given twice"),
+                ));
+            }
+            members.push(self.member(id, replica, base)?);
+        }
+        let (events, _) = watch::channel(0);
+        let seed = self.seed;
+        let shared = Arc::new(Shared {
+            settings,
+            base,
+            rng: seed.map_or_else(Rng::from_entropy, Rng::new),
+            ejection_rng: seed.map_or_else(Rng::from_entropy, |s| Rng::new(s ^ 0x5eed)),
+            current: Mutex::new(Arc::new(Snapshot {
+                members,
+                table: Table::default(),
+                version: 0,
+            })),
+            version: AtomicU64::new(0),
+            dirty: std::sync::atomic::AtomicBool::new(true),
+            rebuild_at_ms: AtomicU64::new(0),
+            next_sweep_ms: AtomicU64::new(0),
+            events,
+        });
+        shared.rebuild(shared.now_ms());
+        let cached = shared
+            .current
+            .lock()
+            .map_err(|_| ConfigError::new("replicas", "state poisoned"))?
+            .clone();
+        Ok(Pool {
+            local: Arc::new(Local {
+                shared: shared.clone(),
+                classifier: self.classifier,
+                attempts: NoAttempts,
+            }),
+            shared,
+            cached,
+            checks: self.health_checks,
+            rejected: None,
+            waiting: None,
+        })
+    }
+
+    pub(super) fn member<K: fmt::Display, S>(
+        &self,
+        id: K,
+        replica: Replica<S>,
+        base: Instant,
+    ) -> Result<Member<K, S>, ConfigError> {
+        let label: Arc<str> = Arc::from(id.to_string());
+        let breaker = match &self.breaker {
+            Some(b) => Some(b.build_circuit(&format!("{}/{}", self.name, label))?),
+            None => None,
+        };
+        let state = ReplicaState::new(
+            &self.name,
+            label,
+            base,
+            replica.tier,
+            replica.zone,
+            replica.weight,
+            replica.check,
+            breaker,
+            100,
+        );
+        Ok(Member {
+            id,
+            state: Arc::new(state),
+            service: replica.service,
+        })
+    }
+}
+
+impl<K, S, C, A> Pool<K, S, C, A>
+where
+    K: Clone,
+    S: Clone,
+{
+    /// Reads attempt marks with `attempts`, so that a retried or hedged
+    /// request goes to a replica it has not tried (for HTTP:
+    /// [`HttpReplay`](crate::http::HttpReplay)).
+    pub fn with_attempts<A2>(self, attempts: A2) -> Pool<K, S, C, A2>
+    where
+        C: Clone,
+    {
+        Pool {
+            local: Arc::new(Local {
+                shared: self.shared.clone(),
+                classifier: self.local.classifier.clone(),
+                attempts,
+            }),
+            shared: self.shared,
+            cached: self.cached,
+            checks: self.checks,
+            rejected: None,
+            waiting: None,
+        }
+    }
+
+    /// A handle to watch and steer the replicas.
+    pub fn handle(&self) -> PoolHandle<K, S> {
+        PoolHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K, S, C, A, Req> Service<Req> for Pool<K, S, C, A>
+where
+    K: Clone + Send + Sync + 'static,
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error>,
+    A: Attempts<Req>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<K, S, Req, C, A>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let shared = &self.shared;
+        let now_ms = shared.now_ms();
+        shared.refresh(&mut self.cached, now_ms);
+        self.rejected = None;
+        if !self.cached.table.tiers.is_empty() {
+            self.waiting = None;
+            // Each request waits only on its own replica's readiness.
+            return Poll::Ready(Ok(()));
+        }
+        let reject = || {
+            NoHealthyReplica::new(
+                shared.settings.name.clone(),
+                shared.retry_after(&self.cached, now_ms),
+            )
+        };
+        match shared.settings.when_none_healthy {
+            WhenNoneHealthy::FailFast => {
+                self.rejected = Some(reject());
+                Poll::Ready(Ok(()))
+            }
+            WhenNoneHealthy::Wait(bound) => {
+                let now = Instant::now();
+                let (since, sleep) = self.waiting.get_or_insert_with(|| {
+                    (now, Box::pin(tokio::time::sleep(std::time::Duration::ZERO)))
+                });
+                let waited = now.saturating_duration_since(*since);
+                if waited >= bound {
+                    self.waiting = None;
+                    self.rejected = Some(reject());
+                    return Poll::Ready(Ok(()));
+                }
+                // Look again when a replica may be back, or at the bound.
+                let next = shared
+                    .retry_after(&self.cached, now_ms)
+                    .unwrap_or(std::time::Duration::from_millis(50))
+                    .clamp(std::time::Duration::from_millis(1), bound - waited);
+                sleep.as_mut().reset(now + next);
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        if let Some(err) = self.rejected.take() {
+            return ResponseFuture::rejected(err);
+        }
+        let shared = &self.shared;
+        let now_ms = shared.now_ms();
+        let snapshot = &self.cached;
+        let attempt = self.local.attempts.attempt(&req);
+        let tried = attempt
+            .map(crate::retry::Attempt::tried)
+            .unwrap_or_default();
+        // A replica whose breaker refuses is passed over.
+        for _ in 0..4 {
+            let Some(i) = shared.choose(snapshot, now_ms, &tried) else {
+                break;
+            };
+            let member = &snapshot.members[i];
+            let permit = match &member.state.breaker {
+                Some(circuit) => match circuit.try_acquire() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        shared.changed();
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            if let Some(attempt) = attempt {
+                attempt.record(member.state.label.clone());
+            }
+            member.state.metrics.selections.increment(1);
+            let tracked = Tracked::new(member.state.clone(), permit);
+            let service = member.service.clone();
+            return ResponseFuture::called(service, req, tracked, self.local.clone());
+        }
+        ResponseFuture::rejected(NoHealthyReplica::new(
+            shared.settings.name.clone(),
+            shared.retry_after(snapshot, now_ms),
+        ))
+    }
+}

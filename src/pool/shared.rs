@@ -1,0 +1,365 @@
+//! The pool's shared state: members, routing table, outlier detection.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::Why;
+use super::config::{OutlierDetection, WhenNoneHealthy};
+use super::replica::{REMOVED, ReplicaState, Standing};
+use super::table::{Row, Table, WHOLE};
+use crate::rng::Rng;
+use crate::sync::{AtomicU64, Ordering};
+
+/// How long a routing table is trusted without events.
+const TABLE_TTL_MS: u64 = 100;
+
+/// One member: its id, its state, and the service calls go to.
+#[derive(Debug)]
+pub(super) struct Member<K, S> {
+    pub(super) id: K,
+    pub(super) state: Arc<ReplicaState>,
+    pub(super) service: S,
+}
+
+/// The members at one membership version, with the table built for them.
+#[derive(Debug)]
+pub(super) struct Snapshot<K, S> {
+    pub(super) members: Vec<Member<K, S>>,
+    pub(super) table: Table,
+    pub(super) version: u64,
+}
+
+/// Settings fixed at build time.
+#[derive(Debug)]
+pub(super) struct Settings {
+    pub(super) name: Arc<str>,
+    pub(super) local_zone: Option<Arc<str>>,
+    pub(super) overprovisioning: f64,
+    pub(super) panic_threshold: f64,
+    pub(super) failback_ms: u64,
+    pub(super) when_none_healthy: WhenNoneHealthy,
+    pub(super) outlier: OutlierDetection,
+    pub(super) max_pushback: Duration,
+    pub(super) failure_penalty: Duration,
+}
+
+/// State shared by every clone of a pool, its handle and its drivers.
+#[derive(Debug)]
+pub(super) struct Shared<K, S> {
+    pub(super) settings: Settings,
+    pub(super) base: Instant,
+    pub(super) rng: Rng,
+    pub(super) ejection_rng: Rng,
+    /// The current snapshot; the request path reads it through a cached
+    /// `Arc` and takes this lock only when `version` moved.
+    pub(super) current: Mutex<Arc<Snapshot<K, S>>>,
+    pub(super) version: AtomicU64,
+    /// Set when the table must be rebuilt (an ejection, a pushback, a
+    /// check result, an operator's change), and when it next must be.
+    pub(super) dirty: std::sync::atomic::AtomicBool,
+    pub(super) rebuild_at_ms: AtomicU64,
+    pub(super) next_sweep_ms: AtomicU64,
+    pub(super) events: watch::Sender<u64>,
+}
+
+impl<K: Clone, S: Clone> Shared<K, S> {
+    pub(super) fn now_ms(&self) -> u64 {
+        self.ms(Instant::now())
+    }
+
+    pub(super) fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX) + 1
+    }
+
+    /// The snapshot to route with at `now_ms`, rebuilding the table if it
+    /// is stale (one thread rebuilds; the others keep the old one).
+    #[inline]
+    pub(super) fn refresh(&self, cached: &mut Arc<Snapshot<K, S>>, now_ms: u64) {
+        let stale = self.dirty.load(std::sync::atomic::Ordering::Acquire)
+            || now_ms >= self.rebuild_at_ms.load(Ordering::Acquire);
+        if stale {
+            self.rebuild(now_ms);
+        }
+        if self.version.load(Ordering::Acquire) != cached.version {
+            if let Ok(current) = self.current.lock() {
+                *cached = current.clone();
+            }
+        }
+    }
+
+    /// Rebuilds the routing table from the replicas' standings now.
+    pub(super) fn rebuild(&self, now_ms: u64) {
+        let Ok(mut current) = self.current.try_lock() else {
+            return;
+        };
+        self.dirty
+            .store(false, std::sync::atomic::Ordering::Release);
+        let old = current.clone();
+        // Removed replicas whose calls have all finished leave the pool.
+        let members: Vec<Member<K, S>> = old
+            .members
+            .iter()
+            .filter(|m| {
+                m.state.admin.load(Ordering::Acquire) != REMOVED
+                    || m.state.in_flight.load(Ordering::Acquire) > 0
+            })
+            .map(|m| Member {
+                id: m.id.clone(),
+                state: m.state.clone(),
+                service: m.service.clone(),
+            })
+            .collect();
+        let standings: Vec<Standing> = members
+            .iter()
+            .map(|m| m.state.standing(now_ms, self.settings.failback_ms))
+            .collect();
+        let rows: Vec<Row<'_>> = members
+            .iter()
+            .zip(&standings)
+            .map(|(m, &standing)| Row {
+                tier: m.state.tier,
+                zone: m.state.zone.as_deref(),
+                standing,
+            })
+            .collect();
+        let table = Table::build(
+            &rows,
+            self.settings.local_zone.as_deref(),
+            self.settings.overprovisioning,
+            self.settings.panic_threshold,
+        );
+        for (m, s) in members.iter().zip(&standings) {
+            m.state
+                .metrics
+                .healthy
+                .set(if matches!(s, Standing::Eligible) {
+                    1.0
+                } else {
+                    0.0
+                });
+        }
+        let next = table
+            .next_change_ms
+            .map_or(now_ms + TABLE_TTL_MS, |t| t.min(now_ms + TABLE_TTL_MS));
+        self.rebuild_at_ms
+            .store(next.max(now_ms + 1), Ordering::Release);
+        let version = self.version.load(Ordering::Acquire) + 1;
+        *current = Arc::new(Snapshot {
+            members,
+            table,
+            version,
+        });
+        self.version.store(version, Ordering::Release);
+    }
+
+    /// Chooses a replica for a request: a tier and zone by the table's
+    /// shares, then the less loaded of two random candidates, avoiding
+    /// replicas the request already tried while others exist.
+    pub(super) fn choose(
+        &self,
+        snapshot: &Snapshot<K, S>,
+        now_ms: u64,
+        tried: &[Arc<str>],
+    ) -> Option<usize> {
+        let r = self.rng.next_u64();
+        let candidates = snapshot.table.pick(
+            (r % u64::from(WHOLE)) as u32,
+            ((r >> 32) % u64::from(WHOLE)) as u32,
+        )?;
+        let usable = |i: u32| {
+            let state = &snapshot.members[i as usize].state;
+            (snapshot.table.panic || state.routable(now_ms))
+                && !tried.iter().any(|t| **t == *state.label)
+        };
+        let n = candidates.len() as u64;
+        let mut best: Option<usize> = None;
+        let mut picks = 0;
+        // Power of two choices; a few more draws if a draw is unusable (it
+        // turned unhealthy since the table was built, or was tried).
+        for attempt in 0..8u64 {
+            let draw = self.rng.next_u64();
+            let i = candidates[(draw % n) as usize];
+            if !usable(i) {
+                if attempt == 0 {
+                    self.dirty.store(true, std::sync::atomic::Ordering::Release);
+                }
+                continue;
+            }
+            best = Some(match best {
+                Some(b)
+                    if snapshot.members[b].state.cost()
+                        <= snapshot.members[i as usize].state.cost() =>
+                {
+                    b
+                }
+                _ => i as usize,
+            });
+            picks += 1;
+            if picks == 2 || n == 1 {
+                break;
+            }
+        }
+        if best.is_none() && !tried.is_empty() {
+            // Every candidate was tried: any usable one will do.
+            return self.choose(snapshot, now_ms, &[]);
+        }
+        best
+    }
+
+    /// The soonest a replica comes back, as a hint for callers.
+    pub(super) fn retry_after(&self, snapshot: &Snapshot<K, S>, now_ms: u64) -> Option<Duration> {
+        snapshot
+            .table
+            .next_change_ms
+            .map(|t| Duration::from_millis(t.saturating_sub(now_ms)))
+    }
+
+    /// Ejects a replica for its next ejection period, unless that would
+    /// eject more than the allowed share (at least one may always be).
+    pub(super) fn eject(
+        &self,
+        snapshot: &Snapshot<K, S>,
+        state: &ReplicaState,
+        now_ms: u64,
+        why: Why,
+    ) -> bool {
+        if state.ejected_until.load(Ordering::Acquire) > now_ms {
+            return false;
+        }
+        let n = snapshot.members.len();
+        let ejected = snapshot
+            .members
+            .iter()
+            .filter(|m| m.state.ejected_until.load(Ordering::Acquire) > now_ms)
+            .count();
+        let allowed = ((n as f64 * self.settings.outlier.max_ejected).floor() as usize).max(1);
+        if ejected + 1 > allowed {
+            return false;
+        }
+        let count = state.ejections.fetch_add(1, Ordering::AcqRel);
+        let backoff = &self.settings.outlier.ejection;
+        let period = backoff.delay(
+            u32::try_from(count).unwrap_or(u32::MAX),
+            backoff.base(),
+            &self.ejection_rng,
+        );
+        let until = now_ms + u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        state.ejected_until.store(until, Ordering::Release);
+        state.why.store(why as u8, Ordering::Release);
+        state.metrics.ejections.increment(1);
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            pool = &*self.settings.name,
+            replica = &*state.label,
+            ?why,
+            ?period,
+            "replica ejected"
+        );
+        self.changed();
+        true
+    }
+
+    /// Avoids a replica that asked for it (`503` + `Retry-After`).
+    pub(super) fn avoid(&self, state: &ReplicaState, now_ms: u64, pushback: Duration) {
+        let pushback = pushback.min(self.settings.max_pushback);
+        if pushback.is_zero() {
+            return;
+        }
+        let until = now_ms + u64::try_from(pushback.as_millis()).unwrap_or(u64::MAX);
+        if state.avoid_until.fetch_max(until, Ordering::AcqRel) < until {
+            state.why.store(Why::Pushback as u8, Ordering::Release);
+            #[cfg(feature = "tracing")]
+            tracing::info!(
+                pool = &*self.settings.name,
+                replica = &*state.label,
+                ?pushback,
+                "replica asked to be avoided"
+            );
+            self.changed();
+        }
+    }
+
+    /// Something about health changed: rebuild the table and tell
+    /// subscribers.
+    pub(super) fn changed(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        self.events.send_modify(|n| *n += 1);
+    }
+
+    /// The fleet-relative rules (success rate, latency), and ejection
+    /// decay, once per interval.
+    pub(super) fn sweep(&self, snapshot: &Snapshot<K, S>, now_ms: u64) {
+        let outlier = &self.settings.outlier;
+        let next = self.next_sweep_ms.load(Ordering::Acquire);
+        let interval_ms = u64::try_from(outlier.interval.as_millis()).unwrap_or(u64::MAX);
+        if now_ms < next
+            || self
+                .next_sweep_ms
+                .compare_exchange(
+                    next,
+                    now_ms + interval_ms,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let live: Vec<&Member<K, S>> = snapshot
+            .members
+            .iter()
+            .filter(|m| matches!(m.state.standing(now_ms, 0), Standing::Eligible))
+            .collect();
+        if let Some((factor, min_hosts, min_calls)) = outlier.success_rate_stdev {
+            let rates: Vec<(&Member<K, S>, f64)> = live
+                .iter()
+                .filter_map(|m| {
+                    let calls = m.state.interval_calls.load(Ordering::Acquire);
+                    let ok = m.state.interval_successes.load(Ordering::Acquire);
+                    (calls >= u64::from(min_calls)).then(|| (*m, ok as f64 / calls as f64))
+                })
+                .collect();
+            if rates.len() >= min_hosts as usize {
+                let mean = rates.iter().map(|(_, r)| r).sum::<f64>() / rates.len() as f64;
+                let var =
+                    rates.iter().map(|(_, r)| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64;
+                let floor = mean - factor * var.sqrt();
+                for (m, rate) in &rates {
+                    if *rate < floor {
+                        self.eject(snapshot, &m.state, now_ms, Why::SuccessRate);
+                    }
+                }
+            }
+        }
+        if let Some((factor, floor)) = outlier.latency_factor {
+            let mut latencies: Vec<f64> = live.iter().map(|m| m.state.latency.get()).collect();
+            if latencies.len() >= 3 {
+                latencies.sort_by(f64::total_cmp);
+                let median = latencies[latencies.len() / 2];
+                let floor = floor.as_nanos() as f64;
+                for m in &live {
+                    let l = m.state.latency.get();
+                    if l > factor * median && l > floor {
+                        self.eject(snapshot, &m.state, now_ms, Why::Latency);
+                    }
+                }
+            }
+        }
+        for m in &snapshot.members {
+            let s = &m.state;
+            // Decay: a replica not ejected for a whole interval steps back
+            // one ejection.
+            let until = s.ejected_until.load(Ordering::Acquire);
+            if until + interval_ms <= now_ms && s.ejections.load(Ordering::Acquire) > 0 {
+                let _ = s
+                    .ejections
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            }
+            s.interval_calls.store(0, Ordering::Release);
+            s.interval_successes.store(0, Ordering::Release);
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! A lock-free peak-EWMA latency estimate (private).
+//!
+//! As in Finagle and tower: a sample above the estimate replaces it at once
+//! (peak-sensitive, so a replica that turns slow is noticed on its first
+//! slow answer), and the estimate decays toward lower samples with time
+//! constant `tau`. The estimate is an `f64` of nanoseconds kept as bits in
+//! one `AtomicU64`, updated by compare-and-swap, with the time of the last
+//! update in another.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::sync::{AtomicU64, Ordering};
+
+#[derive(Debug)]
+pub(crate) struct PeakEwma {
+    base: Instant,
+    tau_nanos: f64,
+    /// The estimate, in nanoseconds, as `f64` bits.
+    estimate: AtomicU64,
+    /// Nanoseconds since `base` of the last update.
+    stamp: AtomicU64,
+}
+
+fn nanos_since(base: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl PeakEwma {
+    /// An estimate starting at `initial`, decaying with time constant `tau`.
+    pub(crate) fn new(base: Instant, initial: Duration, tau: Duration) -> Self {
+        Self {
+            base,
+            tau_nanos: tau.as_nanos().max(1) as f64,
+            estimate: AtomicU64::new((initial.as_nanos() as f64).to_bits()),
+            stamp: AtomicU64::new(0),
+        }
+    }
+
+    /// Folds in one sample taken at `now`.
+    pub(crate) fn observe(&self, now: Instant, sample: Duration) {
+        let sample = sample.as_nanos() as f64;
+        let now = nanos_since(self.base, now);
+        let mut current = self.estimate.load(Ordering::Acquire);
+        loop {
+            let estimate = f64::from_bits(current);
+            let next = if sample > estimate {
+                // Peak: take it at once.
+                sample
+            } else {
+                let elapsed = now.saturating_sub(self.stamp.load(Ordering::Acquire)) as f64;
+                let w = (-elapsed / self.tau_nanos).exp();
+                estimate * w + sample * (1.0 - w)
+            };
+            match self.estimate.compare_exchange_weak(
+                current,
+                next.to_bits(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.stamp.fetch_max(now, Ordering::AcqRel);
+                    return;
+                }
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// The estimate in nanoseconds.
+    #[inline]
+    pub(crate) fn get(&self) -> f64 {
+        f64::from_bits(self.estimate.load(Ordering::Acquire))
+    }
+}
+
+#[cfg(all(test, not(steadfast_loom)))]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn peaks_at_once_and_decays_with_time() {
+        let t0 = Instant::now();
+        let e = PeakEwma::new(t0, MS, 100 * MS);
+        e.observe(t0 + MS, 50 * MS);
+        assert_eq!(e.get(), (50 * MS).as_nanos() as f64);
+        // A fast sample right after barely moves it...
+        e.observe(t0 + 2 * MS, MS);
+        assert!(e.get() > (45 * MS).as_nanos() as f64, "{}", e.get());
+        // ...one after several time constants brings it down.
+        e.observe(t0 + 1000 * MS, MS);
+        assert!(e.get() < (1.1 * MS.as_nanos() as f64), "{}", e.get());
+    }
+}
