@@ -205,11 +205,11 @@ impl Core {
         // Mode Auto (0) or MetricsOnly (3), phase Closed (0).
         let mode = raw >> MODE_SHIFT;
         let closed = (raw >> STATE_SHIFT) & 0b11 == Phase::Closed as u64;
-        (closed && (mode == Mode::Auto as u64 || mode == Mode::MetricsOnly as u64)).then(|| {
+        (closed && (mode == Mode::Auto as u64 || mode == Mode::MetricsOnly as u64)).then_some(
             Admit::Closed {
                 generation: ((raw >> GEN_SHIFT) & GEN_MASK) as u32,
-            }
-        })
+            },
+        )
     }
 
     /// Admits a call or says why not. `now_ms` is read only when the

@@ -175,7 +175,7 @@ where
                             for m in members.iter().filter(|m| m.id == member.id) {
                                 m.state.admin.store(REMOVED, Ordering::Release);
                             }
-                            members.push(member);
+                            members.push(Arc::new(member));
                         });
                     }
                     Change::Remove(id) => update_members(&shared, |members| {
@@ -190,23 +190,12 @@ where
     }
 }
 
-fn update_members<K: Clone, S: Clone>(
-    shared: &Shared<K, S>,
-    change: impl FnOnce(&mut Vec<Member<K, S>>),
-) {
+fn update_members<K, S>(shared: &Shared<K, S>, change: impl FnOnce(&mut Vec<Arc<Member<K, S>>>)) {
     {
         let Ok(mut current) = shared.current.lock() else {
             return;
         };
-        let mut members: Vec<Member<K, S>> = current
-            .members
-            .iter()
-            .map(|m| Member {
-                id: m.id.clone(),
-                state: m.state.clone(),
-                service: m.service.clone(),
-            })
-            .collect();
+        let mut members: Vec<Arc<Member<K, S>>> = current.members.clone();
         change(&mut members);
         let version = shared.version.load(Ordering::Acquire) + 1;
         *current = Arc::new(Snapshot {

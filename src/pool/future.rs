@@ -4,7 +4,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -122,8 +121,7 @@ where
 
 impl<K, S, Req, C, A> Future for ResponseFuture<K, S, Req, C, A>
 where
-    K: Clone,
-    S: Service<Req> + Clone,
+    S: Service<Req>,
     S::Error: Into<BoxError>,
     C: Classify<S::Response, S::Error>,
 {
@@ -151,11 +149,7 @@ where
 
 /// Feeds one finished call to the replica's load estimate, its breaker and
 /// outlier detection.
-fn report<K, S, C, A>(local: &Local<K, S, C, A>, tracked: &Tracked, verdict: Verdict)
-where
-    K: Clone,
-    S: Clone,
-{
+fn report<K, S, C, A>(local: &Local<K, S, C, A>, tracked: &Tracked, verdict: Verdict) {
     let shared = &local.shared;
     let state = &tracked.state;
     let now = Instant::now();
@@ -178,12 +172,11 @@ where
         return;
     }
     // A failure must never make a replica look fast: it counts as at least
-    // the penalty latency, or the pushback asked for.
-    let penalty = shared
-        .settings
-        .failure_penalty
-        .max(verdict.pushback().unwrap_or(Duration::ZERO));
-    state.latency.observe(now, elapsed.max(penalty));
+    // the penalty latency. (A pushback is honoured by avoiding the replica
+    // for that long, not by inflating its latency as well.)
+    state
+        .latency
+        .observe(now, elapsed.max(shared.settings.failure_penalty));
     let in_a_row = state.record_outcome(true);
     if let Some(pushback) = verdict.pushback() {
         shared.avoid(state, now_ms, pushback);

@@ -232,9 +232,9 @@ impl ReplicaState {
 
     /// The load estimate p2c compares: latency × (in flight + 1) / weight.
     #[inline]
-    pub(super) fn cost(&self) -> f64 {
+    pub(super) fn cost(&self, now: Instant) -> f64 {
         let in_flight = self.in_flight.load(Ordering::Relaxed) as f64;
-        self.latency.get() * (in_flight + 1.0) / f64::from(self.weight)
+        self.latency.get_at(now) * (in_flight + 1.0) / f64::from(self.weight)
     }
 
     pub(super) fn record_outcome(&self, failure: bool) -> u64 {

@@ -108,15 +108,15 @@ impl<C> Builder<C> {
             max_pushback: self.max_pushback,
             failure_penalty: self.failure_penalty,
         };
-        let mut members = Vec::new();
+        let mut members: Vec<Arc<Member<K, S>>> = Vec::new();
         for (id, replica) in replicas {
-            if members.iter().any(|m: &Member<K, S>| m.id == id) {
+            if members.iter().any(|m| m.id == id) {
                 return Err(ConfigError::new(
                     "replicas",
                     format!("replica `{id}` is given twice"),
                 ));
             }
-            members.push(self.member(id, replica, base)?);
+            members.push(Arc::new(self.member(id, replica, base)?));
         }
         let (events, _) = watch::channel(0);
         let seed = self.seed;
@@ -222,7 +222,6 @@ where
 
 impl<K, S, C, A, Req> Service<Req> for Pool<K, S, C, A>
 where
-    K: Clone + Send + Sync + 'static,
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     C: Classify<S::Response, S::Error>,

@@ -27,7 +27,7 @@ pub(super) struct Member<K, S> {
 /// The members at one membership version, with the table built for them.
 #[derive(Debug)]
 pub(super) struct Snapshot<K, S> {
-    pub(super) members: Vec<Member<K, S>>,
+    pub(super) members: Vec<Arc<Member<K, S>>>,
     pub(super) table: Table,
     pub(super) version: u64,
 }
@@ -65,94 +65,13 @@ pub(super) struct Shared<K, S> {
     pub(super) events: watch::Sender<u64>,
 }
 
-impl<K: Clone, S: Clone> Shared<K, S> {
+impl<K, S> Shared<K, S> {
     pub(super) fn now_ms(&self) -> u64 {
         self.ms(Instant::now())
     }
 
     pub(super) fn ms(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX) + 1
-    }
-
-    /// The snapshot to route with at `now_ms`, rebuilding the table if it
-    /// is stale (one thread rebuilds; the others keep the old one).
-    #[inline]
-    pub(super) fn refresh(&self, cached: &mut Arc<Snapshot<K, S>>, now_ms: u64) {
-        let stale = self.dirty.load(std::sync::atomic::Ordering::Acquire)
-            || now_ms >= self.rebuild_at_ms.load(Ordering::Acquire);
-        if stale {
-            self.rebuild(now_ms);
-        }
-        if self.version.load(Ordering::Acquire) != cached.version {
-            if let Ok(current) = self.current.lock() {
-                *cached = current.clone();
-            }
-        }
-    }
-
-    /// Rebuilds the routing table from the replicas' standings now.
-    pub(super) fn rebuild(&self, now_ms: u64) {
-        let Ok(mut current) = self.current.try_lock() else {
-            return;
-        };
-        self.dirty
-            .store(false, std::sync::atomic::Ordering::Release);
-        let old = current.clone();
-        // Removed replicas whose calls have all finished leave the pool.
-        let members: Vec<Member<K, S>> = old
-            .members
-            .iter()
-            .filter(|m| {
-                m.state.admin.load(Ordering::Acquire) != REMOVED
-                    || m.state.in_flight.load(Ordering::Acquire) > 0
-            })
-            .map(|m| Member {
-                id: m.id.clone(),
-                state: m.state.clone(),
-                service: m.service.clone(),
-            })
-            .collect();
-        let standings: Vec<Standing> = members
-            .iter()
-            .map(|m| m.state.standing(now_ms, self.settings.failback_ms))
-            .collect();
-        let rows: Vec<Row<'_>> = members
-            .iter()
-            .zip(&standings)
-            .map(|(m, &standing)| Row {
-                tier: m.state.tier,
-                zone: m.state.zone.as_deref(),
-                standing,
-            })
-            .collect();
-        let table = Table::build(
-            &rows,
-            self.settings.local_zone.as_deref(),
-            self.settings.overprovisioning,
-            self.settings.panic_threshold,
-        );
-        for (m, s) in members.iter().zip(&standings) {
-            m.state
-                .metrics
-                .healthy
-                .set(if matches!(s, Standing::Eligible) {
-                    1.0
-                } else {
-                    0.0
-                });
-        }
-        let next = table
-            .next_change_ms
-            .map_or(now_ms + TABLE_TTL_MS, |t| t.min(now_ms + TABLE_TTL_MS));
-        self.rebuild_at_ms
-            .store(next.max(now_ms + 1), Ordering::Release);
-        let version = self.version.load(Ordering::Acquire) + 1;
-        *current = Arc::new(Snapshot {
-            members,
-            table,
-            version,
-        });
-        self.version.store(version, Ordering::Release);
     }
 
     /// Chooses a replica for a request: a tier and zone by the table's
@@ -175,31 +94,47 @@ impl<K: Clone, S: Clone> Shared<K, S> {
                 && !tried.iter().any(|t| **t == *state.label)
         };
         let n = candidates.len() as u64;
+        let now = Instant::now();
+        let cheaper = |a: u32, b: u32| {
+            if snapshot.members[a as usize].state.cost(now)
+                <= snapshot.members[b as usize].state.cost(now)
+            {
+                a
+            } else {
+                b
+            }
+        };
+        let mut first: Option<(u64, u32)> = None;
         let mut best: Option<usize> = None;
-        let mut picks = 0;
-        // Power of two choices; a few more draws if a draw is unusable (it
-        // turned unhealthy since the table was built, or was tried).
+        // Power of two choices: two distinct candidates, the cheaper wins.
+        // A few more draws if a draw is unusable (it turned unhealthy since
+        // the table was built, or the request tried it already).
         for attempt in 0..8u64 {
             let draw = self.rng.next_u64();
-            let i = candidates[(draw % n) as usize];
+            let pos = match first {
+                Some((p, _)) if n > 1 => (p + 1 + draw % (n - 1)) % n,
+                _ => draw % n,
+            };
+            let i = candidates[pos as usize];
             if !usable(i) {
                 if attempt == 0 {
                     self.dirty.store(true, std::sync::atomic::Ordering::Release);
                 }
                 continue;
             }
-            best = Some(match best {
-                Some(b)
-                    if snapshot.members[b].state.cost()
-                        <= snapshot.members[i as usize].state.cost() =>
-                {
-                    b
+            match first {
+                None => {
+                    first = Some((pos, i));
+                    best = Some(i as usize);
+                    if n == 1 {
+                        break;
+                    }
                 }
-                _ => i as usize,
-            });
-            picks += 1;
-            if picks == 2 || n == 1 {
-                break;
+                Some((_, f)) if f != i => {
+                    best = Some(cheaper(f, i) as usize);
+                    break;
+                }
+                Some(_) => {}
             }
         }
         if best.is_none() && !tried.is_empty() {
@@ -308,13 +243,13 @@ impl<K: Clone, S: Clone> Shared<K, S> {
         {
             return;
         }
-        let live: Vec<&Member<K, S>> = snapshot
+        let live: Vec<&Arc<Member<K, S>>> = snapshot
             .members
             .iter()
             .filter(|m| matches!(m.state.standing(now_ms, 0), Standing::Eligible))
             .collect();
         if let Some((factor, min_hosts, min_calls)) = outlier.success_rate_stdev {
-            let rates: Vec<(&Member<K, S>, f64)> = live
+            let rates: Vec<(&Arc<Member<K, S>>, f64)> = live
                 .iter()
                 .filter_map(|m| {
                     let calls = m.state.interval_calls.load(Ordering::Acquire);
@@ -336,6 +271,8 @@ impl<K: Clone, S: Clone> Shared<K, S> {
         }
         if let Some((factor, floor)) = outlier.latency_factor {
             let mut latencies: Vec<f64> = live.iter().map(|m| m.state.latency.get()).collect();
+            // (The raw estimate: the latency rule judges how slow a replica
+            // answered, not how long ago.)
             if latencies.len() >= 3 {
                 latencies.sort_by(f64::total_cmp);
                 let median = latencies[latencies.len() / 2];
@@ -361,5 +298,84 @@ impl<K: Clone, S: Clone> Shared<K, S> {
             s.interval_calls.store(0, Ordering::Release);
             s.interval_successes.store(0, Ordering::Release);
         }
+    }
+}
+
+impl<K, S> Shared<K, S> {
+    /// The snapshot to route with at `now_ms`, rebuilding the table if it
+    /// is stale (one thread rebuilds; the others keep the old one).
+    #[inline]
+    pub(super) fn refresh(&self, cached: &mut Arc<Snapshot<K, S>>, now_ms: u64) {
+        let stale = self.dirty.load(std::sync::atomic::Ordering::Acquire)
+            || now_ms >= self.rebuild_at_ms.load(Ordering::Acquire);
+        if stale {
+            self.rebuild(now_ms);
+        }
+        if self.version.load(Ordering::Acquire) != cached.version {
+            if let Ok(current) = self.current.lock() {
+                *cached = current.clone();
+            }
+        }
+    }
+
+    /// Rebuilds the routing table from the replicas' standings now.
+    pub(super) fn rebuild(&self, now_ms: u64) {
+        let Ok(mut current) = self.current.try_lock() else {
+            return;
+        };
+        self.dirty
+            .store(false, std::sync::atomic::Ordering::Release);
+        let old = current.clone();
+        // Removed replicas whose calls have all finished leave the pool.
+        let members: Vec<Arc<Member<K, S>>> = old
+            .members
+            .iter()
+            .filter(|m| {
+                m.state.admin.load(Ordering::Acquire) != REMOVED
+                    || m.state.in_flight.load(Ordering::Acquire) > 0
+            })
+            .cloned()
+            .collect();
+        let standings: Vec<Standing> = members
+            .iter()
+            .map(|m| m.state.standing(now_ms, self.settings.failback_ms))
+            .collect();
+        let rows: Vec<Row<'_>> = members
+            .iter()
+            .zip(&standings)
+            .map(|(m, &standing)| Row {
+                tier: m.state.tier,
+                zone: m.state.zone.as_deref(),
+                standing,
+            })
+            .collect();
+        let table = Table::build(
+            &rows,
+            self.settings.local_zone.as_deref(),
+            self.settings.overprovisioning,
+            self.settings.panic_threshold,
+        );
+        for (m, s) in members.iter().zip(&standings) {
+            m.state
+                .metrics
+                .healthy
+                .set(if matches!(s, Standing::Eligible) {
+                    1.0
+                } else {
+                    0.0
+                });
+        }
+        let next = table
+            .next_change_ms
+            .map_or(now_ms + TABLE_TTL_MS, |t| t.min(now_ms + TABLE_TTL_MS));
+        self.rebuild_at_ms
+            .store(next.max(now_ms + 1), Ordering::Release);
+        let version = self.version.load(Ordering::Acquire) + 1;
+        *current = Arc::new(Snapshot {
+            members,
+            table,
+            version,
+        });
+        self.version.store(version, Ordering::Release);
     }
 }

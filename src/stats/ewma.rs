@@ -68,10 +68,21 @@ impl PeakEwma {
         }
     }
 
-    /// The estimate in nanoseconds.
+    /// The estimate in nanoseconds as last updated.
     #[inline]
     pub(crate) fn get(&self) -> f64 {
         f64::from_bits(self.estimate.load(Ordering::Acquire))
+    }
+
+    /// The estimate at `now`, decayed toward zero for the time since the
+    /// last sample (as tower's peak-EWMA does): an endpoint that has not
+    /// been used for a while looks cheaper and gets probed again, so a past
+    /// penalty does not starve it forever.
+    #[inline]
+    pub(crate) fn get_at(&self, now: Instant) -> f64 {
+        let elapsed =
+            nanos_since(self.base, now).saturating_sub(self.stamp.load(Ordering::Acquire)) as f64;
+        self.get() * (-elapsed / self.tau_nanos).exp()
     }
 }
 
@@ -93,5 +104,12 @@ mod tests {
         // ...one after several time constants brings it down.
         e.observe(t0 + 1000 * MS, MS);
         assert!(e.get() < (1.1 * MS.as_nanos() as f64), "{}", e.get());
+        // Unused, it decays toward zero when read.
+        e.observe(t0 + 1001 * MS, 50 * MS);
+        let later = e.get_at(t0 + 1101 * MS);
+        assert!(
+            (later / (50 * MS).as_nanos() as f64 - (-1.0f64).exp()).abs() < 1e-6,
+            "{later}"
+        );
     }
 }

@@ -1,0 +1,585 @@
+//! Behaviour of the replica pool with scripted in-process replicas and
+//! paused time: spill-over, ejection, pushback, failback, locality, panic,
+//! penalties, readiness and the handle.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use steadfast::backoff::Backoff;
+use steadfast::classify::{Classify, Verdict};
+use steadfast::error::{BoxError, NoHealthyReplica};
+use steadfast::pool::{Builder, Health, OutlierDetection, Pool, Replica, WhenNoneHealthy, Why};
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+
+/// A replica's script: fail or not, how slowly, with what pushback.
+#[derive(Default)]
+struct Script {
+    fail: AtomicBool,
+    delay_ms: AtomicU64,
+    pushback_s: AtomicU64,
+    hits: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Failed {
+    pushback: Option<Duration>,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("replica failed")
+    }
+}
+
+impl std::error::Error for Failed {}
+
+/// Failures are retryable, with the replica's pushback if it set one.
+#[derive(Clone, Copy)]
+struct ByError;
+
+impl Classify<String, Failed> for ByError {
+    fn classify(&self, result: Result<&String, &Failed>) -> Verdict {
+        match result {
+            Ok(_) => Verdict::success(),
+            Err(Failed { pushback: Some(p) }) => Verdict::retryable_failure().with_pushback(*p),
+            Err(_) => Verdict::retryable_failure(),
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct Fleet {
+    scripts: Arc<Mutex<HashMap<&'static str, Arc<Script>>>>,
+}
+
+type Svc = tower::util::BoxCloneSyncService<u32, String, Failed>;
+
+impl Fleet {
+    fn script(&self, name: &'static str) -> Arc<Script> {
+        self.scripts
+            .lock()
+            .unwrap()
+            .entry(name)
+            .or_default()
+            .clone()
+    }
+
+    fn service(&self, name: &'static str) -> Svc {
+        let script = self.script(name);
+        tower::util::BoxCloneSyncService::new(tower::service_fn(move |_req: u32| {
+            let script = script.clone();
+            async move {
+                script.hits.fetch_add(1, Ordering::SeqCst);
+                let delay = script.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                if script.fail.load(Ordering::SeqCst) {
+                    let p = script.pushback_s.load(Ordering::SeqCst);
+                    Err(Failed {
+                        pushback: (p > 0).then(|| Duration::from_secs(p)),
+                    })
+                } else {
+                    Ok(name.to_owned())
+                }
+            }
+        }))
+    }
+
+    fn failing(&self, name: &'static str, fail: bool) {
+        self.script(name).fail.store(fail, Ordering::SeqCst);
+    }
+
+    fn hits(&self, name: &'static str) -> u64 {
+        self.script(name).hits.load(Ordering::SeqCst)
+    }
+
+    fn reset_hits(&self) {
+        for s in self.scripts.lock().unwrap().values() {
+            s.hits.store(0, Ordering::SeqCst);
+        }
+    }
+
+    fn replica(&self, name: &'static str) -> (&'static str, Replica<Svc>) {
+        (name, Replica::new(self.service(name)))
+    }
+}
+
+/// Fast, exact settings: only consecutive failures eject, for 10 s
+/// doubling; failback 5 s.
+fn builder() -> Builder<ByError> {
+    Pool::builder()
+        .name("test")
+        .classify(ByError)
+        .seed(7)
+        .failback_after(5 * SEC)
+        // Replicas here answer at once; a small penalty keeps a failing one
+        // in rotation so the ejection rules get to see its failures.
+        .failure_penalty(MS)
+        .outlier(
+            OutlierDetection::default()
+                .consecutive_failures(Some(3))
+                .failure_percentage(None)
+                .success_rate_stdev(None)
+                .latency_factor(None)
+                .ejection(Backoff::exponential(10 * SEC, 80 * SEC))
+                .max_ejected(1.0),
+        )
+}
+
+async fn call<S>(svc: &mut S) -> Result<String, BoxError>
+where
+    S: Service<u32, Response = String, Error = BoxError>,
+{
+    svc.ready().await?.call(0).await
+}
+
+/// Sends `n` requests one after another; returns how many each replica answered.
+async fn spread<S>(svc: &mut S, n: usize) -> HashMap<String, usize>
+where
+    S: Service<u32, Response = String, Error = BoxError>,
+{
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        if let Ok(name) = call(svc).await {
+            *counts.entry(name).or_default() += 1;
+        }
+    }
+    counts
+}
+
+fn health_of<S: Clone>(handle: &steadfast::pool::PoolHandle<&'static str, S>, id: &str) -> Health {
+    handle
+        .snapshot()
+        .into_iter()
+        .find(|r| r.id == id)
+        .unwrap()
+        .health
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_failures_eject_for_a_growing_period_that_decays() {
+    let fleet = Fleet::default();
+    // No failure penalty: the failing replica stays in rotation, so the
+    // rule sees every failure (the penalty is tested on its own below).
+    let mut pool = builder()
+        .failure_penalty(Duration::ZERO)
+        .build([fleet.replica("a"), fleet.replica("b")])
+        .unwrap();
+    let handle = pool.handle();
+    fleet.failing("a", true);
+    spread(&mut pool, 40).await;
+    let snap = handle.snapshot();
+    let a = snap.iter().find(|r| r.id == "a").unwrap();
+    assert!(matches!(a.health, Health::Ejected { .. }), "{:?}", a.health);
+    assert_eq!(a.why, Why::ConsecutiveFailures);
+    assert_eq!(
+        fleet.hits("a"),
+        3,
+        "ejected after exactly 3 failures in a row"
+    );
+    let Health::Ejected { until } = a.health else {
+        unreachable!()
+    };
+    assert_eq!(until - Instant::now(), 10 * SEC);
+
+    // Still failing when it comes back: ejected again, for twice as long.
+    tokio::time::advance(10 * SEC + 5 * SEC).await;
+    fleet.reset_hits();
+    for _ in 0..1_000 {
+        if matches!(health_of(&handle, "a"), Health::Ejected { .. }) {
+            break;
+        }
+        let _ = call(&mut pool).await;
+        tokio::time::advance(MS).await;
+    }
+    assert_eq!(fleet.hits("a"), 3);
+    let Health::Ejected { until } = health_of(&handle, "a") else {
+        panic!()
+    };
+    let left = until - Instant::now();
+    assert!(
+        left > 19 * SEC && left <= 20 * SEC,
+        "the second ejection lasts twice as long: {left:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_the_configured_share_is_ejected_but_always_one_may_be() {
+    let fleet = Fleet::default();
+    let names = ["a", "b", "c", "d"];
+    let outlier = OutlierDetection::default()
+        .consecutive_failures(Some(2))
+        .failure_percentage(None)
+        .success_rate_stdev(None)
+        .latency_factor(None)
+        .max_ejected(0.5);
+    let mut pool = builder()
+        .outlier(outlier.clone())
+        .panic_threshold(0.0)
+        .build(names.map(|n| fleet.replica(n)))
+        .unwrap();
+    let handle = pool.handle();
+    for n in ["a", "b", "c"] {
+        fleet.failing(n, true);
+    }
+    spread(&mut pool, 300).await;
+    let ejected = handle
+        .snapshot()
+        .iter()
+        .filter(|r| matches!(r.health, Health::Ejected { .. }))
+        .count();
+    assert_eq!(ejected, 2, "half of four");
+
+    // A pool of one may still eject its only replica (max 0% still allows one).
+    let mut one = builder()
+        .outlier(outlier.max_ejected(0.0))
+        .build([fleet.replica("a")])
+        .unwrap();
+    spread(&mut one, 10).await;
+    assert!(matches!(
+        health_of(&one.handle(), "a"),
+        Health::Ejected { .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_replica_gets_little_traffic_even_without_ejection() {
+    // Outlier detection off: only the failure penalty in the load estimate
+    // keeps traffic away from a replica that fails at once.
+    let fleet = Fleet::default();
+    for n in ["a", "b", "c"] {
+        fleet.script(n).delay_ms.store(5, Ordering::SeqCst);
+    }
+    fleet.script("c").delay_ms.store(0, Ordering::SeqCst);
+    fleet.failing("c", true);
+    let outlier = OutlierDetection::default()
+        .consecutive_failures(None)
+        .failure_percentage(None)
+        .success_rate_stdev(None)
+        .latency_factor(None);
+    let mut pool = builder()
+        .outlier(outlier)
+        .failure_penalty(SEC)
+        .build(["a", "b", "c"].map(|n| fleet.replica(n)))
+        .unwrap();
+    spread(&mut pool, 600).await;
+    let share = fleet.hits("c") as f64 / 600.0;
+    assert!(
+        share < 0.1,
+        "a replica failing instantly must not look fastest: {share:.2} of the traffic"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushback_avoids_a_replica_for_that_long_capped() {
+    let fleet = Fleet::default();
+    let mut pool = builder()
+        .max_pushback(20 * SEC)
+        .failback_after(Duration::ZERO)
+        .build([fleet.replica("a"), fleet.replica("b")])
+        .unwrap();
+    let handle = pool.handle();
+    fleet.failing("a", true);
+    fleet.script("a").pushback_s.store(30, Ordering::SeqCst);
+    // Calls until one lands on "a" and is pushed back.
+    while fleet.hits("a") == 0 {
+        let _ = call(&mut pool).await;
+    }
+    let snap = handle.snapshot();
+    let a = snap.iter().find(|r| r.id == "a").unwrap();
+    let Health::Avoided { until } = a.health else {
+        panic!("{:?}", a.health)
+    };
+    assert_eq!(a.why, Why::Pushback);
+    assert_eq!(until - Instant::now(), 20 * SEC, "capped at 20 s");
+    fleet.failing("a", false);
+    spread(&mut pool, 100).await;
+    assert_eq!(fleet.hits("a"), 1, "avoided while the pushback lasts");
+    tokio::time::advance(20 * SEC).await;
+    let counts = spread(&mut pool, 100).await;
+    assert!(counts.get("a").copied().unwrap_or(0) > 20, "{counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn traffic_fails_over_to_the_standby_and_fails_back_after_the_hysteresis() {
+    let fleet = Fleet::default();
+    let mut pool = builder()
+        .build([
+            ("p1", Replica::new(fleet.service("p1"))),
+            ("p2", Replica::new(fleet.service("p2"))),
+            ("s1", Replica::new(fleet.service("s1")).tier(1)),
+        ])
+        .unwrap();
+    assert_eq!(
+        spread(&mut pool, 50).await.get("s1"),
+        None,
+        "the primaries take it all"
+    );
+    fleet.failing("p1", true);
+    fleet.failing("p2", true);
+    spread(&mut pool, 20).await;
+    fleet.failing("p1", false);
+    fleet.failing("p2", false);
+    assert_eq!(
+        spread(&mut pool, 50).await.get("s1"),
+        Some(&50),
+        "the standby takes over"
+    );
+    // The ejections end after 10 s; the primaries must then stay healthy
+    // for the 5 s failback time before they take the traffic back.
+    tokio::time::advance(10 * SEC + 4 * SEC).await;
+    assert_eq!(
+        spread(&mut pool, 50).await.get("s1"),
+        Some(&50),
+        "still within the hysteresis"
+    );
+    tokio::time::advance(2 * SEC).await;
+    assert_eq!(spread(&mut pool, 50).await.get("s1"), None, "failed back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_local_zone_is_preferred_while_healthy() {
+    let fleet = Fleet::default();
+    let mut pool = builder()
+        .local_zone("z1")
+        .panic_threshold(0.0)
+        .build([
+            ("a1", Replica::new(fleet.service("a1")).zone("z1")),
+            ("a2", Replica::new(fleet.service("a2")).zone("z1")),
+            ("b1", Replica::new(fleet.service("b1")).zone("z2")),
+            ("b2", Replica::new(fleet.service("b2")).zone("z2")),
+        ])
+        .unwrap();
+    let counts = spread(&mut pool, 200).await;
+    assert_eq!(
+        counts.get("a1").unwrap() + counts.get("a2").unwrap(),
+        200,
+        "{counts:?}"
+    );
+    // Half the local zone down: 50% x 1.4 = 70% stays local.
+    fleet.failing("a1", true);
+    spread(&mut pool, 20).await;
+    fleet.reset_hits();
+    let counts = spread(&mut pool, 2_000).await;
+    let local = *counts.get("a2").unwrap() as f64 / 2_000.0;
+    assert!(
+        (0.66..0.74).contains(&local),
+        "{local} of the traffic stayed local: {counts:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn below_the_panic_threshold_traffic_spreads_over_all() {
+    let fleet = Fleet::default();
+    let mut pool = builder()
+        .build(["a", "b", "c", "d"].map(|n| fleet.replica(n)))
+        .unwrap();
+    let handle = pool.handle();
+    for n in ["a", "b", "c"] {
+        fleet.failing(n, true);
+    }
+    spread(&mut pool, 200).await;
+    let ejected = handle
+        .snapshot()
+        .iter()
+        .filter(|r| matches!(r.health, Health::Ejected { .. }))
+        .count();
+    assert!(ejected >= 2, "{ejected}");
+    // 1 healthy of 4: 25% x 1.4 = 35% < 50%: spread over all four.
+    fleet.reset_hits();
+    for n in ["a", "b", "c"] {
+        fleet.failing(n, false);
+    }
+    let counts = spread(&mut pool, 400).await;
+    assert_eq!(counts.len(), 4, "every replica takes some: {counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_nothing_to_route_to_it_fails_fast_or_waits_up_to_a_bound() {
+    let fleet = Fleet::default();
+    let mut pool = builder().build([fleet.replica("a")]).unwrap();
+    let handle = pool.handle();
+    handle.disable(&"a");
+    let err = call(&mut pool).await.unwrap_err();
+    let none = err
+        .downcast_ref::<NoHealthyReplica>()
+        .expect("NoHealthyReplica");
+    assert_eq!(none.name(), "test");
+
+    let mut waiting = builder()
+        .when_none_healthy(WhenNoneHealthy::Wait(2 * SEC))
+        .build([fleet.replica("b")])
+        .unwrap();
+    let h = waiting.handle();
+    h.disable(&"b");
+    let t0 = Instant::now();
+    let err = call(&mut waiting).await.unwrap_err();
+    assert!(err.downcast_ref::<NoHealthyReplica>().is_some());
+    assert_eq!(t0.elapsed(), 2 * SEC, "waited the bound");
+    // Enabled while a caller waits: it goes through.
+    let h2 = h.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(500 * MS).await;
+        h2.enable(&"b");
+    });
+    let t0 = Instant::now();
+    assert_eq!(call(&mut waiting).await.unwrap(), "b");
+    assert!(t0.elapsed() < SEC, "{:?}", t0.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drained_replica_finishes_its_calls_and_takes_no_new_ones() {
+    let fleet = Fleet::default();
+    fleet.script("a").delay_ms.store(100, Ordering::SeqCst);
+    let pool = builder()
+        .build([fleet.replica("a"), fleet.replica("b")])
+        .unwrap();
+    let handle = pool.handle();
+    let mut in_flight = Vec::new();
+    for _ in 0..20 {
+        let mut p = pool.clone();
+        in_flight.push(tokio::spawn(async move { call(&mut p).await }));
+    }
+    tokio::task::yield_now().await;
+    let before = fleet.hits("a");
+    assert!(before > 0);
+    handle.drain(&"a");
+    assert_eq!(health_of(&handle, "a"), Health::Draining);
+    for t in in_flight {
+        t.await
+            .unwrap()
+            .expect("calls in flight on a drained replica finish");
+    }
+    let mut p = pool.clone();
+    spread(&mut p, 50).await;
+    assert_eq!(fleet.hits("a"), before, "no new calls");
+    // Back, fast, and past the failback time: it shares the traffic again
+    // once its old slow estimate has decayed.
+    fleet.script("a").delay_ms.store(0, Ordering::SeqCst);
+    fleet.script("b").delay_ms.store(50, Ordering::SeqCst);
+    handle.enable(&"a");
+    tokio::time::advance(60 * SEC).await;
+    assert!(spread(&mut p, 100).await.contains_key("a"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unready_replica_does_not_block_the_others() {
+    let fleet = Fleet::default();
+    let (stuck, mut handle) = tower_test::mock::pair::<u32, String>();
+    handle.allow(0);
+    // A replica whose service never becomes ready, next to a healthy one.
+    let stuck = tower::util::BoxCloneSyncService::new(
+        tower::buffer::Buffer::new(stuck, 1).map_err(|_| Failed { pushback: None }),
+    );
+    let pool = builder()
+        .classify(ByError)
+        .build([("stuck", Replica::new(stuck)), fleet.replica("b")])
+        .unwrap();
+    let mut done = 0;
+    let mut waiting = Vec::new();
+    for _ in 0..20 {
+        let mut p = pool.clone();
+        let fut = tokio::spawn(async move { call(&mut p).await });
+        tokio::time::sleep(MS).await;
+        if fut.is_finished() {
+            assert_eq!(fut.await.unwrap().unwrap(), "b");
+            done += 1;
+        } else {
+            waiting.push(fut);
+        }
+    }
+    assert!(
+        done > 0 && !waiting.is_empty(),
+        "{done} done, {} waiting",
+        waiting.len()
+    );
+    for w in waiting {
+        w.abort();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_replica_breakers_take_a_replica_out() {
+    use steadfast::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
+    let fleet = Fleet::default();
+    let breaker = CircuitBreakerLayer::builder()
+        .window(SlidingWindow::count(4))
+        .min_calls(4)
+        .open_backoff(Backoff::constant(30 * SEC));
+    let outlier = OutlierDetection::default()
+        .consecutive_failures(None)
+        .failure_percentage(None)
+        .success_rate_stdev(None)
+        .latency_factor(None);
+    let mut pool = builder()
+        .outlier(outlier)
+        .circuit_breaker(breaker)
+        .build([fleet.replica("a"), fleet.replica("b")])
+        .unwrap();
+    let handle = pool.handle();
+    fleet.failing("a", true);
+    spread(&mut pool, 100).await;
+    assert_eq!(health_of(&handle, "a"), Health::CircuitOpen);
+    assert!(fleet.hits("a") <= 4, "{}", fleet.hits("a"));
+}
+
+#[test]
+fn invalid_configs_are_rejected_with_the_field_named() {
+    let field = |b: Builder| {
+        b.build::<&str, Svc>([])
+            .map(|_| ())
+            .unwrap_err()
+            .field()
+            .to_owned()
+    };
+    assert_eq!(
+        field(Pool::builder().overprovisioning(0.5)),
+        "overprovisioning"
+    );
+    assert_eq!(
+        field(Pool::builder().panic_threshold(1.5)),
+        "panic_threshold"
+    );
+    assert_eq!(
+        field(Pool::builder().when_none_healthy(WhenNoneHealthy::Wait(Duration::ZERO))),
+        "when_none_healthy"
+    );
+    assert_eq!(
+        field(Pool::builder().outlier(OutlierDetection::default().consecutive_failures(Some(0)))),
+        "outlier.consecutive_failures"
+    );
+    assert_eq!(
+        field(Pool::builder().outlier(OutlierDetection::default().max_ejected(2.0))),
+        "outlier.max_ejected"
+    );
+    assert_eq!(field(Pool::builder().name("")), "name");
+    let fleet = Fleet::default();
+    let dup = Pool::builder()
+        .build([fleet.replica("a"), fleet.replica("a")])
+        .unwrap_err();
+    assert_eq!(dup.field(), "replicas");
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Pool<&'static str, Svc>>();
+    send_sync::<steadfast::pool::PoolHandle<&'static str, Svc>>();
+    send::<
+        steadfast::pool::future::ResponseFuture<
+            &'static str,
+            Svc,
+            u32,
+            steadfast::classify::ErrorsAsFailures,
+            steadfast::pool::NoAttempts,
+        >,
+    >();
+}
