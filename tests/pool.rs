@@ -583,3 +583,71 @@ fn public_types_are_send_and_sync() {
         >,
     >();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_rate_over_the_window_ejects() {
+    let fleet = Fleet::default();
+    let outlier = OutlierDetection::default()
+        .consecutive_failures(None)
+        .failure_percentage(Some((0.5, 20)))
+        .success_rate_stdev(None)
+        .latency_factor(None)
+        .max_ejected(1.0);
+    let mut pool = builder()
+        .failure_penalty(Duration::ZERO)
+        .outlier(outlier)
+        .build([fleet.replica("a"), fleet.replica("b")])
+        .unwrap();
+    let handle = pool.handle();
+    // "a" fails every other call: never 5 in a row, but half of them.
+    let script = fleet.script("a");
+    for i in 0..400 {
+        script.fail.store(i % 2 == 0, Ordering::SeqCst);
+        let _ = call(&mut pool).await;
+        if matches!(health_of(&handle, "a"), Health::Ejected { .. }) {
+            break;
+        }
+    }
+    let snap = handle.snapshot();
+    let a = snap.iter().find(|r| r.id == "a").unwrap();
+    assert!(matches!(a.health, Health::Ejected { .. }), "{:?}", a.health);
+    assert_eq!(a.why, Why::FailureRate);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_rate_far_below_the_fleet_ejects_at_the_sweep() {
+    let fleet = Fleet::default();
+    let outlier = OutlierDetection::default()
+        .consecutive_failures(None)
+        .failure_percentage(None)
+        .success_rate_stdev(Some((1.0, 3, 20)))
+        .latency_factor(None)
+        .interval(SEC)
+        .max_ejected(1.0);
+    let mut pool = builder()
+        .failure_penalty(Duration::ZERO)
+        .outlier(outlier)
+        .build(["a", "b", "c", "d"].map(|n| fleet.replica(n)))
+        .unwrap();
+    let handle = pool.handle();
+    // "a" fails one call in four; the others never do.
+    let script = fleet.script("a");
+    let mut n = 0;
+    for _ in 0..400 {
+        script.fail.store(n % 4 == 0, Ordering::SeqCst);
+        if fleet.hits("a") != n {
+            n = fleet.hits("a");
+        }
+        let _ = call(&mut pool).await;
+        tokio::time::advance(5 * MS).await;
+    }
+    let snap = handle.snapshot();
+    let a = snap.iter().find(|r| r.id == "a").unwrap();
+    assert_eq!(a.why, Why::SuccessRate, "{:?}", a.health);
+    assert!(
+        snap.iter()
+            .filter(|r| r.id != "a")
+            .all(|r| r.health == Health::Healthy),
+        "{snap:?}"
+    );
+}
