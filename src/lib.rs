@@ -14,6 +14,7 @@ pub mod budget;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod error;
+pub mod fallback;
 pub mod health;
 pub mod hedge;
 #[cfg(feature = "http")]
