@@ -11,6 +11,7 @@
 
 pub mod backoff;
 pub mod budget;
+pub mod chaos;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod error;
