@@ -21,12 +21,16 @@ pub mod hedge;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod pool;
+#[cfg(feature = "http")]
+pub mod presets;
 pub mod retry;
 
+mod builder;
 mod rng;
 mod stats;
 mod sync;
 
+pub use self::builder::ServiceBuilderExt;
 pub use self::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use self::error::BoxError;
 pub use self::hedge::{Hedge, HedgeLayer};

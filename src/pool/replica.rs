@@ -23,11 +23,11 @@ use crate::sync::{AtomicU8, AtomicU64, Ordering};
 /// ```
 #[derive(Debug)]
 pub struct Replica<S> {
-    pub(super) service: S,
-    pub(super) tier: u32,
-    pub(super) zone: Option<Arc<str>>,
-    pub(super) weight: u32,
-    pub(super) check: Option<Arc<dyn HealthCheck>>,
+    pub(crate) service: S,
+    pub(crate) tier: u32,
+    pub(crate) zone: Option<Arc<str>>,
+    pub(crate) weight: u32,
+    pub(crate) check: Option<Arc<dyn HealthCheck>>,
 }
 
 impl<S> Replica<S> {

@@ -1,0 +1,412 @@
+//! Ready-made stacks with validated, documented defaults (feature `http`).
+//!
+//! - [`HttpClient`]: one upstream — total timeout → retry with a budget →
+//!   circuit breaker → attempt timeout.
+//! - [`ReplicaStack`]: several replicas — total timeout → retry → hedge
+//!   (sharing one budget) → [`Pool`] with outlier detection and health
+//!   checks → attempt timeout per replica.
+//!
+//! Both take any HTTP client service (a hyper-util `Client`, for one).
+//!
+//! # Why this order
+//!
+//! The total timeout is outermost so it bounds everything, retries and
+//! backoff included, and the retry layer gets it as its deadline, so it
+//! never starts an attempt that cannot finish. The breaker sits under the
+//! retry so that each attempt is judged, and an open circuit fails an
+//! attempt at once (the retry then stops: the budget and the breaker agree
+//! that the upstream is in trouble). The attempt timeout is innermost, so
+//! a hung attempt counts as one failure. In the replica stack the hedge is
+//! under the retry (a retry may itself be hedged) and both draw from one
+//! budget, so all extra attempts together stay under its ratio.
+
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::Layer;
+use tower::timeout::{Timeout, TimeoutLayer};
+
+use crate::backoff::{Backoff, Jitter};
+use crate::budget::RetryBudget;
+use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, SlidingWindow};
+use crate::classify::ServerErrorsAsFailures;
+use crate::error::ConfigError;
+use crate::hedge::{Hedge, HedgeDelay, HedgeLayer};
+use crate::http::HttpReplay;
+use crate::pool::{OutlierDetection, Pool, PoolHandle, Replica};
+use crate::retry::{Retry, RetryLayer};
+
+/// The standard client stack for one HTTP upstream.
+///
+/// | setting | default | why |
+/// |---|---|---|
+/// | total timeout | 10 s | what a caller will wait, retries included |
+/// | attempt timeout | 2 s | three attempts and their backoff fit in the total |
+/// | max attempts | 3 | the first and two retries |
+/// | retry budget | 20% extra, 10/s floor | caps the load when everything fails |
+/// | breaker | 50% failures over the last 30 s, at least 10 calls; open 5 s doubling to 60 s | the window holds many attempt timeouts' worth of calls |
+///
+/// ```
+/// use std::time::Duration;
+/// use steadfast::presets::HttpClient;
+/// use tower::Layer;
+///
+/// # fn main() -> Result<(), steadfast::error::ConfigError> {
+/// # let client = tower::service_fn(|_: http::Request<String>| async {
+/// #     Ok::<_, std::io::Error>(http::Response::new(String::new()))
+/// # });
+/// let layer = HttpClient::new("payments").total_timeout(Duration::from_secs(5)).build()?;
+/// let breaker = layer.circuit().clone(); // for a readiness endpoint
+/// let payments = layer.layer(client);
+/// # let _ = (payments, breaker);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct HttpClient {
+    name: Arc<str>,
+    total_timeout: Duration,
+    attempt_timeout: Duration,
+    max_attempts: u32,
+    budget: Option<Arc<RetryBudget>>,
+    breaker_window: Duration,
+}
+
+impl HttpClient {
+    /// The preset for upstream `name` (the `name` label of every metric).
+    pub fn new(name: impl AsRef<str>) -> Self {
+        Self {
+            name: Arc::from(name.as_ref()),
+            total_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(2),
+            max_attempts: 3,
+            budget: None,
+            breaker_window: Duration::from_secs(30),
+        }
+    }
+
+    /// The deadline for the whole call, retries included.
+    pub fn total_timeout(mut self, timeout: Duration) -> Self {
+        self.total_timeout = timeout;
+        self
+    }
+
+    /// The deadline of one attempt (below the total timeout).
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// The most attempts per call, the first included.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Draws retries from a shared budget.
+    pub fn budget(mut self, budget: Arc<RetryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// The breaker's time window (at least twice the attempt timeout, so it
+    /// holds finished attempts, not just timeouts in flight).
+    pub fn breaker_window(mut self, window: Duration) -> Self {
+        self.breaker_window = window;
+        self
+    }
+
+    /// Validates and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`]: an attempt timeout not below the total, a breaker
+    /// window under twice the attempt timeout, or an invalid part.
+    pub fn build(self) -> Result<HttpClientLayer, ConfigError> {
+        check_timeouts(self.total_timeout, self.attempt_timeout)?;
+        if self.breaker_window < self.attempt_timeout * 2 {
+            return Err(ConfigError::new(
+                "breaker_window",
+                format!(
+                    "must be at least twice the attempt timeout ({:?}), got {:?}",
+                    self.attempt_timeout, self.breaker_window
+                ),
+            ));
+        }
+        let budget = match self.budget {
+            Some(b) => b,
+            None => Arc::new(RetryBudget::builder().name(&*self.name).build()?),
+        };
+        let retry = RetryLayer::builder()
+            .name(&*self.name)
+            .classify(ServerErrorsAsFailures::new())
+            .replay(HttpReplay::new())
+            .max_attempts(self.max_attempts)
+            .backoff(
+                Backoff::exponential(Duration::from_millis(50), Duration::from_secs(1))
+                    .jitter(Jitter::Full),
+            )
+            .budget(budget)
+            .deadline(self.total_timeout)
+            .build()?;
+        let breaker = CircuitBreakerLayer::builder()
+            .name(&*self.name)
+            .classify(ServerErrorsAsFailures::new())
+            .window(SlidingWindow::time(self.breaker_window))
+            .min_calls(10)
+            .failure_rate(0.5)
+            .build()
+            .map_err(|e| e.within("breaker"))?;
+        Ok(HttpClientLayer {
+            total: self.total_timeout,
+            attempt: self.attempt_timeout,
+            retry,
+            breaker,
+        })
+    }
+}
+
+fn check_timeouts(total: Duration, attempt: Duration) -> Result<(), ConfigError> {
+    if attempt.is_zero() {
+        return Err(ConfigError::new(
+            "attempt_timeout",
+            "must be greater than zero",
+        ));
+    }
+    if attempt >= total {
+        return Err(ConfigError::new(
+            "attempt_timeout",
+            format!("must be below the total timeout ({total:?}), got {attempt:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The layer [`HttpClient`] builds.
+#[derive(Debug, Clone)]
+pub struct HttpClientLayer {
+    total: Duration,
+    attempt: Duration,
+    retry: RetryLayer<ServerErrorsAsFailures, HttpReplay>,
+    breaker: CircuitBreakerLayer<ServerErrorsAsFailures>,
+}
+
+impl HttpClientLayer {
+    /// The stack's circuit, for status pages and readiness checks.
+    pub fn circuit(&self) -> &crate::circuit_breaker::Circuit {
+        self.breaker.circuit()
+    }
+
+    /// The budget retries draw from.
+    pub fn budget(&self) -> &Arc<RetryBudget> {
+        self.retry.budget()
+    }
+}
+
+/// The service [`HttpClientLayer`] makes.
+pub type HttpClientService<S> = Timeout<
+    Retry<CircuitBreaker<Timeout<S>, ServerErrorsAsFailures>, ServerErrorsAsFailures, HttpReplay>,
+>;
+
+impl<S> Layer<S> for HttpClientLayer {
+    type Service = HttpClientService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let attempt = TimeoutLayer::new(self.attempt).layer(inner);
+        let breaker = self.breaker.layer(attempt);
+        let retry = self.retry.layer(breaker);
+        TimeoutLayer::new(self.total).layer(retry)
+    }
+}
+
+/// The stack for a fleet of replicas of one HTTP upstream.
+///
+/// | setting | default | why |
+/// |---|---|---|
+/// | total timeout | 10 s | what a caller will wait |
+/// | attempt timeout | 2 s | a hung replica costs one attempt |
+/// | max attempts | 3 | each to a replica not yet tried |
+/// | hedge | after the p95 latency, 1 ms..1 s | the slow tail goes to another replica |
+/// | budget | 20% extra, 10/s floor, shared by retry and hedge | all extra attempts together |
+/// | outlier detection | [`OutlierDetection::default`] | eject failing or lagging replicas |
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ReplicaStack {
+    name: Arc<str>,
+    total_timeout: Duration,
+    attempt_timeout: Duration,
+    max_attempts: u32,
+    hedge: HedgeDelay,
+    outlier: OutlierDetection,
+    checks: Option<crate::health::HealthChecks>,
+    local_zone: Option<Arc<str>>,
+}
+
+/// What [`ReplicaStack::build`] gives: the service, the pool's handle, and
+/// the health-check future to spawn.
+pub struct ReplicaStackParts<K, S> {
+    /// The stack, to call.
+    pub service: ReplicaStackService<K, S>,
+    /// The pool's handle: snapshots, drain, disable.
+    pub handle: PoolHandle<K, Timeout<S>>,
+    /// The active health checks: spawn it (a no-op without checks).
+    pub health_checks: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl<K, S> std::fmt::Debug for ReplicaStackParts<K, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaStackParts").finish_non_exhaustive()
+    }
+}
+
+/// The service [`ReplicaStack`] builds.
+pub type ReplicaStackService<K, S> = Timeout<
+    Retry<
+        Hedge<
+            Pool<K, Timeout<S>, ServerErrorsAsFailures, HttpReplay>,
+            ServerErrorsAsFailures,
+            HttpReplay,
+        >,
+        ServerErrorsAsFailures,
+        HttpReplay,
+    >,
+>;
+
+impl ReplicaStack {
+    /// The preset for upstream `name`.
+    pub fn new(name: impl AsRef<str>) -> Self {
+        Self {
+            name: Arc::from(name.as_ref()),
+            total_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(2),
+            max_attempts: 3,
+            hedge: HedgeDelay::quantile(0.95),
+            outlier: OutlierDetection::default(),
+            checks: None,
+            local_zone: None,
+        }
+    }
+
+    /// The deadline for the whole call.
+    pub fn total_timeout(mut self, timeout: Duration) -> Self {
+        self.total_timeout = timeout;
+        self
+    }
+
+    /// The deadline of one attempt.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// The most attempts per call.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// When a hedge is sent.
+    pub fn hedge(mut self, delay: HedgeDelay) -> Self {
+        self.hedge = delay;
+        self
+    }
+
+    /// Outlier detection of the pool.
+    pub fn outlier(mut self, outlier: OutlierDetection) -> Self {
+        self.outlier = outlier;
+        self
+    }
+
+    /// Active health checks (the replicas carry the checks themselves).
+    pub fn health_checks(mut self, checks: crate::health::HealthChecks) -> Self {
+        self.checks = Some(checks);
+        self
+    }
+
+    /// The caller's zone.
+    pub fn local_zone(mut self, zone: impl AsRef<str>) -> Self {
+        self.local_zone = Some(Arc::from(zone.as_ref()));
+        self
+    }
+
+    /// Validates and builds the stack over `replicas`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`]: an attempt timeout not below the total, or an
+    /// invalid part.
+    pub fn build<K, S>(
+        self,
+        replicas: impl IntoIterator<Item = (K, Replica<S>)>,
+    ) -> Result<ReplicaStackParts<K, S>, ConfigError>
+    where
+        K: Clone + Eq + Hash + std::fmt::Display + Send + Sync + 'static,
+        S: Clone + Send + Sync + 'static,
+    {
+        check_timeouts(self.total_timeout, self.attempt_timeout)?;
+        let budget = Arc::new(RetryBudget::builder().name(&*self.name).build()?);
+        let attempt = self.attempt_timeout;
+        let mut pool = Pool::builder()
+            .name(&*self.name)
+            .classify(ServerErrorsAsFailures::new())
+            .outlier(self.outlier);
+        if let Some(zone) = &self.local_zone {
+            pool = pool.local_zone(&**zone);
+        }
+        if let Some(checks) = self.checks {
+            pool = pool.health_checks(checks);
+        }
+        let replicas = replicas.into_iter().map(|(id, r)| {
+            let Replica {
+                service,
+                tier,
+                zone,
+                weight,
+                check,
+            } = r;
+            (
+                id,
+                Replica {
+                    service: Timeout::new(service, attempt),
+                    tier,
+                    zone,
+                    weight,
+                    check,
+                },
+            )
+        });
+        let pool = pool.build(replicas)?.with_attempts(HttpReplay::new());
+        let handle = pool.handle();
+        let health_checks = Box::pin(pool.health_checks());
+        let hedge = HedgeLayer::builder()
+            .name(&*self.name)
+            .classify(ServerErrorsAsFailures::new())
+            .replay(HttpReplay::new())
+            .delay(self.hedge)
+            .budget(budget.clone())
+            .build()
+            .map_err(|e| e.within("hedge"))?;
+        let retry = RetryLayer::builder()
+            .name(&*self.name)
+            .classify(ServerErrorsAsFailures::new())
+            .replay(HttpReplay::new())
+            .max_attempts(self.max_attempts)
+            .backoff(
+                Backoff::exponential(Duration::from_millis(10), Duration::from_millis(500))
+                    .jitter(Jitter::Full),
+            )
+            .budget(budget)
+            .deadline(self.total_timeout)
+            .build()?;
+        let service = Timeout::new(retry.layer(hedge.layer(pool)), self.total_timeout);
+        Ok(ReplicaStackParts {
+            service,
+            handle,
+            health_checks,
+        })
+    }
+}

@@ -1,0 +1,100 @@
+//! The presets build with their defaults and reject invalid combinations.
+
+#![cfg(feature = "http")]
+
+use std::time::Duration;
+
+use steadfast::error::BoxError;
+use steadfast::pool::Replica;
+use steadfast::presets::{HttpClient, ReplicaStack};
+use tower::{Layer, Service, ServiceExt};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn client(
+    status: u16,
+) -> impl Service<
+    http::Request<String>,
+    Response = http::Response<String>,
+    Error = BoxError,
+    Future = impl Future<Output = Result<http::Response<String>, BoxError>> + Send,
+> + Clone
++ Send
++ Sync
++ 'static {
+    tower::service_fn(move |_req: http::Request<String>| async move {
+        let mut res = http::Response::new(String::new());
+        *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        Ok::<_, BoxError>(res)
+    })
+}
+
+fn get() -> http::Request<String> {
+    http::Request::get("http://upstream/")
+        .body(String::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_http_client_preset_builds_and_serves() {
+    let layer = HttpClient::new("payments").build().unwrap();
+    let mut svc = layer.layer(client(200));
+    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(layer.circuit().name(), "payments");
+}
+
+#[test]
+fn invalid_http_client_combinations_are_rejected() {
+    let field = |p: HttpClient| p.build().unwrap_err().field().to_owned();
+    assert_eq!(
+        field(HttpClient::new("x").attempt_timeout(10 * SEC)),
+        "attempt_timeout"
+    );
+    assert_eq!(
+        field(HttpClient::new("x").attempt_timeout(20 * SEC)),
+        "attempt_timeout"
+    );
+    assert_eq!(
+        field(HttpClient::new("x").attempt_timeout(Duration::ZERO)),
+        "attempt_timeout"
+    );
+    assert_eq!(
+        field(HttpClient::new("x").breaker_window(3 * SEC)),
+        "breaker_window"
+    );
+    assert_eq!(field(HttpClient::new("x").max_attempts(0)), "max_attempts");
+}
+
+#[tokio::test]
+async fn the_replica_stack_routes_around_a_failing_replica() {
+    let parts = ReplicaStack::new("search")
+        .build([
+            ("a", Replica::new(client(200))),
+            ("b", Replica::new(client(503))),
+            ("c", Replica::new(client(200))),
+        ])
+        .unwrap();
+    let checks = tokio::spawn(parts.health_checks);
+    let mut svc = parts.service;
+    for _ in 0..50 {
+        let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+        assert_eq!(res.status(), 200, "retried on another replica");
+    }
+    assert_eq!(parts.handle.snapshot().len(), 3);
+    checks.abort();
+}
+
+#[test]
+fn invalid_replica_stacks_are_rejected() {
+    let err =
+        ReplicaStack::new("x")
+            .attempt_timeout(20 * SEC)
+            .build::<&str, tower::util::BoxCloneSyncService<
+                http::Request<String>,
+                http::Response<String>,
+                BoxError,
+            >>([])
+            .unwrap_err();
+    assert_eq!(err.field(), "attempt_timeout");
+}
