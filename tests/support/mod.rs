@@ -16,7 +16,10 @@
 //! [`TestServer::script`]) and have the server read and keep every request
 //! it receives, body included ([`TestServer::record`],
 //! [`TestServer::received`]); a client for any request body type comes from
-//! [`client_for`].
+//! [`client_for`]. One path may answer apart from the rest
+//! ([`TestServer::set_path_reply`], a health endpoint say), requests are
+//! counted per path too ([`TestServer::requests_to`]), and a stopped server
+//! can be started again on the same port ([`TestServer::start_at`]).
 //!
 //! # Time
 //!
@@ -30,7 +33,7 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,7 +48,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -137,12 +140,21 @@ struct Shared {
     /// How long to wait before answering (a tokio sleep: paused time
     /// moves past it when the runtime is idle).
     delay: Mutex<std::time::Duration>,
+    /// Answers for requests to one path, ahead of the script and the reply
+    /// (empty unless a test sets one).
+    path_replies: Mutex<HashMap<String, Reply>>,
+    /// Requests received, per path.
+    per_path: Mutex<HashMap<String, u64>>,
 }
 
 impl Shared {
-    /// The answer to the request that just arrived: the next scripted one,
-    /// or else the current reply.
-    fn next_reply(&self) -> Reply {
+    /// The answer to the request for `path` that just arrived: the path's
+    /// own reply if it has one, else the next scripted one, or else the
+    /// current reply.
+    fn next_reply(&self, path: &str) -> Reply {
+        if let Some(reply) = self.path_replies.lock().unwrap().get(path) {
+            return reply.clone();
+        }
         match self.script.lock().unwrap().pop_front() {
             Some(reply) => reply,
             None => self.reply.lock().unwrap().clone(),
@@ -177,6 +189,30 @@ impl TestServer {
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .expect("bind a loopback port");
+        Self::serve_on(listener, reply)
+    }
+
+    /// Starts a server that answers `200 ok` on `addr`: the address of a
+    /// server that was stopped (with [`shutdown`](Self::shutdown), so its
+    /// listener is closed), to bring "the same" server back. The port is
+    /// bound with `SO_REUSEADDR`, so connections of the old server still in
+    /// `TIME_WAIT` do not stand in the way. Its counters start from zero.
+    pub async fn start_at(addr: SocketAddr) -> Self {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .expect("a TCP socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind(addr)
+            .unwrap_or_else(|e| panic!("bind {addr} again: {e}"));
+        let listener = socket.listen(1024).expect("listen");
+        Self::serve_on(listener, Reply::Ok)
+    }
+
+    /// Serves on a bound listener (a task per connection).
+    fn serve_on(listener: TcpListener, reply: Reply) -> Self {
         let addr = listener.local_addr().expect("the bound address");
         let shared = Arc::new(Shared {
             reply: Mutex::new(reply),
@@ -185,6 +221,8 @@ impl TestServer {
             record: AtomicBool::new(false),
             received: Mutex::new(Vec::new()),
             delay: Mutex::new(std::time::Duration::ZERO),
+            path_replies: Mutex::new(HashMap::new()),
+            per_path: Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = watch::channel(());
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
@@ -240,6 +278,36 @@ impl TestServer {
     /// How many requests the server has received so far.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// How many requests for `path` (the URI path, query excluded) the
+    /// server has received so far; they count in [`requests`](Self::requests)
+    /// too.
+    pub fn requests_to(&self, path: &str) -> u64 {
+        self.shared
+            .per_path
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Answers every request for `path` with `reply` from now on, whatever
+    /// the script or the server's reply say (a health endpoint that fails
+    /// while the rest of the server is fine, say). Scripted answers are
+    /// left for the other paths.
+    pub fn set_path_reply(&self, path: &str, reply: Reply) {
+        self.shared
+            .path_replies
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), reply);
+    }
+
+    /// Requests for `path` are answered as any other from now on.
+    pub fn clear_path_reply(&self, path: &str) {
+        self.shared.path_replies.lock().unwrap().remove(path);
     }
 
     /// Answers the next requests with `replies`, one each and in order
@@ -323,7 +391,14 @@ async fn serve(
         let shared = shared.clone();
         async move {
             shared.requests.fetch_add(1, Ordering::SeqCst);
-            let reply = shared.next_reply();
+            let path = req.uri().path();
+            *shared
+                .per_path
+                .lock()
+                .unwrap()
+                .entry(path.to_owned())
+                .or_default() += 1;
+            let reply = shared.next_reply(path);
             let delay = *shared.delay.lock().unwrap();
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
