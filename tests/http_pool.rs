@@ -13,10 +13,10 @@
 //! failback hysteresis with `tokio::time::advance`, or with a `sleep` where
 //! a timer of the pool's own (a health check) must fire on the way.
 //!
-//! Tests marked `#[ignore = "pool bug: …"]` pin behaviour of the pool that
-//! contradicts its documentation or what a scenario needs; each names the
-//! code at fault. Where such a bug stands in a scenario's way, the
-//! scenario's main test works around it (the latency rule off) and says so.
+//! Some tests pin bugs found here and since fixed: a replica re-ejected
+//! forever by the latency rule, a pushback that also inflated the load
+//! estimate, retries that ignored an untried standby, and a re-enabled
+//! replica that waited out the failback time in its own tier.
 
 #![cfg(feature = "http")]
 
@@ -364,14 +364,9 @@ async fn three_replicas(
 /// a row ejects it. Started again on its port, once its ejection and the
 /// failback time are over (and its old penalty has decayed) it takes
 /// traffic again.
-///
-/// The latency rule is off: with it on, the stale penalty ejects the
-/// replica for "latency" again each time it comes back, forever (see
-/// `a_restarted_replica_takes_traffic_again_with_default_outlier_detection`).
 #[tokio::test(start_paused = true)]
 async fn a_killed_replica_is_ejected_without_a_failed_request_and_readmitted_after_restart() {
-    let (mut nodes, handle, mut svc) =
-        three_replicas(OutlierDetection::default().latency_factor(None)).await;
+    let (mut nodes, handle, mut svc) = three_replicas(OutlierDetection::default()).await;
 
     assert_eq!(sequential(&mut svc, 60).await, []);
     for n in &nodes {
@@ -462,10 +457,6 @@ async fn a_killed_replica_is_ejected_without_a_failed_request_and_readmitted_aft
 /// ejection ends ejects it again ("Latency"), for 10, 20, 40 … 300 s,
 /// without a request ever reaching it.
 #[tokio::test(start_paused = true)]
-#[ignore = "pool bug: the latency rule judges the raw estimate, which keeps the \
-            1 s failure penalty of the last failure; a replica that failed once is \
-            ejected for Latency again each time its ejection ends, forever \
-            (src/pool/shared.rs:272-285, penalty from src/pool/future.rs:174-179)"]
 async fn a_restarted_replica_takes_traffic_again_with_default_outlier_detection() {
     let (mut nodes, handle, mut svc) = three_replicas(OutlierDetection::default()).await;
     assert_eq!(sequential(&mut svc, 60).await, []);
@@ -496,10 +487,6 @@ async fn a_restarted_replica_takes_traffic_again_with_default_outlier_detection(
 /// `PoolHandle::enable`: "after the failback time if it is in a higher tier
 /// than the one taking traffic", so in the tier taking traffic, at once.
 #[tokio::test(start_paused = true)]
-#[ignore = "pool bug (or doc): a re-enabled replica of the tier taking traffic \
-            waits out the failback time too, as Table::zones lists only Eligible \
-            replicas, not Recovering ones (src/pool/table.rs:173-178; documented \
-            otherwise at src/pool/handle.rs:177-178 and src/pool/replica.rs:226-227)"]
 async fn a_re_enabled_replica_of_the_serving_tier_takes_traffic_at_once() {
     let (nodes, handle, mut svc) = three_replicas(OutlierDetection::default()).await;
     assert_eq!(sequential(&mut svc, 30).await, []);
@@ -627,8 +614,6 @@ async fn the_standby_takes_over_from_failing_primaries_and_gives_back_after_fail
     while ejected_until(&handle, "p1").is_none() || ejected_until(&handle, "p2").is_none() {
         sent += 1;
         assert!(sent <= 100, "the primaries are not ejected");
-        // Before both are out a request may fail: see
-        // `a_retry_goes_to_the_standby_once_every_primary_was_tried`.
         let _ = send(&mut svc).await;
     }
     for p in ["p1", "p2"] {
@@ -684,9 +669,6 @@ async fn the_standby_takes_over_from_failing_primaries_and_gives_back_after_fail
 /// ejected, to isolate the routing): the third attempt should go to the
 /// standby, the one replica not tried.
 #[tokio::test(start_paused = true)]
-#[ignore = "pool bug: when every candidate of the drawn tier was tried, the \
-            attempt goes back to one of them instead of an untried replica of \
-            another tier (src/pool/shared.rs:140-143)"]
 async fn a_retry_goes_to_the_standby_once_every_primary_was_tried() {
     let client = support::client();
     let nodes = [
@@ -732,9 +714,6 @@ async fn a_retry_goes_to_the_standby_once_every_primary_was_tried() {
 /// is healthy, and takes traffic again once the 1 s failure penalty of that
 /// `503` has decayed below the others' load (see
 /// `a_replica_back_from_a_pushback_takes_traffic_after_the_failback_time`).
-///
-/// The latency rule is off (see
-/// `a_restarted_replica_takes_traffic_again_with_default_outlier_detection`).
 #[tokio::test(start_paused = true)]
 async fn a_replica_asking_for_30_seconds_of_quiet_gets_them() {
     let (nodes, handle, svc) = pushed_back().await;
@@ -755,10 +734,6 @@ async fn a_replica_asking_for_30_seconds_of_quiet_gets_them() {
 /// its share at once: the pushback was honoured by avoiding it, and its
 /// `503` should not keep it out longer.
 #[tokio::test(start_paused = true)]
-#[ignore = "pool bug: a 503 with Retry-After still records the 1 s failure penalty \
-            (src/pool/future.rs:174-179, despite the comment there), so after the \
-            30 s asked for and the failback time the replica loses every p2c draw \
-            for ~30 s more, until the penalty decays"]
 async fn a_replica_back_from_a_pushback_takes_traffic_after_the_failback_time() {
     let (nodes, _handle, svc) = pushed_back().await;
     let calls = nodes[0].calls();
@@ -770,7 +745,7 @@ async fn a_replica_back_from_a_pushback_takes_traffic_after_the_failback_time() 
     );
 }
 
-/// Three replicas answering in 1 ms (latency rule off), under concurrent
+/// Three replicas answering in 1 ms, under concurrent
 /// load; `a` answers one request `503` + `Retry-After: 30`. Checks that
 /// nothing reaches it for 30 s, and returns once it is healthy again
 /// (after the failback time, 5 s).
@@ -787,7 +762,7 @@ async fn pushed_back() -> ([Node; 3], PoolHandle<&'static str, Upstream>, Stack)
     }
     let pool = build(
         builder()
-            .outlier(OutlierDetection::default().latency_factor(None))
+            .outlier(OutlierDetection::default())
             .failback_after(5 * SEC),
         nodes.iter().map(|n| n.replica(&client)),
     );

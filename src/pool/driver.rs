@@ -85,6 +85,7 @@ where
                     if healthy && track.fails >= config.unhealthy_threshold {
                         state.check_healthy.store(0, Ordering::Release);
                         state.why.store(Why::HealthCheck as u8, Ordering::Release);
+                        state.latency.reset(now, Duration::ZERO);
                         #[cfg(feature = "tracing")]
                         tracing::warn!(
                             pool = &*shared.settings.name,

@@ -161,6 +161,7 @@ fn report<K, S, C, A>(local: &Local<K, S, C, A>, tracked: &Tracked, verdict: Ver
     if !verdict.is_failure() {
         state.latency.observe(now, elapsed);
         if verdict.is_success() {
+            state.answer_latency.observe(now, elapsed);
             state.record_outcome(false);
         }
         // The fleet rules (success rate, latency) run once per interval.
@@ -171,16 +172,20 @@ fn report<K, S, C, A>(local: &Local<K, S, C, A>, tracked: &Tracked, verdict: Ver
         }
         return;
     }
-    // A failure must never make a replica look fast: it counts as at least
-    // the penalty latency. (A pushback is honoured by avoiding the replica
-    // for that long, not by inflating its latency as well.)
-    state
-        .latency
-        .observe(now, elapsed.max(shared.settings.failure_penalty));
-    let in_a_row = state.record_outcome(true);
-    if let Some(pushback) = verdict.pushback() {
-        shared.avoid(state, now_ms, pushback);
+    match verdict.pushback() {
+        // Honoured by avoiding the replica for that long: its latency
+        // estimate is not inflated too, or it would stay out long after.
+        Some(pushback) => {
+            state.latency.observe(now, elapsed);
+            shared.avoid(state, now_ms, pushback);
+        }
+        // A failure must never make a replica look fast: it counts as at
+        // least the penalty latency.
+        None => state
+            .latency
+            .observe(now, elapsed.max(shared.settings.failure_penalty)),
     }
+    let in_a_row = state.record_outcome(true);
     let outlier = &shared.settings.outlier;
     let by_consecutive = outlier
         .consecutive_failures

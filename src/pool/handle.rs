@@ -109,7 +109,7 @@ pub struct ReplicaSnapshot<K> {
     pub health: Health,
     /// Why it was last made unhealthy.
     pub why: Why,
-    /// Its peak-EWMA latency estimate.
+    /// How fast it answers successfully (a peak-EWMA estimate).
     pub latency: Duration,
     /// Calls in flight.
     pub in_flight: u64,
@@ -147,7 +147,7 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
                     zone: s.zone.clone(),
                     health,
                     why: Why::from_u8(s.why.load(Ordering::Acquire)),
-                    latency: Duration::from_nanos(s.latency.get() as u64),
+                    latency: Duration::from_nanos(s.answer_latency.get() as u64),
                     in_flight: s.in_flight.load(Ordering::Acquire),
                     ejections: s.ejections.load(Ordering::Acquire),
                 }

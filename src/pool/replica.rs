@@ -92,7 +92,11 @@ pub(super) struct ReplicaState {
     pub(super) check: Option<Arc<dyn HealthCheck>>,
     pub(super) breaker: Option<Circuit>,
     pub(super) in_flight: AtomicU64,
+    /// The load estimate: every call, failures at a penalty.
     pub(super) latency: PeakEwma,
+    /// How fast it answers when it succeeds: what the latency-outlier rule
+    /// judges (a penalty for a failure is not slowness).
+    pub(super) answer_latency: PeakEwma,
     /// Failures in a row.
     pub(super) consecutive: AtomicU64,
     /// The last calls' outcomes, for the failure-percentage rule.
@@ -165,6 +169,7 @@ impl ReplicaState {
             breaker,
             in_flight: AtomicU64::new(0),
             latency: PeakEwma::new(base, Duration::from_millis(1), Duration::from_secs(10)),
+            answer_latency: PeakEwma::new(base, Duration::ZERO, Duration::from_secs(10)),
             consecutive: AtomicU64::new(0),
             window: CountWindow::new(window),
             interval_calls: AtomicU64::new(0),

@@ -13,6 +13,10 @@ use super::table::{Row, Table, WHOLE};
 use crate::rng::Rng;
 use crate::sync::{AtomicU64, Ordering};
 
+/// Successful answers a replica needs in an interval to be judged by the
+/// latency rule.
+const MIN_LATENCY_SAMPLES: u64 = 3;
+
 /// How long a routing table is trusted without events.
 const TABLE_TTL_MS: u64 = 100;
 
@@ -88,12 +92,51 @@ impl<K, S> Shared<K, S> {
             (r % u64::from(WHOLE)) as u32,
             ((r >> 32) % u64::from(WHOLE)) as u32,
         )?;
+        if let Some(i) = self.p2c(snapshot, candidates, now_ms, tried) {
+            return Some(i);
+        }
+        if !tried.is_empty() {
+            // Every candidate of the chosen tier and zone was tried: a retry
+            // or hedge goes to an untried replica elsewhere in the table
+            // (another zone, the next tier) while one exists...
+            for zone in snapshot.table.tiers.iter().flat_map(|t| &t.zones) {
+                if let Some(i) = self.p2c(snapshot, &zone.candidates, now_ms, tried) {
+                    return Some(i);
+                }
+            }
+            // Then the tiers that take no traffic now, lowest first.
+            for tier in snapshot.table.spare.chunk_by(|a, b| {
+                snapshot.members[*a as usize].state.tier == snapshot.members[*b as usize].state.tier
+            }) {
+                if let Some(i) = self.p2c(snapshot, tier, now_ms, tried) {
+                    return Some(i);
+                }
+            }
+            // ...and only then to one it tried before.
+            return self.p2c(snapshot, candidates, now_ms, &[]);
+        }
+        None
+    }
+
+    /// Power of two choices among `candidates`: two distinct usable ones,
+    /// the cheaper wins. A few more draws if a draw is unusable (it turned
+    /// unhealthy since the table was built, or the request tried it).
+    fn p2c(
+        &self,
+        snapshot: &Snapshot<K, S>,
+        candidates: &[u32],
+        now_ms: u64,
+        tried: &[Arc<str>],
+    ) -> Option<usize> {
         let usable = |i: u32| {
             let state = &snapshot.members[i as usize].state;
             (snapshot.table.panic || state.routable(now_ms))
                 && !tried.iter().any(|t| **t == *state.label)
         };
         let n = candidates.len() as u64;
+        if n == 0 {
+            return None;
+        }
         let now = Instant::now();
         let cheaper = |a: u32, b: u32| {
             if snapshot.members[a as usize].state.cost(now)
@@ -105,19 +148,22 @@ impl<K, S> Shared<K, S> {
             }
         };
         let mut first: Option<(u64, u32)> = None;
-        let mut best: Option<usize> = None;
-        // Power of two choices: two distinct candidates, the cheaper wins.
-        // A few more draws if a draw is unusable (it turned unhealthy since
-        // the table was built, or the request tried it already).
-        for attempt in 0..8u64 {
-            let draw = self.rng.next_u64();
-            let pos = match first {
-                Some((p, _)) if n > 1 => (p + 1 + draw % (n - 1)) % n,
-                _ => draw % n,
+        // Small candidate lists are scanned in full when draws keep
+        // missing, so an untried replica is never overlooked.
+        let draws = if n <= 8 { 8 + n } else { 8 };
+        for attempt in 0..draws {
+            let pos = if attempt >= 8 {
+                attempt - 8
+            } else {
+                let draw = self.rng.next_u64();
+                match first {
+                    Some((p, _)) if n > 1 => (p + 1 + draw % (n - 1)) % n,
+                    _ => draw % n,
+                }
             };
             let i = candidates[pos as usize];
             if !usable(i) {
-                if attempt == 0 {
+                if attempt == 0 && tried.is_empty() {
                     self.dirty.store(true, std::sync::atomic::Ordering::Release);
                 }
                 continue;
@@ -125,23 +171,15 @@ impl<K, S> Shared<K, S> {
             match first {
                 None => {
                     first = Some((pos, i));
-                    best = Some(i as usize);
                     if n == 1 {
                         break;
                     }
                 }
-                Some((_, f)) if f != i => {
-                    best = Some(cheaper(f, i) as usize);
-                    break;
-                }
+                Some((_, f)) if f != i => return Some(cheaper(f, i) as usize),
                 Some(_) => {}
             }
         }
-        if best.is_none() && !tried.is_empty() {
-            // Every candidate was tried: any usable one will do.
-            return self.choose(snapshot, now_ms, &[]);
-        }
-        best
+        first.map(|(_, i)| i as usize)
     }
 
     /// The soonest a replica comes back, as a hint for callers.
@@ -184,6 +222,10 @@ impl<K, S> Shared<K, S> {
         let until = now_ms + u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
         state.ejected_until.store(until, Ordering::Release);
         state.why.store(why as u8, Ordering::Release);
+        // It comes back with a clean load estimate: the failures that got it
+        // ejected must not keep it out after the ejection (nothing updates
+        // the estimate while it takes no traffic).
+        state.latency.reset(Instant::now(), Duration::ZERO);
         state.metrics.ejections.increment(1);
         #[cfg(feature = "tracing")]
         tracing::warn!(
@@ -206,6 +248,7 @@ impl<K, S> Shared<K, S> {
         let until = now_ms + u64::try_from(pushback.as_millis()).unwrap_or(u64::MAX);
         if state.avoid_until.fetch_max(until, Ordering::AcqRel) < until {
             state.why.store(Why::Pushback as u8, Ordering::Release);
+            state.latency.reset(Instant::now(), Duration::ZERO);
             #[cfg(feature = "tracing")]
             tracing::info!(
                 pool = &*self.settings.name,
@@ -270,16 +313,23 @@ impl<K, S> Shared<K, S> {
             }
         }
         if let Some((factor, floor)) = outlier.latency_factor {
-            let mut latencies: Vec<f64> = live.iter().map(|m| m.state.latency.get()).collect();
-            // (The raw estimate: the latency rule judges how slow a replica
-            // answered, not how long ago.)
-            if latencies.len() >= 3 {
+            // Judged on how fast replicas answered successfully in this
+            // interval, and only those with enough answers: a replica that
+            // got no traffic (ejected, avoided) is not judged on old data.
+            let judged: Vec<(&Arc<Member<K, S>>, f64)> = live
+                .iter()
+                .filter(|m| {
+                    m.state.interval_successes.load(Ordering::Acquire) >= MIN_LATENCY_SAMPLES
+                })
+                .map(|m| (*m, m.state.answer_latency.get()))
+                .collect();
+            if judged.len() >= 3 {
+                let mut latencies: Vec<f64> = judged.iter().map(|(_, l)| *l).collect();
                 latencies.sort_by(f64::total_cmp);
                 let median = latencies[latencies.len() / 2];
                 let floor = floor.as_nanos() as f64;
-                for m in &live {
-                    let l = m.state.latency.get();
-                    if l > factor * median && l > floor {
+                for (m, l) in &judged {
+                    if *l > factor * median && *l > floor {
                         self.eject(snapshot, &m.state, now_ms, Why::Latency);
                     }
                 }

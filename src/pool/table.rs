@@ -26,6 +26,9 @@ pub(super) struct Table {
     pub(super) panic: bool,
     /// The soonest time (ms) a replica's standing changes by itself.
     pub(super) next_change_ms: Option<u64>,
+    /// Every replica that may take traffic, in every tier (ordered by
+    /// tier): where a retry goes when the routes hold only tried replicas.
+    pub(super) spare: Vec<u32>,
 }
 
 /// A tier: its cumulative share, and its zones.
@@ -47,8 +50,16 @@ fn enabled(s: Standing) -> bool {
     !matches!(s, Standing::Draining | Standing::Disabled)
 }
 
+/// Counts toward its tier's (or zone's) healthy capacity.
 fn healthy(s: Standing) -> bool {
     matches!(s, Standing::Eligible)
+}
+
+/// May take traffic where its tier takes traffic anyway: a recovering
+/// replica does not pull traffic back from a lower tier (it does not count
+/// as capacity), but it serves within its own tier at once.
+fn candidate(s: Standing) -> bool {
+    matches!(s, Standing::Eligible | Standing::Recovering(_))
 }
 
 /// `min(1, healthy / total × overprovisioning)`.
@@ -75,6 +86,10 @@ impl Table {
                 _ => None,
             })
             .min();
+        let mut spare: Vec<u32> = (0..rows.len() as u32)
+            .filter(|&i| candidate(rows[i as usize].standing))
+            .collect();
+        spare.sort_by_key(|&i| rows[i as usize].tier);
         let mut tiers: Vec<u32> = rows
             .iter()
             .filter(|r| enabled(r.standing))
@@ -119,6 +134,7 @@ impl Table {
                 tiers,
                 panic: true,
                 next_change_ms,
+                spare,
             };
         }
 
@@ -127,6 +143,7 @@ impl Table {
                 tiers: Vec::new(),
                 panic: false,
                 next_change_ms,
+                spare,
             };
         }
         // Lower tiers first; each takes what its health covers of what is
@@ -157,6 +174,7 @@ impl Table {
             tiers: routes,
             panic: false,
             next_change_ms,
+            spare,
         }
     }
 
@@ -171,15 +189,25 @@ impl Table {
         let in_tier = || (0..rows.len() as u32).filter(move |&i| rows[i as usize].tier == tier);
         let is_local = |i: u32| local_zone.is_some() && rows[i as usize].zone == local_zone;
         let local: Vec<u32> = in_tier()
-            .filter(|&i| is_local(i) && healthy(rows[i as usize].standing))
+            .filter(|&i| is_local(i) && candidate(rows[i as usize].standing))
             .collect();
         let remote: Vec<u32> = in_tier()
-            .filter(|&i| !is_local(i) && healthy(rows[i as usize].standing))
+            .filter(|&i| !is_local(i) && candidate(rows[i as usize].standing))
             .collect();
         let local_total = in_tier()
             .filter(|&i| is_local(i) && enabled(rows[i as usize].standing))
             .count();
-        let local_share = health(local.len(), local_total, overprovisioning);
+        let local_healthy = in_tier()
+            .filter(|&i| is_local(i) && healthy(rows[i as usize].standing))
+            .count();
+        let local_share = health(local_healthy, local_total, overprovisioning);
+        if local_healthy == 0 && !remote.is_empty() {
+            // No healthy capacity at home: the remote zones take it all.
+            return vec![Zone {
+                until: WHOLE,
+                candidates: remote,
+            }];
+        }
         match (local.is_empty(), remote.is_empty()) {
             (true, true) => Vec::new(),
             (false, true) => vec![Zone {

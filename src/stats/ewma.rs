@@ -68,6 +68,15 @@ impl PeakEwma {
         }
     }
 
+    /// Starts over at `value` (a replica back from an ejection should not
+    /// carry the penalties that got it ejected).
+    pub(crate) fn reset(&self, now: Instant, value: Duration) {
+        self.estimate
+            .store((value.as_nanos() as f64).to_bits(), Ordering::Release);
+        self.stamp
+            .store(nanos_since(self.base, now), Ordering::Release);
+    }
+
     /// The estimate in nanoseconds as last updated.
     #[inline]
     pub(crate) fn get(&self) -> f64 {
