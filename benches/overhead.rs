@@ -1,8 +1,9 @@
-//! What a closed circuit breaker, and a retry layer whose calls succeed,
-//! cost per call, next to the alternatives.
+//! What a closed circuit breaker, and a retry or hedge layer whose calls
+//! succeed at once, cost per call, next to the alternatives.
 //!
-//! Run: `cargo bench --bench overhead -- --noplot` (about three minutes);
-//! one family: `-- 'breaker/' --noplot` or `-- 'retry/' --noplot`.
+//! Run: `cargo bench --bench overhead -- --noplot` (about four minutes);
+//! one family: `-- 'breaker/' --noplot`, `-- 'retry/' --noplot` or
+//! `-- 'hedge/' --noplot`.
 //!
 //! Every variant drives a tower `Service` by hand — `poll_ready`, `call`,
 //! then the returned future polled to completion — with no runtime, around
@@ -78,10 +79,51 @@
 //! `Arc<RetryConfig>` (and the budget in it). The control
 //! `steadfast/unshared` gives each thread its own layer, so its own budget.
 //!
+//! Group `hedge/happy` (one thread, time per call, `Waker::noop()`): a
+//! hedge layer around `Echo`, whose first attempt always answers at once.
+//! What a call pays for is keeping a copy of the request for a hedge, the
+//! budget deposit, and whatever it prepares for a hedge it will not send.
+//!
+//! - `raw`: `Echo` alone, the floor;
+//! - `steadfast`: `steadfast::hedge::HedgeLayer::builder().build()`, its
+//!   defaults: adaptive p95 delay, one extra attempt, a budget of its own.
+//!   A call that completes on its first poll reads no clock and arms no
+//!   timer, so it runs with no runtime, like the other groups;
+//! - `tower`: `tower::hedge::Hedge` with `TowerHedgePolicy` (clones every
+//!   request, always hedges), p95, 20 data points, a 10 s period, its
+//!   histogram prefilled so every call is eligible, as in steady state
+//!   (tower reads only the previous full period, so a fresh one would not
+//!   hedge for 10 s). Every call locks its histogram three times (to check
+//!   the data points, to read the quantile, to record) and builds the
+//!   delayed branch with a `tokio::time::Sleep`;
+//! - `tower-resilience`: `tower_resilience::hedge`, its default config: a
+//!   fixed 1 s delay, 2 attempts in all, no listeners. Its future is a
+//!   `BoxFuture` that boxes the attempt in a `FuturesUnordered` and boxes a
+//!   `tokio::time::Sleep` for the delay on every call.
+//!
+//! `tokio::time::sleep` panics outside a runtime, so `tower` and
+//! `tower-resilience` run inside one (`InRuntime`): criterion's
+//! `iter_custom`, whose timed loop runs in `block_on` of a current-thread
+//! runtime built before the clock starts. The calls are still driven by
+//! hand by the same `drive`, with the same no-op waker: the runtime only
+//! supplies the timer handle, and no timer is ever polled (the instant
+//! answer wins first).
+//!
+//! Group `hedge/contended`: as `breaker/contended`, each thread driving its
+//! own clone of ONE hedge service. Services of one steadfast layer, and
+//! their clones, share its histogram and budget (`steadfast/unshared`, the
+//! control, gives each thread its own layer); tower-resilience's clones
+//! share its `Arc<HedgeConfig>`. tower's `Hedge` is not `Clone`, so
+//! `tower/mutex` shares one behind a `Mutex` held for `poll_ready` and
+//! `call` (its response future is polled after the mutex is released), the
+//! usual way short of a `Buffer` task. The runtime variants give each
+//! thread a current-thread runtime of its own, built before the start
+//! barrier.
+//!
 //! # Reading the numbers
 //!
 //! - Overhead of a layer = `<group>/<impl>` − `<group>/raw`, in
-//!   `breaker/closed` or `retry/happy`.
+//!   `breaker/closed`, `retry/happy` or `hedge/happy`.
 //! - Scaling = `contended/<impl>/1thread` ÷ `contended/<impl>/2threads`:
 //!   the throughput of two threads over one. 2.0 is perfect scaling (the
 //!   threads never wait on each other); about 1.0 means the shared state

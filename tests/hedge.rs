@@ -583,3 +583,24 @@ fn public_types_are_send_and_sync() {
     >();
     let _ = Backoff::constant(MS);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_quantile_takes_over_as_soon_as_enough_samples_are_in() {
+    let backend = Backend::new(vec![step(10 * MS, Outcome::Ok)]);
+    let layer = fixed(MS).delay(HedgeDelay::quantile(0.95)).build().unwrap();
+    let mut svc = layer.layer(backend.service());
+    for _ in 0..19 {
+        call(&mut svc).await.unwrap();
+    }
+    assert_eq!(
+        layer.current_delay(),
+        50 * MS,
+        "19 samples: still the initial delay"
+    );
+    call(&mut svc).await.unwrap();
+    let got = layer.current_delay();
+    assert!(
+        got >= 9 * MS && got <= 11 * MS,
+        "the 20th sample switches to the quantile: {got:?}"
+    );
+}

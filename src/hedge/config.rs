@@ -296,9 +296,16 @@ impl<C, R> Policy<C, R> {
         if at != 0 && now_ms.saturating_sub(at - 1) < refresh_ms {
             return Duration::from_nanos(self.cached_delay.load(Ordering::Acquire));
         }
-        let delay = latencies
+        let Some(delay) = latencies
             .quantile(now, quantile, min_samples)
-            .map_or(initial, |q| q.clamp(floor, ceiling));
+            .map(|q| q.clamp(floor, ceiling))
+        else {
+            // Not enough samples yet: the initial delay, not cached, so the
+            // quantile takes over as soon as they are in (it is cheap to
+            // find out: this only runs for calls still pending).
+            self.metrics.delay.set(initial.as_secs_f64());
+            return initial;
+        };
         self.cached_delay.store(
             u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Release,
