@@ -4,7 +4,7 @@
 //! [`FallbackLayer`] watches each call's outcome: an error from below (a
 //! transport error, [`CircuitOpen`](crate::error::CircuitOpen),
 //! [`NoHealthyReplica`](crate::error::NoHealthyReplica), a timeout) or a
-//! response its [`Classify`](crate::classify::Classify) calls a failure
+//! response its [`Classify`] calls a failure
 //! (a `503`), and answers instead from a [`Recover`] source:
 //!
 //! - [`value`]: a fixed answer (an empty list, a default page);

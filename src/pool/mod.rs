@@ -42,7 +42,7 @@
 //! # Retries and hedges go elsewhere
 //!
 //! With [`Pool::with_attempts`], the pool reads the
-//! [`Attempt`](crate::retry::Attempt) mark that the retry and hedge layers
+//! [`Attempt`] mark that the retry and hedge layers
 //! put on HTTP requests, sends each attempt to a replica the request has
 //! not tried while one exists, and records where it went.
 //!
