@@ -2,8 +2,8 @@
 //! same load sent through a plain client and through steadfast, side by side.
 //!
 //! ```sh
-//! cargo run --release --example tour                      # about 35 s
-//! cargo run --release --example tour -- --quick           # about 10 s
+//! cargo run --release --example tour                      # about 30 s
+//! cargo run --release --example tour -- --quick           # about 8 s
 //! cargo run --release --example tour -- --plot tour.svg   # and a timeline
 //! ```
 //!
@@ -26,10 +26,12 @@
 //!   tiers, a local zone, outlier detection and TCP health checks) over one
 //!   replica per server.
 //!
-//! Each client marks its requests (`x-client`), and each server counts what
-//! it receives per client, so the extra load retries and hedges add is
-//! measured at the servers. The tour prints a line per phase and client as
-//! it goes, then a side-by-side table. Every number is measured.
+//! The extra load that retries and hedges add is counted at both ends: the
+//! attempts each client starts towards each server, and the requests each
+//! server receives from each client (every request says who sent it, in an
+//! `x-client` header). The tour prints a line per phase and client as it
+//! goes, then side-by-side tables and what the pool saw; `--plot` writes a
+//! timeline. Every number is measured.
 
 #[cfg(feature = "http")]
 #[tokio::main]
@@ -96,9 +98,9 @@ mod tour {
     const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(300);
     /// The length of a phase (`--quick`: a quarter of it).
     const PHASE: Duration = Duration::from_secs(5);
-    /// The slow server: its heavy tail, and the share of answers in it...
+    /// The slow server: its heavy tail, for one answer in `TAIL_EVERY`...
     const TAIL: Duration = Duration::from_millis(200);
-    const TAIL_SHARE: f64 = 0.1;
+    const TAIL_EVERY: u64 = 10;
     /// ...and its usual answers take 1 ms plus up to this much.
     const SLOW_SPREAD_MICROS: u64 = 1_000;
     /// What the failing server sends in `Retry-After`, in seconds.
@@ -107,8 +109,9 @@ mod tour {
     /// measuring how long a client took to route around a fault...
     const BAD_LATENCY: Duration = Duration::from_millis(100);
     /// ...which is done once no request sent after that point is bad, for
-    /// at least this long (or a fifth of a phase, if longer) until the
-    /// phase ends.
+    /// at least this long (or 30% of a phase, if longer) until the phase
+    /// ends: a plain client that keeps failing now and then must not look
+    /// as if it had routed around by luck.
     const CLEAN: Duration = Duration::from_millis(200);
     /// Timeline buckets (live lines, plot).
     const BUCKET: Duration = Duration::from_millis(250);
@@ -130,11 +133,14 @@ mod tour {
     type HttpClient = Client<HttpConnector, Body>;
     type Stack = ReplicaStackService<&'static str, ToReplica>;
     type Handle = PoolHandle<&'static str, Timeout<ToReplica>>;
-    /// Requests received, per server and per client.
-    type Counts = [[u64; 2]; FLEET.len()];
+    /// Per server: attempts the clients sent it (`SENT`) and requests it
+    /// received (`RECEIVED`), per client.
+    type Counts = [[[u64; 2]; 2]; FLEET.len()];
+    const SENT: usize = 0;
+    const RECEIVED: usize = 1;
 
-    fn total(counts: &Counts, client: usize) -> u64 {
-        counts.iter().map(|c| c[client]).sum()
+    fn total(counts: &Counts, what: usize, client: usize) -> u64 {
+        counts.iter().map(|c| c[what][client]).sum()
     }
 
     // ---------------------------------------------------------------- fleet
@@ -232,11 +238,15 @@ mod tour {
     }
 
     /// What a server's tasks share: its fault, its counters.
+    #[derive(Debug)]
     struct ServerState {
         mode: AtomicU8,
-        /// Requests received, per client (`CLIENTS` order).
+        /// Attempts each client started towards it (`CLIENTS` order),
+        /// connection refused or not.
+        sent: [AtomicU64; 2],
+        /// Requests it received, per client.
         received: [AtomicU64; 2],
-        /// Requests answered while slow: the tail's random stream.
+        /// Requests answered while slow (every `TAIL_EVERY`-th is in the tail).
         seq: AtomicU64,
         seed: u64,
     }
@@ -260,6 +270,7 @@ mod tour {
             let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
             let state = Arc::new(ServerState {
                 mode: AtomicU8::new(Fault::Healthy as u8),
+                sent: [AtomicU64::new(0), AtomicU64::new(0)],
                 received: [AtomicU64::new(0), AtomicU64::new(0)],
                 seq: AtomicU64::new(0),
                 seed,
@@ -276,8 +287,9 @@ mod tour {
                 .expect("a socket address is a valid authority")
         }
 
-        fn received(&self, client: usize) -> u64 {
-            self.state.received[client].load(Ordering::Relaxed)
+        fn counts(&self) -> [[u64; 2]; 2] {
+            let load = |c: &[AtomicU64; 2]| [0, 1].map(|i| c[i].load(Ordering::Relaxed));
+            [load(&self.state.sent), load(&self.state.received)]
         }
 
         /// Closes the listener and resets every open connection.
@@ -387,10 +399,10 @@ mod tour {
         }
         if mode == Fault::Slow as u8 {
             let n = state.seq.fetch_add(1, Ordering::Relaxed);
-            let r = mix(state.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            let delay = if unit(r) < TAIL_SHARE {
+            let delay = if (n + state.seed) % TAIL_EVERY == 0 {
                 TAIL
             } else {
+                let r = mix(state.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
                 Duration::from_micros(1_000 + (r >> 11) % SLOW_SPREAD_MICROS)
             };
             sleep(delay).await;
@@ -403,9 +415,10 @@ mod tour {
     /// A replica's service: the shared hyper-util client, pointed at one
     /// server.
     #[derive(Debug, Clone)]
-    pub(crate) struct ToReplica {
+    struct ToReplica {
         client: HttpClient,
         authority: Authority,
+        server: Arc<ServerState>,
     }
 
     impl Service<Request<Body>> for ToReplica {
@@ -431,6 +444,7 @@ mod tour {
             if let Ok(uri) = Uri::from_parts(parts) {
                 *req.uri_mut() = uri;
             }
+            self.server.sent[1].fetch_add(1, Ordering::Relaxed);
             self.client.request(req)
         }
     }
@@ -462,7 +476,7 @@ mod tour {
     enum Caller {
         Plain {
             client: HttpClient,
-            servers: Arc<[Authority]>,
+            servers: Arc<[(Authority, Arc<ServerState>)]>,
             next: Arc<AtomicUsize>,
         },
         Steadfast {
@@ -481,7 +495,9 @@ mod tour {
                     next,
                 } => {
                     let i = next.fetch_add(1, Ordering::Relaxed) % servers.len();
-                    let req = get(&format!("http://{}/", servers[i]), CLIENTS[0]);
+                    let (authority, server) = &servers[i];
+                    server.sent[0].fetch_add(1, Ordering::Relaxed);
+                    let req = get(&format!("http://{authority}/"), CLIENTS[0]);
                     let client = client.clone();
                     Box::pin(async move {
                         match client.request(req).await {
@@ -543,7 +559,7 @@ mod tour {
     // ----------------------------------------------------------------- load
 
     /// One request: when it was due (since the start), how long it took
-    /// from then, how it ended.
+    /// from when it was sent, how it ended.
     #[derive(Debug, Clone, Copy)]
     struct Sample {
         at: Duration,
@@ -875,8 +891,8 @@ mod tour {
     struct Run {
         /// When each phase's faults were applied, and the end.
         bounds: Vec<Duration>,
-        /// Requests each server had received, per client, at each bound.
-        received: Vec<Counts>,
+        /// Each server's counters at each bound.
+        counts: Vec<Counts>,
         /// How long a route-around must last (see `route_around`).
         clean: Duration,
         samples: [Vec<Sample>; 2],
@@ -888,14 +904,15 @@ mod tour {
             in_window(&self.samples[client], self.bounds[k], self.bounds[k + 1])
         }
 
-        /// Requests server `server` received from `client` in phase `k`.
-        fn got(&self, server: usize, client: usize, k: usize) -> u64 {
-            self.received[k + 1][server][client] - self.received[k][server][client]
+        /// Counter `what` of server `server` for `client`, in phase `k`.
+        fn got(&self, server: usize, what: usize, client: usize, k: usize) -> u64 {
+            self.counts[k + 1][server][what][client] - self.counts[k][server][what][client]
         }
 
-        fn load(&self, client: usize, k: usize, requests: usize) -> f64 {
-            let received: u64 = (0..FLEET.len()).map(|i| self.got(i, client, k)).sum();
-            received as f64 / requests.max(1) as f64
+        /// Attempts (or requests received) per request of `client`, in phase `k`.
+        fn load(&self, what: usize, client: usize, k: usize, requests: usize) -> f64 {
+            let n: u64 = (0..FLEET.len()).map(|i| self.got(i, what, client, k)).sum();
+            n as f64 / requests.max(1) as f64
         }
     }
 
@@ -913,7 +930,10 @@ mod tour {
         // The plain client: round robin over every address, no retries.
         let plain = Caller::Plain {
             client: http_client(),
-            servers: fleet.iter().map(Server::authority).collect(),
+            servers: fleet
+                .iter()
+                .map(|s| (s.authority(), s.state.clone()))
+                .collect(),
             next: Arc::new(AtomicUsize::new(0)),
         };
         // steadfast: one replica per server, each a clone of one client.
@@ -922,6 +942,7 @@ mod tour {
             let service = ToReplica {
                 client: shared_client.clone(),
                 authority: server.authority(),
+                server: server.state.clone(),
             };
             let replica = Replica::new(service)
                 .tier(spec.tier)
@@ -1014,21 +1035,29 @@ mod tour {
         let (stop_monitor, stopped) = oneshot::channel();
         let monitor = tokio::spawn(monitor(handle.clone(), start, stopped));
 
-        let received = |fleet: &[Server]| -> Counts {
-            std::array::from_fn(|i| [0, 1].map(|c| fleet[i].received(c)))
-        };
+        let counts = |fleet: &[Server]| -> Counts { std::array::from_fn(|i| fleet[i].counts()) };
         let mut bounds = Vec::new();
         let mut marks = Vec::new();
         for (k, phase) in phases.iter().enumerate() {
             let planned = start + phase_len * k as u32;
             sleep_until(planned).await;
+            marks.push(counts(&fleet));
+            bounds.push(if k == 0 {
+                Duration::ZERO
+            } else {
+                Instant::now().saturating_duration_since(start)
+            });
             if k > 0 {
                 println!("          {}", pool_line(&handle));
             }
-            marks.push(received(&fleet));
-            bounds.push(Instant::now().saturating_duration_since(start));
-            for (server, &fault) in fleet.iter_mut().zip(&phase.faults) {
-                server.set(fault).await?;
+            for ((server, &fault), spec) in fleet.iter_mut().zip(&phase.faults).zip(&FLEET) {
+                if let Err(err) = server.set(fault).await {
+                    // (Another socket took the port meanwhile: it stays dead.)
+                    eprintln!(
+                        "{} could not listen on {} again: {err}",
+                        spec.name, server.addr
+                    );
+                }
             }
             println!(
                 "[{:>6.2}s] phase {}/{}: {}",
@@ -1049,7 +1078,7 @@ mod tour {
         }
         sleep_until(start + total).await;
         println!("          {}", pool_line(&handle));
-        marks.push(received(&fleet));
+        marks.push(counts(&fleet));
         bounds.push(total);
 
         // Wait for the last requests (each ends within the total timeout).
@@ -1057,7 +1086,7 @@ mod tour {
             let _ = timeout(TOTAL_TIMEOUT + 2 * SHUTDOWN_TIMEOUT, driver).await;
         }
         marks.pop();
-        marks.push(received(&fleet));
+        marks.push(counts(&fleet));
         live_lines(
             &phases,
             phases.len() - 1,
@@ -1084,8 +1113,8 @@ mod tour {
         };
         let run = Run {
             bounds,
-            received: marks,
-            clean: CLEAN.max(phase_len / 5),
+            counts: marks,
+            clean: CLEAN.max(phase_len * 3 / 10),
             samples: [take(&lists[0]), take(&lists[1])],
             changes,
         };
@@ -1111,13 +1140,13 @@ mod tour {
         for (c, name) in CLIENTS.iter().enumerate() {
             let list = lists[c].lock().expect("not poisoned");
             let s = stats(list.iter().filter(|s| s.at >= from && s.at < to));
-            let received = match (marks.get(k), marks.get(k + 1)) {
-                (Some(a), Some(b)) => total(b, c) - total(a, c),
+            let attempts = match (marks.get(k), marks.get(k + 1)) {
+                (Some(a), Some(b)) => total(b, SENT, c) - total(a, SENT, c),
                 _ => 0,
             };
             println!(
                 "          {:<2} {:<10} {:<9} {:>5} req  {:>7.2}% ok  p50 {:>9}  p99 {:>9}  \
-                 backend load {:.2}x",
+                 {:.3} attempts/request",
                 k + 1,
                 phases[k].short,
                 name,
@@ -1125,24 +1154,13 @@ mod tour {
                 success(&s),
                 ms(s.p50),
                 ms(s.p99),
-                received as f64 / s.n.max(1) as f64
+                attempts as f64 / s.n.max(1) as f64
             );
         }
     }
 
     /// The final tables.
     fn report(phases: &[Phase], run: &Run) {
-        if std::env::var_os("TOUR_DEBUG").is_some() {
-            for c in &run.changes {
-                eprintln!(
-                    "{:>8.3} {:<10} {:<15} {:?}",
-                    c.at.as_secs_f64(),
-                    FLEET[c.replica].name,
-                    c.health,
-                    c.why
-                );
-            }
-        }
         let route = |c: usize, k: usize| {
             route_label(route_around(
                 run.phase(c, k),
@@ -1155,7 +1173,7 @@ mod tour {
         println!("\nby phase (requests by the time they were due)");
         println!(
             "{:<14} {:>19}  {:>21}  {:>13}  {:>32}",
-            "", "success", "p99 latency", "backend load", "time to route around"
+            "", "success", "p99 latency", "attempts/req", "time to route around"
         );
         println!(
             "{:<14} {:>9} {:>9}  {:>10} {:>10}  {:>6} {:>6}  {:>15} {:>16}",
@@ -1172,22 +1190,26 @@ mod tour {
         for (k, phase) in phases.iter().enumerate() {
             let s = [0, 1].map(|c| stats(run.phase(c, k)));
             println!(
-                "{:<14} {:>8.2}% {:>8.2}%  {:>10} {:>10}  {:>5.2}x {:>5.2}x  {:>15} {:>16}",
+                "{:<14} {:>8.2}% {:>8.2}%  {:>10} {:>10}  {:>6.3} {:>6.3}  {:>15} {:>16}",
                 format!("{} {}", k + 1, phase.short),
                 success(&s[0]),
                 success(&s[1]),
                 ms(s[0].p99),
                 ms(s[1].p99),
-                run.load(0, k, s[0].n),
-                run.load(1, k, s[1].n),
+                run.load(SENT, 0, k, s[0].n),
+                run.load(SENT, 1, k, s[1].n),
                 if k == 0 { "-".to_owned() } else { route(0, k) },
                 if k == 0 { "-".to_owned() } else { route(1, k) },
             );
         }
 
         let all = [0, 1].map(|c| stats(&run.samples[c]));
-        let last = run.received.len() - 1;
-        let backend = [0, 1].map(|c| total(&run.received[last], c) - total(&run.received[0], c));
+        let last = run.counts.len() - 1;
+        let backend = |what: usize| {
+            [0, 1].map(|c| total(&run.counts[last], what, c) - total(&run.counts[0], what, c))
+        };
+        let per_request =
+            |n: [u64; 2]| [0, 1].map(|c| format!("{:.3}", n[c] as f64 / all[c].n.max(1) as f64));
         let row = |name: &str, cells: [String; 2]| {
             println!("{name:<34} {:>22} {:>22}", cells[0], cells[1]);
         };
@@ -1213,13 +1235,15 @@ mod tour {
         row("latency p99", [0, 1].map(|c| ms(all[c].p99)));
         row("latency p99.9", [0, 1].map(|c| ms(all[c].p999)));
         row(
-            "requests the servers received",
-            backend.map(|b| b.to_string()),
+            "attempts sent to servers",
+            backend(SENT).map(|n| n.to_string()),
         );
+        row("  per request (the extra load)", per_request(backend(SENT)));
         row(
-            "extra load (received / request)",
-            [0, 1].map(|c| format!("{:.3}x", backend[c] as f64 / all[c].n.max(1) as f64)),
+            "requests servers received",
+            backend(RECEIVED).map(|n| n.to_string()),
         );
+        row("  per request", per_request(backend(RECEIVED)));
         println!("time to route around the fault");
         for (k, phase) in phases.iter().enumerate().skip(1) {
             row(
@@ -1229,7 +1253,8 @@ mod tour {
         }
         println!(
             "\nlatency: from when a request was sent until its body was read (failures \
-             included);\ntime to route around: from the fault until the last request that \
+             included);\nattempts: started towards a server, refused or cancelled ones included \
+             (retries and hedges);\ntime to route around: from the fault until the last request that \
              failed or took over {}, if\n{} without one followed before the phase ended \
              (n/a: none did)",
             ms(BAD_LATENCY),
@@ -1237,8 +1262,7 @@ mod tour {
         );
 
         println!(
-            "\nthe pool's view (its handle's snapshot, every {}), and the requests each \
-             faulty server received",
+            "\nthe pool's view of each faulty server (its handle's snapshot, every {})",
             ms(MONITOR_EVERY)
         );
         for (k, phase) in phases.iter().enumerate().skip(1) {
@@ -1253,9 +1277,11 @@ mod tour {
                         .copied()
                 };
                 let got = format!(
-                    "took {} steadfast and {} plain requests",
-                    run.got(i, 1, k),
-                    run.got(i, 0, k)
+                    "attempts sent/received: steadfast {}/{}, plain {}/{}",
+                    run.got(i, SENT, 1, k),
+                    run.got(i, RECEIVED, 1, k),
+                    run.got(i, SENT, 0, k),
+                    run.got(i, RECEIVED, 0, k)
                 );
                 let before = health_at(&run.changes, i, from);
                 if recovery {
@@ -1295,7 +1321,12 @@ mod tour {
             if notes.is_empty() {
                 notes.push("every replica was up".to_owned());
             }
-            println!("  {} {:<10} {}", k + 1, phase.short, notes.join("\n               "));
+            println!(
+                "  {} {:<10} {}",
+                k + 1,
+                phase.short,
+                notes.join("\n               ")
+            );
         }
         println!(
             "(recovering: healthy again and serving within its tier, but not yet counted as \
@@ -1315,8 +1346,7 @@ mod tour {
     fn health_at(changes: &[Change], replica: usize, at: Duration) -> &'static str {
         changes
             .iter()
-            .filter(|c| c.replica == replica && c.at < at)
-            .next_back()
+            .rfind(|c| c.replica == replica && c.at < at)
             .map_or("up", |c| c.health)
     }
 
@@ -1331,7 +1361,7 @@ mod tour {
         const COLORS: [&str; 2] = ["#d62728", "#1f77b4"];
         let end = *run.bounds.last().expect("bounds");
         let x = |t: Duration| LEFT + (W - LEFT - RIGHT) * t.as_secs_f64() / end.as_secs_f64();
-        // Success: 0..100 %, linear. p99: 0.1 ms..1 s, logarithmic.
+        // Success: 0..100 %, linear. p99: 0.01 ms..1 s, logarithmic.
         let y_success = |p: f64| TOPS[0] + CHART_H * (1.0 - p / 100.0);
         let y_latency = |d: Duration| {
             let ms = (d.as_secs_f64() * 1e3).clamp(0.01, 1000.0);
@@ -1435,7 +1465,7 @@ mod tour {
         }
         // The two series, per client: a polyline per run of non-empty buckets.
         let buckets = (end.as_nanos().div_ceil(BUCKET.as_nanos())) as u32;
-        for c in 0..2 {
+        for (c, color) in COLORS.iter().enumerate() {
             let mut series: [Vec<Vec<(f64, f64)>>; 2] = [vec![Vec::new()], vec![Vec::new()]];
             for b in 0..buckets {
                 let from = BUCKET * b;
@@ -1462,9 +1492,8 @@ mod tour {
                     line.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
                 let _ = writeln!(
                     svg,
-                    r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="1.8"/>"#,
+                    r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.8"/>"#,
                     points.join(" "),
-                    COLORS[c]
                 );
             }
         }

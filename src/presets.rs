@@ -244,6 +244,7 @@ pub struct ReplicaStack {
     outlier: OutlierDetection,
     checks: Option<crate::health::HealthChecks>,
     local_zone: Option<Arc<str>>,
+    failback_after: Option<Duration>,
 }
 
 /// What [`ReplicaStack::build`] gives: the service, the pool's handle, and
@@ -288,7 +289,15 @@ impl ReplicaStack {
             outlier: OutlierDetection::default(),
             checks: None,
             local_zone: None,
+            failback_after: None,
         }
+    }
+
+    /// How long a recovered replica must stay healthy before it pulls
+    /// traffic back from a lower tier (see [`crate::pool::Builder::failback_after`]).
+    pub fn failback_after(mut self, wait: Duration) -> Self {
+        self.failback_after = Some(wait);
+        self
     }
 
     /// The deadline for the whole call.
@@ -360,6 +369,9 @@ impl ReplicaStack {
         if let Some(checks) = self.checks {
             pool = pool.health_checks(checks);
         }
+        if let Some(wait) = self.failback_after {
+            pool = pool.failback_after(wait);
+        }
         let replicas = replicas.into_iter().map(|(id, r)| {
             let Replica {
                 service,
@@ -401,6 +413,9 @@ impl ReplicaStack {
             )
             .budget(budget)
             .deadline(self.total_timeout)
+            // A replica's `Retry-After` is honoured by the pool, which avoids
+            // that replica; the retry goes elsewhere at once.
+            .max_pushback(Duration::ZERO)
             .build()?;
         let service = Timeout::new(retry.layer(hedge.layer(pool)), self.total_timeout);
         Ok(ReplicaStackParts {
