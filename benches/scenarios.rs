@@ -1,8 +1,13 @@
-//! Hedging under load, side by side: seeded scenarios on a real tokio clock.
+//! Hedging and failover under load, side by side: seeded scenarios on a
+//! real tokio clock.
 //!
-//! Run: `cargo bench --bench scenarios` (about a minute). A plain `main`
-//! (no criterion): it builds a multi-thread tokio runtime with 2 workers,
-//! runs each scenario once per column and prints a table.
+//! Run: `cargo bench --bench scenarios` (about a minute and a half);
+//! `SCENARIOS=a,c cargo bench --bench scenarios` runs only those (labels
+//! `a`, `a'`, `b`, `c`). A
+//! plain `main` (no criterion): it builds a multi-thread tokio runtime with
+//! 2 workers, runs each scenario once per column and prints a table.
+//! Scenarios (a) to (b) are about hedging; (c), failover, is described at
+//! the end.
 //!
 //! The backend is a `tower::service_fn` that sleeps (`tokio::time::sleep`,
 //! real time, not paused) for a latency drawn from a seeded splitmix64 and
@@ -65,6 +70,34 @@
 //!   started, in half-second slices. The budget's ttl (10 s) spans the
 //!   whole run, so the warm-up's deposits count: the bound printed is
 //!   ratio × (warm-up + measured requests) + 10/s × 10 s.
+//!
+//! (c) failover: 3 in-process replicas (`tower::service_fn`s that sleep
+//! 1 ms, real time, and answer), an open-loop load of 2,000 requests/s for
+//! 4 s (`GET` `http::Request<()>`s, each started on schedule in a task of
+//! its own whatever the answers before it, so a slow column does not get
+//! less load), and at 1.5 s replica 0 dies: from then on it fails every
+//! call at once with `ConnectionRefused`, as a refused connection would.
+//! Every replica timestamps each call it receives, so the table can say
+//! how long the dead one kept drawing traffic and what share of the calls
+//! made after its death went to it. Columns:
+//!
+//! - `steadfast`: `RetryLayer` (3 attempts, its default backoff of 50 ms
+//!   doubling, full jitter; a `RetryBudget` of ratio 0.2, 10/s, ttl 10 s,
+//!   so room to spare) over a `Pool` with its defaults (outlier detection:
+//!   5 failures in a row or 50% of the last 100 calls eject for 10 s;
+//!   failure penalty 1 s), both with `HttpReplay`, so the retry's attempt
+//!   marks reach the pool and a retry goes to a replica the request has
+//!   not tried (with `u64` requests there is no attempt mark and a retry
+//!   may hit the dead replica again);
+//! - `round robin`: a tiny round-robin service over the same 3 replicas,
+//!   no retry (tower has no round robin: its `balance` is p2c);
+//! - `tower p2c`: `tower::balance::p2c::Balance` over
+//!   `PeakEwmaDiscover<ServiceList>` (default RTT 1 ms, decay 10 s,
+//!   `CompleteOnResponse`), no retry. A failed call ends its peak-EWMA
+//!   handle like an answer, so a replica that fails at once looks fast.
+//!
+//! Each column is served as the others are (a mutex held for `poll_ready`
+//! and `call`, the future awaited after it is released).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -196,14 +229,14 @@ impl Backend {
 }
 
 /// Takes a ready service's next call, under the lock.
-fn call<S>(svc: &Mutex<S>, id: u64) -> S::Future
+fn call<S, Req>(svc: &Mutex<S>, req: Req) -> S::Future
 where
-    S: Service<u64>,
+    S: Service<Req>,
     S::Error: Debug,
 {
     let mut svc = svc.lock().expect("not poisoned");
     match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(Ok(())) => svc.call(id),
+        Poll::Ready(Ok(())) => svc.call(req),
         Poll::Ready(Err(err)) => panic!("not ready: {err:?}"),
         Poll::Pending => panic!("every service here is always ready"),
     }
@@ -668,6 +701,458 @@ fn reading(s: Scenario, columns: &[Column]) -> String {
     parts.join("; ")
 }
 
+/// Scenario (c), failover: needs `http::Request` for the attempt marks.
+#[cfg(feature = "http")]
+mod failover {
+    use std::fmt::Debug;
+    use std::io;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use http::Request;
+    use steadfast::budget::RetryBudget;
+    use steadfast::http::HttpReplay;
+    use steadfast::pool::{Health, Pool, PoolHandle, Replica};
+    use steadfast::retry::RetryLayer;
+    use tokio::time::Instant;
+    use tower::balance::p2c::Balance;
+    use tower::discover::ServiceList;
+    use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
+    use tower::util::Oneshot;
+    use tower::{Layer, Service};
+
+    use super::{MS, call, ms, quantile, sorted};
+
+    const REPLICAS: usize = 3;
+    /// The replica that dies.
+    const DEAD: usize = 0;
+    /// Open-loop load: requests per second, for this long.
+    const RATE: u32 = 2_000;
+    const RUN: Duration = Duration::from_secs(4);
+    /// When the dead replica dies, from the start of the load.
+    const DEATH: Duration = Duration::from_millis(1_500);
+    /// A call to the dead replica this close to the end means "still drawing".
+    const END_MARGIN: Duration = Duration::from_millis(100);
+
+    /// The replicas, and when each was called.
+    struct Fleet {
+        /// When the load starts.
+        start: Instant,
+        /// Each replica's calls, as times since `start`.
+        calls: Vec<Mutex<Vec<Duration>>>,
+    }
+
+    impl Fleet {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                // Time to set the column up before the first request.
+                start: Instant::now() + 20 * MS,
+                calls: (0..REPLICAS).map(|_| Mutex::new(Vec::new())).collect(),
+            })
+        }
+
+        /// Replica `i`: answers in 1 ms (real time); if it is the dead one,
+        /// from `DEATH` on it refuses every call at once.
+        fn replica(
+            self: &Arc<Self>,
+            i: usize,
+        ) -> impl Service<Request<()>, Response = usize, Error = io::Error, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static {
+            let fleet = self.clone();
+            tower::service_fn(move |_req: Request<()>| {
+                let at = Instant::now().saturating_duration_since(fleet.start);
+                fleet.calls[i].lock().expect("not poisoned").push(at);
+                let dead = i == DEAD && at >= DEATH;
+                async move {
+                    if dead {
+                        return Err(io::Error::from(io::ErrorKind::ConnectionRefused));
+                    }
+                    tokio::time::sleep(MS).await;
+                    Ok(i)
+                }
+            })
+        }
+
+        fn calls(&self, i: usize) -> Vec<Duration> {
+            self.calls[i].lock().expect("not poisoned").clone()
+        }
+    }
+
+    /// Round robin: the next replica in turn, whatever its health.
+    struct RoundRobin<S> {
+        replicas: Vec<S>,
+        next: usize,
+    }
+
+    impl<S, Req> Service<Req> for RoundRobin<S>
+    where
+        S: Service<Req> + Clone,
+    {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = Oneshot<S, Req>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Req) -> Self::Future {
+            let i = self.next % self.replicas.len();
+            self.next = self.next.wrapping_add(1);
+            Oneshot::new(self.replicas[i].clone(), req)
+        }
+    }
+
+    /// One request, as its caller saw it.
+    #[derive(Debug, Clone, Copy)]
+    struct Reply {
+        /// When it started, since the load started.
+        start: Duration,
+        latency: Duration,
+        ok: bool,
+    }
+
+    /// Sends `RATE` requests a second for `RUN`, on schedule, each in a task
+    /// of its own, whatever became of the earlier ones.
+    async fn open_loop<S>(svc: S, fleet: &Fleet) -> Vec<Reply>
+    where
+        S: Service<Request<()>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Debug + Send + 'static,
+        S::Response: Send + 'static,
+    {
+        let svc = Arc::new(Mutex::new(svc));
+        let requests = u64::from(RATE) * RUN.as_secs();
+        let period = Duration::from_secs(1) / RATE;
+        let mut tasks = Vec::with_capacity(requests as usize);
+        for k in 0..requests {
+            let due = fleet.start + period * k as u32;
+            // A past deadline would still wait for the timer's next tick.
+            if Instant::now() < due {
+                tokio::time::sleep_until(due).await;
+            }
+            let (svc, start) = (svc.clone(), fleet.start);
+            tasks.push(tokio::spawn(async move {
+                let req = Request::get("http://replica/")
+                    .body(())
+                    .expect("a valid request");
+                let begun = Instant::now();
+                let ok = call(&svc, req).await.is_ok();
+                Reply {
+                    start: begun.saturating_duration_since(start),
+                    latency: begun.elapsed(),
+                    ok,
+                }
+            }));
+        }
+        let mut replies = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            replies.push(t.await.expect("request task"));
+        }
+        replies
+    }
+
+    /// One column's results.
+    struct Column {
+        name: &'static str,
+        replies: Vec<Reply>,
+        fleet: Arc<Fleet>,
+        note: String,
+    }
+
+    impl Column {
+        fn failed(&self) -> usize {
+            self.replies.iter().filter(|r| !r.ok).count()
+        }
+
+        fn failed_share(&self) -> f64 {
+            self.failed() as f64 / self.replies.len() as f64
+        }
+
+        /// The share of the requests started after the death that failed.
+        fn failed_share_after_death(&self) -> f64 {
+            let after = || self.replies.iter().filter(|r| r.start >= DEATH);
+            after().filter(|r| !r.ok).count() as f64 / after().count().max(1) as f64
+        }
+
+        /// The dead replica's calls after its death.
+        fn dead_calls(&self) -> Vec<Duration> {
+            let mut calls: Vec<Duration> = self
+                .fleet
+                .calls(DEAD)
+                .into_iter()
+                .filter(|&t| t >= DEATH)
+                .collect();
+            calls.sort_unstable();
+            calls
+        }
+
+        /// The dead replica's share of every replica's calls after its death.
+        fn dead_share(&self) -> f64 {
+            let all: usize = (0..REPLICAS)
+                .map(|i| self.fleet.calls(i).iter().filter(|&&t| t >= DEATH).count())
+                .sum();
+            self.dead_calls().len() as f64 / all.max(1) as f64
+        }
+
+        /// From the death to the dead replica's last call; `None` if it
+        /// still drew calls at the end of the run.
+        fn drew_until(&self) -> Option<Duration> {
+            match self.dead_calls().last() {
+                None => Some(Duration::ZERO),
+                Some(&t) if t + END_MARGIN >= RUN => None,
+                Some(&t) => Some(t - DEATH),
+            }
+        }
+
+        fn drew_until_text(&self) -> String {
+            match self.drew_until() {
+                Some(d) => ms(d),
+                None => "to the end".into(),
+            }
+        }
+
+        fn extra_load(&self) -> f64 {
+            let calls: usize = (0..REPLICAS).map(|i| self.fleet.calls(i).len()).sum();
+            calls as f64 / self.replies.len() as f64 - 1.0
+        }
+
+        fn latencies(&self) -> Vec<Duration> {
+            sorted(self.replies.iter().map(|r| r.latency).collect())
+        }
+    }
+
+    /// Watches the pool's events for the dead replica's first ejection
+    /// (or whatever first takes it out), as time since its death.
+    fn watch_dead<S>(
+        handle: PoolHandle<usize, S>,
+        fleet: Arc<Fleet>,
+        stop: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<Option<(Duration, String)>>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        tokio::spawn(async move {
+            let mut events = handle.subscribe();
+            while !stop.load(Ordering::Relaxed) {
+                let changed = tokio::time::timeout(10 * MS, events.changed()).await;
+                if matches!(changed, Ok(Err(_))) {
+                    return None;
+                }
+                let snapshot = handle.snapshot();
+                if let Some(r) = snapshot.iter().find(|r| r.id == DEAD) {
+                    if r.health != Health::Healthy {
+                        let at = Instant::now().saturating_duration_since(fleet.start);
+                        let why = format!("{:?} ({:?})", r.health, r.why);
+                        return Some((at.saturating_sub(DEATH), why));
+                    }
+                }
+            }
+            None
+        })
+    }
+
+    async fn steadfast(seed: u64) -> Column {
+        let fleet = Fleet::new();
+        let budget = RetryBudget::builder()
+            .name("c steadfast")
+            .ratio(0.2)
+            .min_per_sec(10)
+            .ttl(Duration::from_secs(10))
+            .build()
+            .expect("valid budget");
+        let retry = RetryLayer::builder()
+            .name("c steadfast")
+            .max_attempts(3)
+            .budget(Arc::new(budget))
+            .replay(HttpReplay::new())
+            .build()
+            .expect("valid retry");
+        let pool = Pool::builder()
+            .name("c steadfast")
+            .seed(seed)
+            .build((0..REPLICAS).map(|i| (i, Replica::new(fleet.replica(i)))))
+            .expect("valid pool")
+            .with_attempts(HttpReplay::new());
+        let handle = pool.handle();
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = watch_dead(handle.clone(), fleet.clone(), stop.clone());
+        let replies = open_loop(retry.layer(pool), &fleet).await;
+        stop.store(true, Ordering::Relaxed);
+        let out = watcher.await.expect("watcher");
+        let end = handle
+            .snapshot()
+            .into_iter()
+            .find(|r| r.id == DEAD)
+            .map(|r| format!("{:?}, why {:?}, ejections {}", r.health, r.why, r.ejections))
+            .unwrap_or_default();
+        let mut column = Column {
+            name: "steadfast",
+            replies,
+            fleet,
+            note: String::new(),
+        };
+        let dead_calls = column.dead_calls().len();
+        let out = match out {
+            Some((after, why)) => format!("taken out {} ms after its death: {why}", ms(after)),
+            // Outlier detection ejects after 5 failures in a row.
+            None if dead_calls < 5 => concat!(
+                "never taken out of the pool: each failure counted as a 1 s latency (the ",
+                "failure penalty), so p2c passed it over before outlier detection saw the 5 ",
+                "failures in a row that eject",
+            )
+            .into(),
+            None => "never taken out of the pool".into(),
+        };
+        column.note = format!(
+            "replica {DEAD} {out}; at the end: {end}; retries sent: {}",
+            (0..REPLICAS)
+                .map(|i| column.fleet.calls(i).len())
+                .sum::<usize>()
+                - column.replies.len()
+        );
+        column
+    }
+
+    async fn round_robin() -> Column {
+        let fleet = Fleet::new();
+        let svc = RoundRobin {
+            replicas: (0..REPLICAS).map(|i| fleet.replica(i)).collect(),
+            next: 0,
+        };
+        let replies = open_loop(svc, &fleet).await;
+        Column {
+            name: "round robin",
+            replies,
+            fleet,
+            note: String::new(),
+        }
+    }
+
+    async fn tower_p2c() -> Column {
+        let fleet = Fleet::new();
+        let list: Vec<_> = (0..REPLICAS).map(|i| fleet.replica(i)).collect();
+        let discover = PeakEwmaDiscover::new::<Request<()>>(
+            ServiceList::new::<Request<()>>(list),
+            MS,
+            Duration::from_secs(10),
+            CompleteOnResponse::default(),
+        );
+        let replies = open_loop(Balance::new(discover), &fleet).await;
+        Column {
+            name: "tower p2c",
+            replies,
+            fleet,
+            note: String::new(),
+        }
+    }
+
+    pub(super) async fn run(seed: u64) {
+        let started = Instant::now();
+        let columns = vec![
+            steadfast(seed).await,
+            round_robin().await,
+            tower_p2c().await,
+        ];
+        let requests = columns[0].replies.len();
+        println!(
+            "\n(c) failover: {REPLICAS} replicas answering in 1 ms; {RATE} requests/s for {:.1} s \
+             ({requests} requests, open loop); replica {DEAD} dies at {:.2} s and then refuses \
+             every call at once",
+            RUN.as_secs_f64(),
+            DEATH.as_secs_f64()
+        );
+        println!(
+            "    (scenario took {:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+        println!(
+            "{:<12} {:>7} {:>8} {:>12} {:>11} {:>12} {:>11} {:>7} {:>7} {:>7}",
+            "",
+            "failed",
+            "failed",
+            "failed after",
+            "dead drew",
+            "dead's share",
+            "extra load",
+            "p50",
+            "p99",
+            "max"
+        );
+        println!(
+            "{:<12} {:>7} {:>8} {:>12} {:>11} {:>12} {:>11} {:>7} {:>7} {:>7}",
+            "", "", "%", "death %", "for (ms)", "after death", "", "ms", "ms", "ms"
+        );
+        for c in &columns {
+            let l = c.latencies();
+            println!(
+                "{:<12} {:>7} {:>7.2}% {:>11.2}% {:>11} {:>11.1}% {:>10.1}% {:>7} {:>7} {:>7}",
+                c.name,
+                c.failed(),
+                c.failed_share() * 100.0,
+                c.failed_share_after_death() * 100.0,
+                c.drew_until_text(),
+                c.dead_share() * 100.0,
+                c.extra_load() * 100.0,
+                ms(quantile(&l, 0.5)),
+                ms(quantile(&l, 0.99)),
+                ms(*l.last().expect("replies")),
+            );
+        }
+        println!(
+            "  failed after death %: of the requests started after the death; \
+             dead drew for: from its death to the last call it received (`to the end`: it \
+             still got calls in the run's last {} ms); dead's share: its part of all the \
+             replicas' calls after its death (attempts, retries included); extra load: calls \
+             ÷ requests − 1",
+            END_MARGIN.as_millis()
+        );
+        for c in columns.iter().filter(|c| !c.note.is_empty()) {
+            println!("  {}: {}", c.name, c.note);
+        }
+        println!("\n  reading: {}", reading(&columns));
+    }
+
+    /// A paragraph from the numbers.
+    fn reading(columns: &[Column]) -> String {
+        let even = 1.0 / REPLICAS as f64;
+        let parts: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let drew = match c.drew_until() {
+                    Some(d) => format!("stopped drawing traffic {} ms after it died", ms(d)),
+                    None => "kept drawing traffic to the end of the run".into(),
+                };
+                let share = c.dead_share();
+                let compare = if share > even * 1.1 {
+                    format!(", more than its even 1/{REPLICAS}: failing at once, it looks fast")
+                } else if share < even * 0.9 {
+                    String::new()
+                } else {
+                    format!(", its even 1/{REPLICAS}")
+                };
+                let calls = c.dead_calls().len();
+                format!(
+                    "with {}, {} of {} requests failed ({:.2}%); the dead replica {drew} \
+                     ({calls} call{}, {:.1}% of the calls after its death{compare})",
+                    c.name,
+                    c.failed(),
+                    c.replies.len(),
+                    c.failed_share() * 100.0,
+                    if calls == 1 { "" } else { "s" },
+                    share * 100.0,
+                )
+            })
+            .collect();
+        parts.join("; ") + "."
+    }
+}
+
 fn main() {
     let seed = std::env::var("SCENARIO_SEED")
         .ok()
@@ -680,12 +1165,30 @@ fn main() {
         .expect("runtime");
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    println!("hedging scenarios: seed {seed}, tokio multi-thread runtime with 2 workers");
+    println!(
+        "hedging and failover scenarios: seed {seed}, tokio multi-thread runtime with 2 workers"
+    );
+    // `SCENARIOS=a,b` runs only those (labels a, a', b, c); all by default.
+    let only = std::env::var("SCENARIOS").ok();
+    let wanted = |label: &str| {
+        only.as_deref()
+            .is_none_or(|list| list.split(',').any(|l| l.trim() == label))
+    };
     let started = Instant::now();
     rt.block_on(async {
-        scenario(Scenario::HeavyTail(0.99), seed, &snapshotter, &recorder).await;
-        scenario(Scenario::HeavyTail(0.95), seed, &snapshotter, &recorder).await;
-        scenario(Scenario::Shift, seed, &snapshotter, &recorder).await;
+        for s in [
+            Scenario::HeavyTail(0.99),
+            Scenario::HeavyTail(0.95),
+            Scenario::Shift,
+        ] {
+            if wanted(&s.label()) {
+                scenario(s, seed, &snapshotter, &recorder).await;
+            }
+        }
+        #[cfg(feature = "http")]
+        if wanted("c") {
+            failover::run(seed).await;
+        }
     });
     println!("\ntotal {:.1} s", started.elapsed().as_secs_f64());
 }
