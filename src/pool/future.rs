@@ -69,12 +69,16 @@ pub(super) struct Tracked {
 }
 
 impl Tracked {
-    pub(super) fn new(state: Arc<ReplicaState>, permit: Option<CircuitPermit>) -> Self {
+    pub(super) fn new(
+        state: Arc<ReplicaState>,
+        permit: Option<CircuitPermit>,
+        started: Instant,
+    ) -> Self {
         state.in_flight.fetch_add(1, Ordering::AcqRel);
         Self {
             state,
             permit,
-            started: Instant::now(),
+            started,
             done: false,
         }
     }

@@ -74,6 +74,9 @@ impl<S> Replica<S> {
     }
 }
 
+/// How often a replica that failed lately is probed despite its penalty.
+pub(super) const PROBE_MS: u64 = 1_000;
+
 /// Operator state of a replica.
 pub(super) const ENABLED: u8 = 0;
 pub(super) const DRAINING: u8 = 1;
@@ -112,6 +115,9 @@ pub(super) struct ReplicaState {
     pub(super) check_healthy: AtomicU8,
     pub(super) check_recovered_at: AtomicU64,
     pub(super) admin: AtomicU8,
+    /// When it was last chosen (ms): a penalised replica is probed again
+    /// when it has not been for a while.
+    pub(super) last_pick_ms: AtomicU64,
     pub(super) admin_enabled_at: AtomicU64,
     /// Why it was last made unhealthy (a [`Why`](super::Why) as u8).
     pub(super) why: AtomicU8,
@@ -180,6 +186,7 @@ impl ReplicaState {
             check_healthy: AtomicU8::new(1),
             check_recovered_at: AtomicU64::new(0),
             admin: AtomicU8::new(ENABLED),
+            last_pick_ms: AtomicU64::new(0),
             admin_enabled_at: AtomicU64::new(0),
             why: AtomicU8::new(0),
             metrics: ReplicaMetrics {
@@ -240,6 +247,14 @@ impl ReplicaState {
     pub(super) fn cost(&self, now: Instant) -> f64 {
         let in_flight = self.in_flight.load(Ordering::Relaxed) as f64;
         self.latency.get_at(now) * (in_flight + 1.0) / f64::from(self.weight)
+    }
+
+    /// Whether it failed lately (failures in a row, not yet ejected) and
+    /// has not been chosen for [`PROBE_MS`]: p2c then picks it as a probe.
+    #[inline]
+    pub(super) fn wants_probe(&self, now_ms: u64) -> bool {
+        self.consecutive.load(Ordering::Relaxed) > 0
+            && now_ms.saturating_sub(self.last_pick_ms.load(Ordering::Relaxed)) >= PROBE_MS
     }
 
     pub(super) fn record_outcome(&self, failure: bool) -> u64 {

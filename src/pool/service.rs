@@ -36,6 +36,9 @@ pub struct Pool<K, S, C = ErrorsAsFailures, A = NoAttempts> {
     /// While waiting for a replica (`WhenNoneHealthy::Wait`): since when, and
     /// the timer for the next look.
     waiting: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// This clone's own random state (SplitMix64): picks touch no shared
+    /// cache line. Seeded from the pool's seed, so a seeded clone repeats.
+    rng: u64,
 }
 
 /// What each clone shares with its futures (its own, so the reference count
@@ -69,6 +72,7 @@ impl<K: Clone, S: Clone, C: Clone, A: Clone> Clone for Pool<K, S, C, A> {
             checks: self.checks,
             rejected: None,
             waiting: None,
+            rng: self.shared.rng.next_u64(),
         }
     }
 }
@@ -148,6 +152,7 @@ impl<C> Builder<C> {
                 classifier: self.classifier,
                 attempts: NoAttempts,
             }),
+            rng: shared.rng.next_u64(),
             shared,
             cached,
             checks: self.health_checks,
@@ -209,6 +214,7 @@ where
             checks: self.checks,
             rejected: None,
             waiting: None,
+            rng: self.rng,
         }
     }
 
@@ -233,9 +239,17 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         let shared = &self.shared;
+        self.rejected = None;
+        // The clock is read in `call`, which routes; here only a table that
+        // is empty, or known to be stale, needs a fresh look.
+        if !self.cached.table.tiers.is_empty()
+            && !shared.dirty.load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.waiting = None;
+            return Poll::Ready(Ok(()));
+        }
         let now_ms = shared.now_ms();
         shared.refresh(&mut self.cached, now_ms);
-        self.rejected = None;
         if !self.cached.table.tiers.is_empty() {
             self.waiting = None;
             // Each request waits only on its own replica's readiness.
@@ -285,7 +299,10 @@ where
             return ResponseFuture::rejected(err);
         }
         let shared = &self.shared;
-        let now_ms = shared.now_ms();
+        // The one clock reading of the request path (the other is at completion).
+        let now = Instant::now();
+        let now_ms = shared.ms(now);
+        shared.refresh(&mut self.cached, now_ms);
         let snapshot = &self.cached;
         let attempt = self.local.attempts.attempt(&req);
         let tried = attempt
@@ -293,7 +310,7 @@ where
             .unwrap_or_default();
         // A replica whose breaker refuses is passed over.
         for _ in 0..4 {
-            let Some(i) = shared.choose(snapshot, now_ms, &tried) else {
+            let Some(i) = shared.choose(snapshot, now, now_ms, &mut self.rng, &tried) else {
                 break;
             };
             let member = &snapshot.members[i];
@@ -311,7 +328,11 @@ where
                 attempt.record(member.state.label.clone());
             }
             member.state.metrics.selections.increment(1);
-            let tracked = Tracked::new(member.state.clone(), permit);
+            member
+                .state
+                .last_pick_ms
+                .store(now_ms, crate::sync::Ordering::Relaxed);
+            let tracked = Tracked::new(member.state.clone(), permit, now);
             let service = member.service.clone();
             return ResponseFuture::called(service, req, tracked, self.local.clone());
         }

@@ -84,15 +84,17 @@ impl<K, S> Shared<K, S> {
     pub(super) fn choose(
         &self,
         snapshot: &Snapshot<K, S>,
+        now: Instant,
         now_ms: u64,
+        rng: &mut u64,
         tried: &[Arc<str>],
     ) -> Option<usize> {
-        let r = self.rng.next_u64();
+        let r = splitmix(rng);
         let candidates = snapshot.table.pick(
             (r % u64::from(WHOLE)) as u32,
             ((r >> 32) % u64::from(WHOLE)) as u32,
         )?;
-        if let Some(i) = self.p2c(snapshot, candidates, now_ms, tried) {
+        if let Some(i) = self.p2c(snapshot, candidates, now, now_ms, rng, tried) {
             return Some(i);
         }
         if !tried.is_empty() {
@@ -100,7 +102,7 @@ impl<K, S> Shared<K, S> {
             // or hedge goes to an untried replica elsewhere in the table
             // (another zone, the next tier) while one exists...
             for zone in snapshot.table.tiers.iter().flat_map(|t| &t.zones) {
-                if let Some(i) = self.p2c(snapshot, &zone.candidates, now_ms, tried) {
+                if let Some(i) = self.p2c(snapshot, &zone.candidates, now, now_ms, rng, tried) {
                     return Some(i);
                 }
             }
@@ -108,12 +110,12 @@ impl<K, S> Shared<K, S> {
             for tier in snapshot.table.spare.chunk_by(|a, b| {
                 snapshot.members[*a as usize].state.tier == snapshot.members[*b as usize].state.tier
             }) {
-                if let Some(i) = self.p2c(snapshot, tier, now_ms, tried) {
+                if let Some(i) = self.p2c(snapshot, tier, now, now_ms, rng, tried) {
                     return Some(i);
                 }
             }
             // ...and only then to one it tried before.
-            return self.p2c(snapshot, candidates, now_ms, &[]);
+            return self.p2c(snapshot, candidates, now, now_ms, rng, &[]);
         }
         None
     }
@@ -125,7 +127,9 @@ impl<K, S> Shared<K, S> {
         &self,
         snapshot: &Snapshot<K, S>,
         candidates: &[u32],
+        now: Instant,
         now_ms: u64,
+        rng: &mut u64,
         tried: &[Arc<str>],
     ) -> Option<usize> {
         let usable = |i: u32| {
@@ -137,15 +141,21 @@ impl<K, S> Shared<K, S> {
         if n == 0 {
             return None;
         }
-        let now = Instant::now();
         let cheaper = |a: u32, b: u32| {
-            if snapshot.members[a as usize].state.cost(now)
-                <= snapshot.members[b as usize].state.cost(now)
-            {
-                a
-            } else {
-                b
+            let (sa, sb) = (
+                &snapshot.members[a as usize].state,
+                &snapshot.members[b as usize].state,
+            );
+            // A replica that failed lately and has not been tried for a
+            // while is probed, penalty or not: without traffic, outlier
+            // detection could never see it fail again (and eject it) or
+            // succeed (and clear it).
+            match (sa.wants_probe(now_ms), sb.wants_probe(now_ms)) {
+                (true, false) => return a,
+                (false, true) => return b,
+                _ => {}
             }
+            if sa.cost(now) <= sb.cost(now) { a } else { b }
         };
         let mut first: Option<(u64, u32)> = None;
         // Small candidate lists are scanned in full when draws keep
@@ -155,7 +165,7 @@ impl<K, S> Shared<K, S> {
             let pos = if attempt >= 8 {
                 attempt - 8
             } else {
-                let draw = self.rng.next_u64();
+                let draw = splitmix(rng);
                 match first {
                     Some((p, _)) if n > 1 => (p + 1 + draw % (n - 1)) % n,
                     _ => draw % n,
@@ -428,4 +438,14 @@ impl<K, S> Shared<K, S> {
         });
         self.version.store(version, Ordering::Release);
     }
+}
+
+/// One step of SplitMix64 on a caller-owned state.
+#[inline]
+pub(super) fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
