@@ -104,9 +104,6 @@ pub(super) struct ReplicaState {
     pub(super) consecutive: AtomicU64,
     /// The last calls' outcomes, for the failure-percentage rule.
     pub(super) window: CountWindow,
-    /// Calls and successes since the last sweep, for the success-rate rule.
-    pub(super) interval_calls: AtomicU64,
-    pub(super) interval_successes: AtomicU64,
     /// Milliseconds since the pool's base; zero means "not".
     pub(super) ejected_until: AtomicU64,
     pub(super) ejections: AtomicU64,
@@ -178,8 +175,6 @@ impl ReplicaState {
             answer_latency: PeakEwma::new(base, Duration::ZERO, Duration::from_secs(10)),
             consecutive: AtomicU64::new(0),
             window: CountWindow::new(window),
-            interval_calls: AtomicU64::new(0),
-            interval_successes: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             avoid_until: AtomicU64::new(0),
@@ -262,11 +257,9 @@ impl ReplicaState {
             failure,
             slow: false,
         });
-        self.interval_calls.fetch_add(1, Ordering::Relaxed);
         if failure {
             self.consecutive.fetch_add(1, Ordering::AcqRel) + 1
         } else {
-            self.interval_successes.fetch_add(1, Ordering::Relaxed);
             if self.consecutive.load(Ordering::Relaxed) != 0 {
                 self.consecutive.store(0, Ordering::Release);
             }

@@ -13,8 +13,7 @@ use super::table::{Row, Table, WHOLE};
 use crate::rng::Rng;
 use crate::sync::{AtomicU64, Ordering};
 
-/// Successful answers a replica needs in an interval to be judged by the
-/// latency rule.
+/// Calls a replica needs in its window to be judged by the latency rule.
 const MIN_LATENCY_SAMPLES: u64 = 3;
 
 /// How long a routing table is trusted without events.
@@ -305,9 +304,15 @@ impl<K, S> Shared<K, S> {
             let rates: Vec<(&Arc<Member<K, S>>, f64)> = live
                 .iter()
                 .filter_map(|m| {
-                    let calls = m.state.interval_calls.load(Ordering::Acquire);
-                    let ok = m.state.interval_successes.load(Ordering::Acquire);
-                    (calls >= u64::from(min_calls)).then(|| (*m, ok as f64 / calls as f64))
+                    // Over its last calls (the window the failure-rate rule
+                    // reads too): no counter is written per call for this.
+                    let counts = m.state.window.counts();
+                    (counts.calls >= u64::from(min_calls)).then(|| {
+                        (
+                            *m,
+                            (counts.calls - counts.failures) as f64 / counts.calls as f64,
+                        )
+                    })
                 })
                 .collect();
             if rates.len() >= min_hosts as usize {
@@ -323,13 +328,16 @@ impl<K, S> Shared<K, S> {
             }
         }
         if let Some((factor, floor)) = outlier.latency_factor {
-            // Judged on how fast replicas answered successfully in this
-            // interval, and only those with enough answers: a replica that
-            // got no traffic (ejected, avoided) is not judged on old data.
+            // Judged on how fast replicas answered successfully, only those
+            // that answered during this interval and have a history: a
+            // replica that got no traffic (ejected, avoided) is not judged
+            // on old data.
+            let now = self.base + Duration::from_millis(now_ms.saturating_sub(1));
             let judged: Vec<(&Arc<Member<K, S>>, f64)> = live
                 .iter()
                 .filter(|m| {
-                    m.state.interval_successes.load(Ordering::Acquire) >= MIN_LATENCY_SAMPLES
+                    m.state.window.counts().calls >= MIN_LATENCY_SAMPLES
+                        && m.state.answer_latency.updated_within(now, outlier.interval)
                 })
                 .map(|m| (*m, m.state.answer_latency.get()))
                 .collect();
@@ -355,8 +363,6 @@ impl<K, S> Shared<K, S> {
                     .ejections
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
             }
-            s.interval_calls.store(0, Ordering::Release);
-            s.interval_successes.store(0, Ordering::Release);
         }
     }
 }

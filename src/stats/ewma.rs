@@ -50,7 +50,7 @@ impl PeakEwma {
                 sample
             } else {
                 let elapsed = now.saturating_sub(self.stamp.load(Ordering::Acquire)) as f64;
-                let w = (-elapsed / self.tau_nanos).exp();
+                let w = decay(elapsed / self.tau_nanos);
                 estimate * w + sample * (1.0 - w)
             };
             match self.estimate.compare_exchange_weak(
@@ -60,7 +60,9 @@ impl PeakEwma {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    self.stamp.fetch_max(now, Ordering::AcqRel);
+                    // A plain store: a racing older stamp only makes the next
+                    // decay a little longer.
+                    self.stamp.store(now, Ordering::Release);
                     return;
                 }
                 Err(seen) => current = seen,
@@ -91,7 +93,26 @@ impl PeakEwma {
     pub(crate) fn get_at(&self, now: Instant) -> f64 {
         let elapsed =
             nanos_since(self.base, now).saturating_sub(self.stamp.load(Ordering::Acquire)) as f64;
-        self.get() * (-elapsed / self.tau_nanos).exp()
+        self.get() * decay(elapsed / self.tau_nanos)
+    }
+
+    /// Whether a sample came in during the `window` before `now`.
+    pub(crate) fn updated_within(&self, now: Instant, window: Duration) -> bool {
+        let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        let stamp = self.stamp.load(Ordering::Acquire);
+        stamp > 0 && nanos_since(self.base, now).saturating_sub(stamp) <= window
+    }
+}
+
+/// `exp(-x)`, with the first terms of its series where `x` is small (the
+/// common case: samples a few milliseconds apart against a 10 s constant),
+/// which is exact to 1e-9 there and costs no call.
+#[inline]
+fn decay(x: f64) -> f64 {
+    if x < 1e-3 {
+        1.0 - x + x * x / 2.0
+    } else {
+        (-x).exp()
     }
 }
 
