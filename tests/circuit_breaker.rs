@@ -1,6 +1,8 @@
 //! Behaviour of the circuit breaker, with paused time: every transition and
 //! rule, the forced modes, cancellation, readiness, metrics and validation.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
@@ -611,25 +613,8 @@ async fn metrics_follow_calls_and_states() {
     open_error(call(&mut svc).await);
     assert_eq!(circuit.state(), State::Open);
 
-    let values: std::collections::HashMap<String, DebugValue> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| {
-            let key = key.key();
-            let mut labels: Vec<_> = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            labels.sort();
-            (format!("{}{{{}}}", key.name(), labels.join(",")), value)
-        })
-        .collect();
-    let get = |k: &str| {
-        values
-            .get(k)
-            .unwrap_or_else(|| panic!("no metric {k}; have {:?}", values.keys()))
-    };
+    let recorded = support::metrics::Recorded::take(&snapshotter);
+    let get = |k: &str| recorded.get(k);
     assert_eq!(
         get("steadfast_circuit_calls_total{name=payments,outcome=success}"),
         &DebugValue::Counter(1)

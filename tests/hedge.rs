@@ -1,5 +1,7 @@
 //! Behaviour of the hedge layer, with paused time.
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -442,25 +444,8 @@ async fn metrics_count_hedges_sent_won_and_refused() {
     assert_eq!(call(&mut svc).await.unwrap(), "attempt 2");
     // ...and the second call's is refused.
     assert_eq!(call(&mut svc).await.unwrap(), "attempt 3");
-    let values: std::collections::HashMap<String, DebugValue> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| {
-            let key = key.key();
-            let mut labels: Vec<_> = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            labels.sort();
-            (format!("{}{{{}}}", key.name(), labels.join(",")), value)
-        })
-        .collect();
-    let get = |k: &str| {
-        values
-            .get(k)
-            .unwrap_or_else(|| panic!("no metric {k}; have {:?}", values.keys()))
-    };
+    let recorded = support::metrics::Recorded::take(&snapshotter);
+    let get = |k: &str| recorded.get(k);
     assert_eq!(
         get("steadfast_hedge_sent_total{name=search}"),
         &DebugValue::Counter(1)

@@ -1,5 +1,7 @@
 //! Behaviour of the retry layer and its budget, with paused time.
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -368,25 +370,8 @@ async fn metrics_count_attempts_retries_and_refusals() {
     }
     // ...and the next one is refused by the budget.
     call(&mut svc, 9).await.unwrap_err();
-    let values: std::collections::HashMap<String, DebugValue> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| {
-            let key = key.key();
-            let mut labels: Vec<_> = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            labels.sort();
-            (format!("{}{{{}}}", key.name(), labels.join(",")), value)
-        })
-        .collect();
-    let get = |k: &str| {
-        values
-            .get(k)
-            .unwrap_or_else(|| panic!("no metric {k}; have {:?}", values.keys()))
-    };
+    let recorded = support::metrics::Recorded::take(&snapshotter);
+    let get = |k: &str| recorded.get(k);
     assert_eq!(
         get("steadfast_retry_attempts_total{name=orders}"),
         &DebugValue::Counter(16)
