@@ -234,7 +234,17 @@ impl ReplicaState {
     /// the tier arithmetic holds them back).
     #[inline]
     pub(super) fn routable(&self, now_ms: u64) -> bool {
-        matches!(self.standing(now_ms, 0), Standing::Eligible)
+        // What `standing` checks, without the hysteresis arithmetic.
+        self.admin.load(Ordering::Relaxed) == ENABLED
+            && self.check_healthy.load(Ordering::Relaxed) == 1
+            && self.ejected_until.load(Ordering::Relaxed) <= now_ms
+            && self.avoid_until.load(Ordering::Relaxed) <= now_ms
+            && self.breaker.as_ref().is_none_or(|b| {
+                !matches!(
+                    b.state(),
+                    crate::circuit_breaker::State::Open | crate::circuit_breaker::State::ForcedOpen
+                )
+            })
     }
 
     /// The load estimate p2c compares: latency × (in flight + 1) / weight.
