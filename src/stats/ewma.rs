@@ -24,7 +24,15 @@ pub(crate) struct PeakEwma {
 }
 
 fn nanos_since(base: Instant, now: Instant) -> u64 {
-    u64::try_from(now.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
+    // u64 arithmetic (584 years): 128-bit conversions cost more than the rest.
+    let d = now.saturating_duration_since(base);
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
+}
+
+fn nanos_f64(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e9
 }
 
 impl PeakEwma {
@@ -32,15 +40,15 @@ impl PeakEwma {
     pub(crate) fn new(base: Instant, initial: Duration, tau: Duration) -> Self {
         Self {
             base,
-            tau_nanos: tau.as_nanos().max(1) as f64,
-            estimate: AtomicU64::new((initial.as_nanos() as f64).to_bits()),
+            tau_nanos: nanos_f64(tau).max(1.0),
+            estimate: AtomicU64::new(nanos_f64(initial).to_bits()),
             stamp: AtomicU64::new(0),
         }
     }
 
     /// Folds in one sample taken at `now`.
     pub(crate) fn observe(&self, now: Instant, sample: Duration) {
-        let sample = sample.as_nanos() as f64;
+        let sample = nanos_f64(sample);
         let now = nanos_since(self.base, now);
         let mut current = self.estimate.load(Ordering::Acquire);
         loop {
@@ -74,7 +82,7 @@ impl PeakEwma {
     /// carry the penalties that got it ejected).
     pub(crate) fn reset(&self, now: Instant, value: Duration) {
         self.estimate
-            .store((value.as_nanos() as f64).to_bits(), Ordering::Release);
+            .store(nanos_f64(value).to_bits(), Ordering::Release);
         self.stamp
             .store(nanos_since(self.base, now), Ordering::Release);
     }
