@@ -32,13 +32,10 @@ impl Rng {
     }
 
     pub(crate) fn next_u64(&self) -> u64 {
-        let mut z = self
+        mix(self
             .state
             .fetch_add(GAMMA, Ordering::Relaxed)
-            .wrapping_add(GAMMA);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+            .wrapping_add(GAMMA))
     }
 
     /// A uniform float in `[0, 1)`.
@@ -48,9 +45,34 @@ impl Rng {
     }
 }
 
+/// One step of the same generator on a caller-owned, unshared state (the
+/// pool keeps one per clone, so picks touch no shared cache line).
+#[inline]
+pub(crate) fn next_local(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(GAMMA);
+    mix(*state)
+}
+
+/// SplitMix64's output function.
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[cfg(all(test, not(steadfast_loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_local_and_shared_forms_give_one_sequence() {
+        let shared = Rng::new(11);
+        let mut local = 11;
+        for _ in 0..10 {
+            assert_eq!(shared.next_u64(), next_local(&mut local));
+        }
+    }
 
     #[test]
     fn same_seed_same_sequence() {

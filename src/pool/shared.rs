@@ -10,7 +10,7 @@ use super::Why;
 use super::config::{OutlierDetection, WhenNoneHealthy};
 use super::replica::{REMOVED, ReplicaState, Standing};
 use super::table::{Row, Table, WHOLE};
-use crate::rng::Rng;
+use crate::rng::{Rng, next_local};
 use crate::sync::{AtomicU64, Ordering};
 
 /// Calls a replica needs in its window to be judged by the latency rule.
@@ -94,7 +94,7 @@ impl<K, S> Shared<K, S> {
         rng: &mut u64,
         tried: &[Arc<str>],
     ) -> Option<usize> {
-        let r = splitmix(rng);
+        let r = next_local(rng);
         let candidates = snapshot.table.pick(
             (r % u64::from(WHOLE)) as u32,
             ((r >> 32) % u64::from(WHOLE)) as u32,
@@ -170,7 +170,7 @@ impl<K, S> Shared<K, S> {
             let pos = if attempt >= 8 {
                 attempt - 8
             } else {
-                let draw = splitmix(rng);
+                let draw = next_local(rng);
                 match first {
                     Some((p, _)) if n > 1 => (p + 1 + draw % (n - 1)) % n,
                     _ => draw % n,
@@ -450,14 +450,4 @@ impl<K, S> Shared<K, S> {
         });
         self.version.store(version, Ordering::Release);
     }
-}
-
-/// One step of SplitMix64 on a caller-owned state.
-#[inline]
-pub(super) fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
