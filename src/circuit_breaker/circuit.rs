@@ -315,14 +315,6 @@ impl Shared {
     /// Admission, in `poll_ready`.
     #[inline]
     pub(super) fn acquire(&self) -> Result<Admit, CircuitOpen> {
-        if let Some(admit) = self.core.admit_closed() {
-            return Ok(admit);
-        }
-        self.acquire_slow()
-    }
-
-    #[cold]
-    fn acquire_slow(&self) -> Result<Admit, CircuitOpen> {
         let (result, transition) = self.core.acquire(|| self.now_ms());
         if let Some(t) = transition {
             self.publish(t);

@@ -219,15 +219,9 @@ impl Core {
         &self,
         now_ms: impl Fn() -> u64,
     ) -> (Result<Admit, Reject>, Option<Transition>) {
-        let word = self.load();
         // Closed: the hot path, a single load.
-        if word.phase == Phase::Closed && matches!(word.mode, Mode::Auto | Mode::MetricsOnly) {
-            return (
-                Ok(Admit::Closed {
-                    generation: word.generation,
-                }),
-                None,
-            );
+        if let Some(admit) = self.admit_closed() {
+            return (Ok(admit), None);
         }
         self.update(|w| {
             // Metrics-only: run the machine, record what would have
