@@ -26,6 +26,7 @@ pub mod presets;
 pub mod retry;
 
 mod builder;
+mod per_clone;
 mod rng;
 mod stats;
 mod sync;

@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,8 +10,8 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use super::config::Policy;
-use super::service::Local;
 use crate::classify::Classify;
+use crate::per_clone::PerClone;
 use crate::retry::Replay;
 
 pin_project! {
@@ -32,7 +31,7 @@ pin_project! {
         extras: Vec<Extra<S::Future>>,
         service: S,
         template: Option<Req>,
-        local: Arc<Local<C, R>>,
+        local: PerClone<Policy<C, R>>,
         // When the first attempt was first found pending (None: not yet, and
         // no clock read for a call that completes at once).
         started: Option<Instant>,
@@ -74,7 +73,7 @@ where
         first: S::Future,
         service: S,
         template: Option<Req>,
-        local: Arc<Local<C, R>>,
+        local: PerClone<Policy<C, R>>,
     ) -> Self {
         Self {
             first: Some(first),
@@ -125,7 +124,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let policy = &*this.local.policy;
+        let policy = &**this.local;
         loop {
             // The first attempt.
             if let Some(first) = this.first.as_mut().as_pin_mut() {

@@ -6,6 +6,7 @@ use tower::Service;
 use super::config::Policy;
 use super::future::ResponseFuture;
 use crate::classify::{Classify, ErrorsAsFailures};
+use crate::per_clone::{PerClone, take_ready};
 use crate::retry::{CloneRequest, Replay};
 
 /// Sends a request again when the first attempt is slow, and answers with
@@ -16,24 +17,15 @@ use crate::retry::{CloneRequest, Replay};
 #[derive(Debug)]
 pub struct Hedge<S, C = ErrorsAsFailures, R = CloneRequest> {
     inner: S,
-    /// This clone's own handle on the shared policy: the reference count a
-    /// call bumps is not shared with other threads' clones.
-    local: Arc<Local<C, R>>,
-}
-
-/// A service clone's handle on the shared policy.
-#[derive(Debug)]
-pub(super) struct Local<C, R> {
-    pub(super) policy: Arc<Policy<C, R>>,
+    /// This clone's own handle on the shared policy.
+    policy: PerClone<Policy<C, R>>,
 }
 
 impl<S: Clone, C, R> Clone for Hedge<S, C, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            local: Arc::new(Local {
-                policy: self.local.policy.clone(),
-            }),
+            policy: self.policy.for_clone(),
         }
     }
 }
@@ -42,7 +34,7 @@ impl<S, C, R> Hedge<S, C, R> {
     pub(super) fn from_policy(inner: S, policy: Arc<Policy<C, R>>) -> Self {
         Self {
             inner,
-            local: Arc::new(Local { policy }),
+            policy: PerClone::new(policy),
         }
     }
 
@@ -78,15 +70,14 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let policy = &*self.local.policy;
+        let policy = &*self.policy;
         policy.budget.deposit();
         policy.replay.mark(&mut req, 1);
         let template = policy.replay.replay(&req);
-        // The ready service takes this call; its clone goes to the future
-        // for the hedges (tower's contract).
-        let clone = self.inner.clone();
-        let mut service = std::mem::replace(&mut self.inner, clone);
+        // The ready service takes this call and goes to the future for the
+        // hedges.
+        let mut service = take_ready(&mut self.inner);
         let first = service.call(req);
-        ResponseFuture::new(first, service, template, Arc::clone(&self.local))
+        ResponseFuture::new(first, service, template, self.policy.for_call())
     }
 }

@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -12,8 +11,8 @@ use tower::Service;
 
 use super::Replay;
 use super::config::Policy;
-use super::service::Local;
 use crate::classify::Classify;
+use crate::per_clone::PerClone;
 
 pin_project! {
     /// The response future of [`Retry`](super::Retry).
@@ -33,7 +32,7 @@ pin_project! {
         template: Option<Req>,
         // The next attempt's request, while it waits out its backoff.
         next: Option<Req>,
-        policy: Arc<Local<C, R>>,
+        policy: PerClone<Policy<C, R>>,
         attempt: u32,
         previous_delay: Duration,
         started: Option<Instant>,
@@ -79,7 +78,7 @@ where
         mut service: S,
         req: Req,
         template: Option<Req>,
-        policy: Arc<Local<C, R>>,
+        policy: PerClone<Policy<C, R>>,
         started: Option<Instant>,
     ) -> Self {
         let future = service.call(req);
@@ -110,7 +109,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx));
-                    let policy = &*this.policy.policy;
+                    let policy = &**this.policy;
                     let verdict = policy.classifier.classify(result.as_ref());
                     if !verdict.is_failure() || !verdict.is_retryable() {
                         return Poll::Ready(result);
@@ -158,7 +157,7 @@ where
                     if let Err(err) = ready!(this.service.poll_ready(cx)) {
                         return Poll::Ready(Err(err));
                     }
-                    let policy = &*this.policy.policy;
+                    let policy = &**this.policy;
                     let Some(mut req) = this.next.take() else {
                         unreachable!("a retry is only scheduled with its request");
                     };

@@ -8,6 +8,7 @@ use super::config::Policy;
 use super::future::ResponseFuture;
 use super::{CloneRequest, Replay};
 use crate::classify::{Classify, ErrorsAsFailures};
+use crate::per_clone::{PerClone, take_ready};
 
 /// Retries failed calls of the inner service, under a budget; made by
 /// [`RetryLayer`](super::RetryLayer).
@@ -18,24 +19,15 @@ use crate::classify::{Classify, ErrorsAsFailures};
 #[derive(Debug)]
 pub struct Retry<S, C = ErrorsAsFailures, R = CloneRequest> {
     inner: S,
-    /// This clone's own handle on the shared policy: the reference count a
-    /// call bumps is not shared with other threads' clones.
-    local: Arc<Local<C, R>>,
-}
-
-/// A service clone's handle on the shared policy (see [`Retry`]).
-#[derive(Debug)]
-pub(super) struct Local<C, R> {
-    pub(super) policy: Arc<Policy<C, R>>,
+    /// This clone's own handle on the shared policy.
+    policy: PerClone<Policy<C, R>>,
 }
 
 impl<S: Clone, C, R> Clone for Retry<S, C, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            local: Arc::new(Local {
-                policy: self.local.policy.clone(),
-            }),
+            policy: self.policy.for_clone(),
         }
     }
 }
@@ -44,7 +36,7 @@ impl<S, C, R> Retry<S, C, R> {
     pub(super) fn from_policy(inner: S, policy: Arc<Policy<C, R>>) -> Self {
         Self {
             inner,
-            local: Arc::new(Local { policy }),
+            policy: PerClone::new(policy),
         }
     }
 
@@ -80,7 +72,7 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let policy = &*self.local.policy;
+        let policy = &*self.policy;
         policy.metrics.attempts.increment(1);
         policy.budget.deposit();
         policy.replay.mark(&mut req, 1);
@@ -90,10 +82,9 @@ where
             None
         };
         let started = policy.deadline.map(|_| Instant::now());
-        // The clone goes to the future for later attempts; the service that
-        // was polled ready takes this call (tower's contract).
-        let clone = self.inner.clone();
-        let service = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(service, req, template, Arc::clone(&self.local), started)
+        // The ready service takes this call and goes to the future for the
+        // later attempts.
+        let service = take_ready(&mut self.inner);
+        ResponseFuture::new(service, req, template, self.policy.for_call(), started)
     }
 }
