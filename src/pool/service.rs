@@ -305,7 +305,9 @@ where
         shared.refresh(&mut self.cached, now_ms);
         let snapshot = &self.cached;
         let attempt = self.local.attempts.attempt(&req);
+        // A first attempt has tried nothing: no lock taken to find out.
         let tried = attempt
+            .filter(|a| a.is_repeat())
             .map(crate::retry::Attempt::tried)
             .unwrap_or_default();
         // A replica whose breaker refuses is passed over.
