@@ -372,25 +372,9 @@ impl ReplicaStack {
         if let Some(wait) = self.failback_after {
             pool = pool.failback_after(wait);
         }
-        let replicas = replicas.into_iter().map(|(id, r)| {
-            let Replica {
-                service,
-                tier,
-                zone,
-                weight,
-                check,
-            } = r;
-            (
-                id,
-                Replica {
-                    service: Timeout::new(service, attempt),
-                    tier,
-                    zone,
-                    weight,
-                    check,
-                },
-            )
-        });
+        let replicas = replicas
+            .into_iter()
+            .map(|(id, r)| (id, r.map_service(|s| Timeout::new(s, attempt))));
         let pool = pool.build(replicas)?.with_attempts(HttpReplay::new());
         let handle = pool.handle();
         let health_checks = Box::pin(pool.health_checks());

@@ -23,11 +23,11 @@ use crate::sync::{AtomicU8, AtomicU64, Ordering};
 /// ```
 #[derive(Debug)]
 pub struct Replica<S> {
-    pub(crate) service: S,
-    pub(crate) tier: u32,
-    pub(crate) zone: Option<Arc<str>>,
-    pub(crate) weight: u32,
-    pub(crate) check: Option<Arc<dyn HealthCheck>>,
+    pub(super) service: S,
+    pub(super) tier: u32,
+    pub(super) zone: Option<Arc<str>>,
+    pub(super) weight: u32,
+    pub(super) check: Option<Arc<dyn HealthCheck>>,
 }
 
 impl<S> Replica<S> {
@@ -62,6 +62,18 @@ impl<S> Replica<S> {
     pub fn weight(mut self, weight: u32) -> Self {
         self.weight = weight;
         self
+    }
+
+    /// The same replica over another service: `f` wraps the one it has
+    /// (in a timeout, a chaos layer, …); tier, zone, weight and check stay.
+    pub fn map_service<S2>(self, f: impl FnOnce(S) -> S2) -> Replica<S2> {
+        Replica {
+            service: f(self.service),
+            tier: self.tier,
+            zone: self.zone,
+            weight: self.weight,
+            check: self.check,
+        }
     }
 
     /// Checks its health actively (see [`health`](crate::health)); the checks
