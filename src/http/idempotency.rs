@@ -24,9 +24,14 @@ pub struct Idempotent(pub bool);
 /// `DELETE`) or an `Idempotency-Key` header, unless an [`Idempotent`]
 /// extension says otherwise.
 pub fn is_idempotent<B>(req: &Request<B>) -> bool {
-    if let Some(Idempotent(flag)) = req.extensions().get::<Idempotent>() {
-        return *flag;
+    match req.extensions().get::<Idempotent>() {
+        Some(Idempotent(flag)) => *flag,
+        None => idempotent_by_rule(req),
     }
+}
+
+/// The method and header rule alone, without the per-request override.
+fn idempotent_by_rule<B>(req: &Request<B>) -> bool {
     matches!(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -88,7 +93,7 @@ impl<B: TryCloneBody> Replay<Request<B>> for HttpReplay {
     fn replay(&self, req: &Request<B>) -> Option<Request<B>> {
         let allowed = match req.extensions().get::<Idempotent>() {
             Some(Idempotent(flag)) => *flag,
-            None => self.all_methods || is_idempotent(req),
+            None => self.all_methods || idempotent_by_rule(req),
         };
         if !allowed {
             return None;
