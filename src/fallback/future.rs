@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use metrics::Counter;
@@ -23,7 +22,7 @@ pin_project! {
         recover: R,
         saved: Option<R::Saved>,
         classifier: C,
-        served: Arc<Counter>,
+        served: Counter,
     }
 }
 
@@ -55,7 +54,7 @@ where
         recover: R,
         saved: R::Saved,
         classifier: C,
-        served: Arc<Counter>,
+        served: Counter,
     ) -> Self {
         let state = match call {
             Ok(future) => State::Called { future },

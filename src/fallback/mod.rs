@@ -60,7 +60,7 @@ use crate::error::BoxError;
 pub struct FallbackLayer<F, C = ErrorsAsFailures> {
     recover: F,
     classifier: C,
-    served: Arc<Counter>,
+    served: Counter,
 }
 
 impl<F> FallbackLayer<F> {
@@ -70,9 +70,7 @@ impl<F> FallbackLayer<F> {
         Self {
             recover,
             classifier: ErrorsAsFailures,
-            served: Arc::new(
-                metrics::counter!("steadfast_fallback_served_total", "name" => "default"),
-            ),
+            served: metrics::counter!("steadfast_fallback_served_total", "name" => "default"),
         }
     }
 }
@@ -82,8 +80,7 @@ impl<F, C> FallbackLayer<F, C> {
     #[must_use]
     pub fn name(mut self, name: impl AsRef<str>) -> Self {
         let name: Arc<str> = Arc::from(name.as_ref());
-        self.served =
-            Arc::new(metrics::counter!("steadfast_fallback_served_total", "name" => name));
+        self.served = metrics::counter!("steadfast_fallback_served_total", "name" => name);
         self
     }
 
@@ -119,7 +116,7 @@ pub struct Fallback<S, F, C = ErrorsAsFailures> {
     inner: S,
     recover: F,
     classifier: C,
-    served: Arc<Counter>,
+    served: Counter,
     /// The inner service failed to get ready: the next call is answered by
     /// the fallback without calling it.
     unready: Option<BoxError>,
