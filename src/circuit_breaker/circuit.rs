@@ -304,8 +304,7 @@ impl Circuit {
 
 impl Shared {
     fn now_ms(&self) -> u64 {
-        let elapsed = Instant::now().saturating_duration_since(self.base);
-        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        crate::stats::nanos_since(self.base, Instant::now()) / 1_000_000
     }
 
     pub(super) fn measures_duration(&self) -> bool {

@@ -74,13 +74,7 @@ impl<K, S> Shared<K, S> {
     }
 
     pub(super) fn ms(&self, at: Instant) -> u64 {
-        // u64 arithmetic: a 128-bit division per request costs more than
-        // the rest of the bookkeeping.
-        let d = at.saturating_duration_since(self.base);
-        d.as_secs()
-            .saturating_mul(1_000)
-            .saturating_add(u64::from(d.subsec_millis()))
-            .saturating_add(1)
+        crate::stats::nanos_since(self.base, at) / 1_000_000 + 1
     }
 
     /// Chooses a replica for a request: a tier and zone by the table's

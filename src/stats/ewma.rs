@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::nanos_since;
 use crate::sync::{AtomicU64, Ordering};
 
 #[derive(Debug)]
@@ -21,14 +22,6 @@ pub(crate) struct PeakEwma {
     estimate: AtomicU64,
     /// Nanoseconds since `base` of the last update.
     stamp: AtomicU64,
-}
-
-fn nanos_since(base: Instant, now: Instant) -> u64 {
-    // u64 arithmetic (584 years): 128-bit conversions cost more than the rest.
-    let d = now.saturating_duration_since(base);
-    d.as_secs()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 fn nanos_f64(d: Duration) -> f64 {

@@ -266,14 +266,7 @@ impl TimeWindow {
 /// Which bucket of width `bucket_nanos`, counted from `base`, holds `now`.
 #[inline]
 pub(crate) fn bucket_index(base: Instant, now: Instant, bucket_nanos: u64) -> u64 {
-    // u64 arithmetic (584 years of nanoseconds): a 128-bit division costs
-    // more than the rest of a record.
-    let elapsed = now.saturating_duration_since(base);
-    let nanos = elapsed
-        .as_secs()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::from(elapsed.subsec_nanos()));
-    (nanos / bucket_nanos.max(1)).min(u64::MAX - 1)
+    (super::nanos_since(base, now) / bucket_nanos.max(1)).min(u64::MAX - 1)
 }
 
 #[cfg(all(test, not(steadfast_loom)))]
