@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::config::{Config, SlidingWindow};
-use super::state::{Admit, Core, GEN_MASK, Mode, Phase, Reject, Transition, Word};
+use super::state::{Admit, Core, GEN_MASK, Mode, Phase, Reject, Role, Transition, Word};
 use crate::classify::{Outcome, Verdict};
 use crate::error::CircuitOpen;
 use crate::rng::Rng;
@@ -163,7 +163,21 @@ impl Metrics {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Permit {
     pub(super) admit: Admit,
-    pub(super) started: Option<Instant>,
+    /// When the call started, in nanoseconds since the circuit's base, or
+    /// [`Permit::UNTIMED`] when no slow-call rule needs it. A plain word
+    /// keeps the permit two words, cheap to carry in every future.
+    pub(super) started: u64,
+}
+
+impl Permit {
+    pub(super) const UNTIMED: u64 = u64::MAX;
+
+    pub(super) fn untimed(admit: Admit) -> Self {
+        Self {
+            admit,
+            started: Self::UNTIMED,
+        }
+    }
 }
 
 impl Circuit {
@@ -284,16 +298,17 @@ impl Circuit {
     /// Admits one call, or says why not (crate-internal use).
     pub(crate) fn try_acquire(&self) -> Result<CircuitPermit, CircuitOpen> {
         self.shared.acquire().map(|admit| {
-            CircuitPermit(Permit {
-                admit,
-                started: self.shared.measures_duration().then(Instant::now),
-            })
+            let mut permit = Permit::untimed(admit);
+            if self.shared.measures_duration() {
+                permit.started = self.shared.clock_ns();
+            }
+            CircuitPermit(permit)
         })
     }
 
     /// Records the outcome of an admitted call.
     pub(crate) fn complete(&self, permit: CircuitPermit, verdict: Verdict) {
-        self.shared.complete(permit.0, verdict);
+        self.shared.complete(&permit.0, verdict);
     }
 
     /// Gives back an admission whose call never finished.
@@ -304,7 +319,12 @@ impl Circuit {
 
 impl Shared {
     fn now_ms(&self) -> u64 {
-        crate::stats::nanos_since(self.base, Instant::now()) / 1_000_000
+        self.clock_ns() / 1_000_000
+    }
+
+    /// Nanoseconds since the circuit's base.
+    pub(super) fn clock_ns(&self) -> u64 {
+        crate::stats::nanos_since(self.base, Instant::now())
     }
 
     pub(super) fn measures_duration(&self) -> bool {
@@ -338,19 +358,19 @@ impl Shared {
 
     /// A call finished with `verdict`.
     #[inline]
-    pub(super) fn complete(&self, permit: Permit, verdict: Verdict) {
+    pub(super) fn complete(&self, permit: &Permit, verdict: Verdict) {
         // The healthy path: a success in the closed state that would change
         // nothing recorded. Loads only, so threads sharing the circuit do
         // not contend.
         if verdict.is_success()
-            && matches!(permit.admit, Admit::Closed { .. })
+            && permit.admit.role() == Role::Closed
             && self.config.slow_calls.is_none()
             && self.success_changes_nothing()
         {
             self.metrics.success.increment(1);
             return;
         }
-        self.complete_slow(permit, verdict);
+        self.complete_slow(*permit, verdict);
     }
 
     #[inline]
@@ -364,8 +384,11 @@ impl Shared {
     }
 
     fn complete_slow(&self, permit: Permit, verdict: Verdict) {
-        let slow = match (self.config.slow_calls, permit.started) {
-            (Some((threshold, _)), Some(started)) => started.elapsed() >= threshold,
+        let slow = match self.config.slow_calls {
+            Some((threshold, _)) if permit.started != Permit::UNTIMED => {
+                let elapsed = self.clock_ns().saturating_sub(permit.started);
+                u128::from(elapsed) >= threshold.as_nanos()
+            }
             _ => false,
         };
         let failure = match verdict.outcome() {
@@ -386,26 +409,27 @@ impl Shared {
         if slow {
             self.metrics.slow.increment(1);
         }
-        match permit.admit {
-            Admit::Closed { generation } => self.closed_outcome(generation, failure, slow, verdict),
-            Admit::Probe { generation } if failure || slow => {
+        let generation = permit.admit.generation();
+        match permit.admit.role() {
+            Role::Closed => self.closed_outcome(generation, failure, slow, verdict),
+            Role::Probe if failure || slow => {
                 // HalfOpen -> Open: a probe failed (a slow probe counts as one).
                 self.open(generation, Phase::HalfOpen, verdict.pushback());
             }
-            Admit::Probe { generation } => {
+            Role::Probe => {
                 if let Some(t) = self.core.probe_succeeded(generation, || self.clear()) {
                     self.publish(t);
                 }
             }
-            Admit::Passive { .. } => {}
+            Role::Passive => {}
         }
     }
 
     /// A call ended without an outcome (its future was dropped, or the
     /// classifier ignored it): a probe's slot goes back.
     pub(super) fn release(&self, permit: Permit) {
-        if let Admit::Probe { generation } = permit.admit {
-            self.core.release_probe(generation);
+        if permit.admit.role() == Role::Probe {
+            self.core.release_probe(permit.admit.generation());
         }
     }
 

@@ -103,7 +103,7 @@ where
                 if let Some(guard) = this.guard.as_mut() {
                     let local = &guard.local;
                     let verdict = local.classifier.classify(result.as_ref());
-                    local.circuit.shared.complete(guard.permit, verdict);
+                    local.circuit.shared.complete(&guard.permit, verdict);
                     guard.done = true;
                 }
                 *this.guard = None;

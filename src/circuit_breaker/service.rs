@@ -1,13 +1,12 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
 use tower::Service;
 
 use super::Circuit;
 use super::circuit::Permit;
 use super::future::{Guard, ResponseFuture};
-use super::state::Admit;
+use super::state::{Admit, Role};
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::error::{BoxError, CircuitOpen};
 
@@ -119,11 +118,8 @@ where
             self.probe = None;
             self.ready = match shared.acquire() {
                 Ok(admit) => {
-                    if let Admit::Probe { .. } = admit {
-                        let permit = Permit {
-                            admit,
-                            started: None,
-                        };
+                    if admit.role() == Role::Probe {
+                        let permit = Permit::untimed(admit);
                         self.probe = Some(Guard::new(self.local.clone(), permit));
                     }
                     Ready::Admitted(admit)
@@ -156,16 +152,11 @@ where
             Ready::Admitted(admit) => {
                 let mut guard = match self.probe.take() {
                     Some(guard) => guard,
-                    None => Guard::new(
-                        self.local.clone(),
-                        Permit {
-                            admit,
-                            started: None,
-                        },
-                    ),
+                    None => Guard::new(self.local.clone(), Permit::untimed(admit)),
                 };
-                if self.local.circuit.shared.measures_duration() {
-                    guard.permit_mut().started = Some(Instant::now());
+                let shared = &self.local.circuit.shared;
+                if shared.measures_duration() {
+                    guard.permit_mut().started = shared.clock_ns();
                 }
                 ResponseFuture::called(self.inner.call(req), guard)
             }

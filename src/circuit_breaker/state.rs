@@ -105,25 +105,57 @@ fn half_open(in_flight: u64, successes: u64) -> u64 {
     (in_flight << HALF_BITS) | successes
 }
 
-/// What admission granted.
+/// What admission granted: a role and the generation of the period it was
+/// granted in, packed in one word so the hot path keeps it in a register.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Admit(u64);
+
+/// The role of an admitted call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Admit {
+pub(crate) enum Role {
     /// A normal call in the closed state; its outcome feeds the window.
-    Closed { generation: u32 },
+    Closed,
     /// One of the K half-open probes.
-    Probe { generation: u32 },
+    Probe,
     /// Admitted without a role: disabled mode, or a call metrics-only mode
     /// lets through although the machine would reject it. Records nothing.
-    Passive { generation: u32 },
+    Passive,
 }
 
 impl Admit {
-    pub(crate) fn generation(self) -> u32 {
-        match self {
-            Self::Closed { generation }
-            | Self::Probe { generation }
-            | Self::Passive { generation } => generation,
+    const ROLE_SHIFT: u32 = 32;
+
+    pub(crate) const fn closed(generation: u32) -> Self {
+        Self(generation as u64)
+    }
+
+    pub(crate) const fn probe(generation: u32) -> Self {
+        Self((1 << Self::ROLE_SHIFT) | generation as u64)
+    }
+
+    pub(crate) const fn passive(generation: u32) -> Self {
+        Self((2 << Self::ROLE_SHIFT) | generation as u64)
+    }
+
+    pub(crate) const fn role(self) -> Role {
+        match self.0 >> Self::ROLE_SHIFT {
+            0 => Role::Closed,
+            1 => Role::Probe,
+            _ => Role::Passive,
         }
+    }
+
+    pub(crate) const fn generation(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+impl std::fmt::Debug for Admit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admit")
+            .field("role", &self.role())
+            .field("generation", &self.generation())
+            .finish()
     }
 }
 
@@ -205,11 +237,8 @@ impl Core {
         // Mode Auto (0) or MetricsOnly (3), phase Closed (0).
         let mode = raw >> MODE_SHIFT;
         let closed = (raw >> STATE_SHIFT) & 0b11 == Phase::Closed as u64;
-        (closed && (mode == Mode::Auto as u64 || mode == Mode::MetricsOnly as u64)).then_some(
-            Admit::Closed {
-                generation: ((raw >> GEN_SHIFT) & GEN_MASK) as u32,
-            },
-        )
+        (closed && (mode == Mode::Auto as u64 || mode == Mode::MetricsOnly as u64))
+            .then_some(Admit::closed(((raw >> GEN_SHIFT) & GEN_MASK) as u32))
     }
 
     /// Admits a call or says why not. `now_ms` is read only when the
@@ -227,29 +256,18 @@ impl Core {
             // Metrics-only: run the machine, record what would have
             // happened, reject nothing.
             let reject = |why| match w.mode {
-                Mode::MetricsOnly => Err(Ok(Admit::Passive {
-                    generation: w.generation,
-                })),
+                Mode::MetricsOnly => Err(Ok(Admit::passive(w.generation))),
                 _ => Err(Err(why)),
             };
             match w.mode {
                 Mode::ForcedOpen => Err(Err(Reject::ForcedOpen)),
-                Mode::Disabled => Err(Ok(Admit::Passive {
-                    generation: w.generation,
-                })),
+                Mode::Disabled => Err(Ok(Admit::passive(w.generation))),
                 Mode::Auto | Mode::MetricsOnly => match w.phase {
-                    Phase::Closed => Err(Ok(Admit::Closed {
-                        generation: w.generation,
-                    })),
+                    Phase::Closed => Err(Ok(Admit::closed(w.generation))),
                     Phase::Open if now_ms() >= w.open_until_ms() => {
                         // Open -> HalfOpen: the period is over; this call is the first probe.
                         let to = w.next(Phase::HalfOpen, half_open(1, 0));
-                        Ok((
-                            to,
-                            Ok(Admit::Probe {
-                                generation: to.generation,
-                            }),
-                        ))
+                        Ok((to, Ok(Admit::probe(to.generation))))
                     }
                     Phase::Open => reject(Reject::Open {
                         until_ms: w.open_until_ms(),
@@ -261,12 +279,7 @@ impl Core {
                                 payload: half_open(in_flight + 1, successes),
                                 ..w
                             };
-                            Ok((
-                                to,
-                                Ok(Admit::Probe {
-                                    generation: w.generation,
-                                }),
-                            ))
+                            Ok((to, Ok(Admit::probe(w.generation))))
                         } else {
                             reject(Reject::HalfOpenBusy)
                         }
@@ -383,16 +396,18 @@ impl Core {
     }
 }
 
+/// The generation of a probe admission; panics on anything else.
+#[cfg(test)]
+fn probe_gen(r: Result<Admit, Reject>) -> u32 {
+    match r {
+        Ok(admit) if admit.role() == Role::Probe => admit.generation(),
+        other => panic!("expected a probe, got {other:?}"),
+    }
+}
+
 #[cfg(all(test, not(steadfast_loom)))]
 mod tests {
     use super::*;
-
-    fn probe_gen(r: Result<Admit, Reject>) -> u32 {
-        match r {
-            Ok(Admit::Probe { generation }) => generation,
-            other => panic!("expected a probe, got {other:?}"),
-        }
-    }
 
     #[test]
     fn word_round_trips() {
@@ -416,7 +431,7 @@ mod tests {
     fn closed_open_half_open_closed() {
         let core = Core::new(2);
         let (r, t) = core.acquire(|| unreachable!("closed never reads the clock"));
-        assert_eq!(r, Ok(Admit::Closed { generation: 0 }));
+        assert_eq!(r, Ok(Admit::closed(0)));
         assert!(t.is_none());
 
         let t = core.trip_closed(0, 100).expect("trips");
@@ -466,12 +481,20 @@ mod tests {
         core.set_mode(Mode::ForcedOpen).unwrap();
         assert_eq!(core.acquire(|| 0).0, Err(Reject::ForcedOpen));
         core.set_mode(Mode::Disabled).unwrap();
-        assert!(matches!(core.acquire(|| 0).0, Ok(Admit::Passive { .. })));
+        assert!(
+            core.acquire(|| 0)
+                .0
+                .is_ok_and(|a| a.role() == Role::Passive)
+        );
         core.set_mode(Mode::MetricsOnly).unwrap();
         let generation = core.load().generation;
         core.trip_closed(generation, 1_000).unwrap();
         assert_eq!(core.load().phase, Phase::Open);
-        assert!(matches!(core.acquire(|| 0).0, Ok(Admit::Passive { .. })));
+        assert!(
+            core.acquire(|| 0)
+                .0
+                .is_ok_and(|a| a.role() == Role::Passive)
+        );
         core.reset().unwrap();
         let w = core.load();
         assert_eq!((w.mode, w.phase), (Mode::Auto, Phase::Closed));
@@ -549,12 +572,8 @@ mod loom_tests {
         loom::model(|| {
             let core = Arc::new(Core::new(2));
             core.trip_closed(0, 0);
-            let Ok(Admit::Probe { generation }) = core.acquire(|| 0).0 else {
-                panic!()
-            };
-            let Ok(Admit::Probe { .. }) = core.acquire(|| 0).0 else {
-                panic!()
-            };
+            let generation = probe_gen(core.acquire(|| 0).0);
+            probe_gen(core.acquire(|| 0).0);
             let releaser = {
                 let core = core.clone();
                 thread::spawn(move || core.release_probe(generation))
@@ -588,9 +607,7 @@ mod loom_tests {
         loom::model(|| {
             let core = Arc::new(Core::new(1));
             core.trip_closed(0, 0);
-            let Ok(Admit::Probe { generation }) = core.acquire(|| 0).0 else {
-                panic!()
-            };
+            let generation = probe_gen(core.acquire(|| 0).0);
             let closer = {
                 let core = core.clone();
                 thread::spawn(move || core.probe_succeeded(generation, || {}))
