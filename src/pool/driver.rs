@@ -85,7 +85,7 @@ where
                     if healthy && track.fails >= config.unhealthy_threshold {
                         state.check_healthy.store(0, Ordering::Release);
                         state.why.store(Why::HealthCheck as u8, Ordering::Release);
-                        state.latency.reset(now, Duration::ZERO);
+                        state.latency.reset(shared.ns(now), 0.0);
                         #[cfg(feature = "tracing")]
                         tracing::warn!(
                             pool = &*shared.settings.name,
@@ -171,7 +171,7 @@ where
                 };
                 match change.map_err(Into::into)? {
                     Change::Insert(id, replica) => {
-                        let member = builder.member(id, replica, shared.base)?;
+                        let member = builder.member(id, replica)?;
                         update_members(&shared, |members| {
                             for m in members.iter().filter(|m| m.id == member.id) {
                                 m.state.admin.store(REMOVED, Ordering::Release);
@@ -199,11 +199,7 @@ fn update_members<K, S>(shared: &Shared<K, S>, change: impl FnOnce(&mut Vec<Arc<
         let mut members: Vec<Arc<Member<K, S>>> = current.members.clone();
         change(&mut members);
         let version = shared.version.load(Ordering::Acquire) + 1;
-        *current = Arc::new(Snapshot {
-            members,
-            table: current.table.clone(),
-            version,
-        });
+        *current = Arc::new(Snapshot::new(members, current.table.clone(), version));
         shared.version.store(version, Ordering::Release);
     }
     // The table indexes the old list: rebuild it now.

@@ -11,8 +11,9 @@ use tower::Service;
 use tower::util::Oneshot;
 
 use super::Why;
-use super::replica::ReplicaState;
+use super::replica::TAU_NS;
 use super::service::Local;
+use super::shared::{Member, Shared};
 use crate::circuit_breaker::CircuitPermit;
 use crate::classify::{Classify, Verdict};
 use crate::error::{BoxError, NoHealthyReplica};
@@ -31,7 +32,7 @@ pin_project! {
     {
         #[pin]
         kind: Kind<S, Req>,
-        tracked: Option<Tracked>,
+        tracked: Option<Tracked<K, S>>,
         local: Option<Arc<Local<K, S, C, A>>>,
     }
 }
@@ -52,7 +53,7 @@ where
     S: Service<Req>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let replica = self.tracked.as_ref().map(|t| t.state.label.clone());
+        let replica = self.tracked.as_ref().map(|t| t.member.state.label.clone());
         f.debug_struct("ResponseFuture")
             .field("replica", &replica)
             .finish_non_exhaustive()
@@ -61,34 +62,36 @@ where
 
 /// A call in flight on one replica: counted in its load until it ends.
 #[derive(Debug)]
-pub(super) struct Tracked {
-    pub(super) state: Arc<ReplicaState>,
+pub(super) struct Tracked<K, S> {
+    pub(super) member: Arc<Member<K, S>>,
     permit: Option<CircuitPermit>,
-    started: Instant,
+    /// When the call started, in the pool's nanoseconds.
+    started_ns: u64,
     done: bool,
 }
 
-impl Tracked {
+impl<K, S> Tracked<K, S> {
     pub(super) fn new(
-        state: Arc<ReplicaState>,
+        member: Arc<Member<K, S>>,
         permit: Option<CircuitPermit>,
-        started: Instant,
+        started_ns: u64,
     ) -> Self {
-        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        member.state.in_flight.fetch_add(1, Ordering::AcqRel);
         Self {
-            state,
+            member,
             permit,
-            started,
+            started_ns,
             done: false,
         }
     }
 }
 
-impl Drop for Tracked {
+impl<K, S> Drop for Tracked<K, S> {
     fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let state = &self.member.state;
+        state.in_flight.fetch_sub(1, Ordering::AcqRel);
         if !self.done {
-            if let (Some(circuit), Some(permit)) = (&self.state.breaker, self.permit) {
+            if let (Some(circuit), Some(permit)) = (state.breaker(), self.permit) {
                 circuit.release(permit);
             }
         }
@@ -102,7 +105,7 @@ where
     pub(super) fn called(
         service: S,
         req: Req,
-        tracked: Tracked,
+        tracked: Tracked<K, S>,
         local: Arc<Local<K, S, C, A>>,
     ) -> Self {
         Self {
@@ -153,19 +156,19 @@ where
 
 /// Feeds one finished call to the replica's load estimate, its breaker and
 /// outlier detection.
-fn report<K, S, C, A>(local: &Local<K, S, C, A>, tracked: &Tracked, verdict: Verdict) {
+fn report<K, S, C, A>(local: &Local<K, S, C, A>, tracked: &Tracked<K, S>, verdict: Verdict) {
     let shared = &local.shared;
-    let state = &tracked.state;
-    let now = Instant::now();
-    let elapsed = now.saturating_duration_since(tracked.started);
-    if let (Some(circuit), Some(permit)) = (&state.breaker, tracked.permit) {
+    let state = &tracked.member.state;
+    let now_ns = shared.ns(Instant::now());
+    let elapsed = now_ns.saturating_sub(tracked.started_ns) as f64;
+    if let (Some(circuit), Some(permit)) = (state.breaker(), tracked.permit) {
         circuit.complete(permit, verdict);
     }
-    let now_ms = shared.ms(now);
+    let now_ms = Shared::<K, S>::ms_of(now_ns);
     if !verdict.is_failure() {
-        state.latency.observe(now, elapsed);
+        state.latency.observe(now_ns, elapsed, TAU_NS);
         if verdict.is_success() {
-            state.answer_latency.observe(now, elapsed);
+            state.answer_latency.observe(now_ns, elapsed, TAU_NS);
             state.record_outcome(false);
         }
         // The fleet rules (success rate, latency) run once per interval.
@@ -180,14 +183,16 @@ fn report<K, S, C, A>(local: &Local<K, S, C, A>, tracked: &Tracked, verdict: Ver
         // Honoured by avoiding the replica for that long: its latency
         // estimate is not inflated too, or it would stay out long after.
         Some(pushback) => {
-            state.latency.observe(now, elapsed);
+            state.latency.observe(now_ns, elapsed, TAU_NS);
             shared.avoid(state, now_ms, pushback);
         }
         // A failure must never make a replica look fast: it counts as at
         // least the penalty latency.
-        None => state
-            .latency
-            .observe(now, elapsed.max(shared.settings.failure_penalty)),
+        None => state.latency.observe(
+            now_ns,
+            elapsed.max(shared.settings.failure_penalty.as_nanos() as f64),
+            TAU_NS,
+        ),
     }
     let in_a_row = state.record_outcome(true);
     let outlier = &shared.settings.outlier;

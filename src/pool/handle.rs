@@ -6,8 +6,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::replica::{DISABLED, DRAINING, ENABLED, ReplicaState, Standing};
-use super::shared::Shared;
+use super::replica::{DISABLED, DRAINING, ENABLED, Standing};
+use super::shared::{Member, Shared};
 use crate::sync::Ordering;
 
 /// Watches and steers a [`Pool`](super::Pool)'s replicas; cheap to clone.
@@ -182,9 +182,10 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
 
     fn set_admin(&self, id: &K, admin: u8) -> bool {
         let shared = &self.shared;
-        let Some(state) = self.find(id) else {
+        let Some(member) = self.find(id) else {
             return false;
         };
+        let state = &member.state;
         let before = state.admin.swap(admin, Ordering::AcqRel);
         if admin == ENABLED && before != ENABLED {
             state
@@ -205,12 +206,8 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
         true
     }
 
-    fn find(&self, id: &K) -> Option<Arc<ReplicaState>> {
+    fn find(&self, id: &K) -> Option<Arc<Member<K, S>>> {
         let current = self.shared.current.lock().ok()?.clone();
-        current
-            .members
-            .iter()
-            .find(|m| m.id == *id)
-            .map(|m| m.state.clone())
+        current.members.iter().find(|m| m.id == *id).cloned()
     }
 }

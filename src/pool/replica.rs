@@ -1,10 +1,8 @@
 //! A replica as the pool is given it, and its live state.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use metrics::{Counter, Gauge};
-use tokio::time::Instant;
 
 use crate::circuit_breaker::Circuit;
 use crate::health::HealthCheck;
@@ -86,6 +84,10 @@ impl<S> Replica<S> {
     }
 }
 
+/// The time constant of the latency estimates, in nanoseconds (10 s, as
+/// tower's and Finagle's peak-EWMA default).
+pub(super) const TAU_NS: f64 = 10e9;
+
 /// How often a replica that failed lately is probed despite its penalty.
 pub(super) const PROBE_MS: u64 = 1_000;
 
@@ -98,39 +100,50 @@ pub(super) const REMOVED: u8 = 3;
 
 /// Live health and load of one replica, shared by every clone of the pool
 /// and by the health-check driver.
+///
+/// Everything a pick reads, and a finished call writes, comes first and
+/// fits in the first cache line (`repr(C)` keeps the order, `align(64)`
+/// starts it on a line): with thousands of replicas a pick touches two such
+/// lines and nothing else of its candidates.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub(super) struct ReplicaState {
-    pub(super) label: Arc<str>,
-    pub(super) tier: u32,
-    pub(super) zone: Option<Arc<str>>,
-    pub(super) weight: u32,
-    pub(super) check: Option<Arc<dyn HealthCheck>>,
-    pub(super) breaker: Option<Circuit>,
     pub(super) in_flight: AtomicU64,
     /// The load estimate: every call, failures at a penalty.
     pub(super) latency: PeakEwma,
-    /// How fast it answers when it succeeds: what the latency-outlier rule
-    /// judges (a penalty for a failure is not slowness).
-    pub(super) answer_latency: PeakEwma,
     /// Failures in a row.
     pub(super) consecutive: AtomicU64,
-    /// The last calls' outcomes, for the failure-percentage rule.
-    pub(super) window: CountWindow,
-    /// Milliseconds since the pool's base; zero means "not".
-    pub(super) ejected_until: AtomicU64,
-    pub(super) ejections: AtomicU64,
-    pub(super) avoid_until: AtomicU64,
-    /// The active check's verdict: 1 healthy, 0 failing; and since when (ms + 1).
-    pub(super) check_healthy: AtomicU8,
-    pub(super) check_recovered_at: AtomicU64,
-    pub(super) admin: AtomicU8,
     /// When it was last chosen (ms): a penalised replica is probed again
     /// when it has not been for a while.
     pub(super) last_pick_ms: AtomicU64,
+    /// Milliseconds since the pool's base; zero means "not".
+    pub(super) ejected_until: AtomicU64,
+    pub(super) avoid_until: AtomicU64,
+    pub(super) weight: u32,
+    pub(super) admin: AtomicU8,
+    /// The active check's verdict: 1 healthy, 0 failing.
+    pub(super) check_healthy: AtomicU8,
+    /// Whether `breaker` is set: a pick reads the breaker only then.
+    has_breaker: bool,
+    // End of the first cache line. Next, what the chosen replica's call
+    // also touches: its counters (a line of their own) and label.
+    pub(super) metrics: ReplicaMetrics,
+    pub(super) label: Arc<str>,
+    pub(super) tier: u32,
+    pub(super) zone: Option<Arc<str>>,
+    pub(super) check: Option<Arc<dyn HealthCheck>>,
+    breaker: Option<Circuit>,
+    /// How fast it answers when it succeeds: what the latency-outlier rule
+    /// judges (a penalty for a failure is not slowness).
+    pub(super) answer_latency: PeakEwma,
+    /// The last calls' outcomes, for the failure-percentage rule.
+    pub(super) window: CountWindow,
+    pub(super) ejections: AtomicU64,
+    /// Since when the active check says healthy again (ms + 1).
+    pub(super) check_recovered_at: AtomicU64,
     pub(super) admin_enabled_at: AtomicU64,
     /// Why it was last made unhealthy (a [`Why`](super::Why) as u8).
     pub(super) why: AtomicU8,
-    pub(super) metrics: ReplicaMetrics,
 }
 
 #[derive(Debug)]
@@ -161,7 +174,6 @@ impl ReplicaState {
     pub(super) fn new(
         pool: &Arc<str>,
         label: Arc<str>,
-        base: Instant,
         tier: u32,
         zone: Option<Arc<str>>,
         weight: u32,
@@ -181,10 +193,13 @@ impl ReplicaState {
             zone,
             weight: weight.max(1),
             check,
+            has_breaker: breaker.is_some(),
             breaker,
             in_flight: AtomicU64::new(0),
-            latency: PeakEwma::new(base, Duration::from_millis(1), Duration::from_secs(10)),
-            answer_latency: PeakEwma::new(base, Duration::ZERO, Duration::from_secs(10)),
+            // An unknown replica is assumed to answer in 1 ms, tower's
+            // default round-trip time.
+            latency: PeakEwma::new(1e6),
+            answer_latency: PeakEwma::new(0.0),
             consecutive: AtomicU64::new(0),
             window: CountWindow::new(window),
             ejected_until: AtomicU64::new(0),
@@ -242,6 +257,16 @@ impl ReplicaState {
         Standing::Eligible
     }
 
+    /// Its own circuit breaker, if the pool gives each replica one.
+    #[inline]
+    pub(super) fn breaker(&self) -> Option<&Circuit> {
+        if self.has_breaker {
+            self.breaker.as_ref()
+        } else {
+            None
+        }
+    }
+
     /// Whether it may take a request now (recovering replicas may: only
     /// the tier arithmetic holds them back).
     #[inline]
@@ -251,7 +276,7 @@ impl ReplicaState {
             && self.check_healthy.load(Ordering::Relaxed) == 1
             && self.ejected_until.load(Ordering::Relaxed) <= now_ms
             && self.avoid_until.load(Ordering::Relaxed) <= now_ms
-            && self.breaker.as_ref().is_none_or(|b| {
+            && self.breaker().is_none_or(|b| {
                 !matches!(
                     b.state(),
                     crate::circuit_breaker::State::Open | crate::circuit_breaker::State::ForcedOpen
@@ -261,9 +286,9 @@ impl ReplicaState {
 
     /// The load estimate p2c compares: latency × (in flight + 1) / weight.
     #[inline]
-    pub(super) fn cost(&self, now: Instant) -> f64 {
+    pub(super) fn cost(&self, now_ns: u64) -> f64 {
         let in_flight = self.in_flight.load(Ordering::Relaxed) as f64;
-        self.latency.get_at(now) * (in_flight + 1.0) / f64::from(self.weight)
+        self.latency.get_at(now_ns, TAU_NS) * (in_flight + 1.0) / f64::from(self.weight)
     }
 
     /// Whether it failed lately (failures in a row, not yet ejected) and
@@ -287,5 +312,33 @@ impl ReplicaState {
             }
             0
         }
+    }
+}
+
+#[cfg(all(test, not(steadfast_loom)))]
+mod tests {
+    use std::mem::{offset_of, size_of_val};
+
+    use super::*;
+
+    /// What a pick reads and a finished call writes sits in the first cache
+    /// line of the state.
+    #[test]
+    fn the_hot_fields_share_the_first_cache_line() {
+        let s = ReplicaState::new(&Arc::from("p"), Arc::from("r"), 0, None, 1, None, None, 10);
+        let ends = [
+            offset_of!(ReplicaState, in_flight) + size_of_val(&s.in_flight),
+            offset_of!(ReplicaState, latency) + size_of_val(&s.latency),
+            offset_of!(ReplicaState, consecutive) + size_of_val(&s.consecutive),
+            offset_of!(ReplicaState, last_pick_ms) + size_of_val(&s.last_pick_ms),
+            offset_of!(ReplicaState, ejected_until) + size_of_val(&s.ejected_until),
+            offset_of!(ReplicaState, avoid_until) + size_of_val(&s.avoid_until),
+            offset_of!(ReplicaState, weight) + size_of_val(&s.weight),
+            offset_of!(ReplicaState, admin) + size_of_val(&s.admin),
+            offset_of!(ReplicaState, check_healthy) + size_of_val(&s.check_healthy),
+            offset_of!(ReplicaState, has_breaker) + size_of_val(&s.has_breaker),
+        ];
+        assert!(ends.iter().all(|&end| end <= 64), "{ends:?}");
+        assert_eq!(std::mem::align_of::<ReplicaState>(), 64);
     }
 }

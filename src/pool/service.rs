@@ -120,7 +120,7 @@ impl<C> Builder<C> {
                     format!("replica `{id}` is given twice"),
                 ));
             }
-            members.push(Arc::new(self.member(id, replica, base)?));
+            members.push(Arc::new(self.member(id, replica)?));
         }
         let (events, _) = watch::channel(0);
         let seed = self.seed;
@@ -129,11 +129,7 @@ impl<C> Builder<C> {
             base,
             rng: seed.map_or_else(Rng::from_entropy, Rng::new),
             ejection_rng: seed.map_or_else(Rng::from_entropy, |s| Rng::new(s ^ 0x5eed)),
-            current: Mutex::new(Arc::new(Snapshot {
-                members,
-                table: Table::default(),
-                version: 0,
-            })),
+            current: Mutex::new(Arc::new(Snapshot::new(members, Table::default(), 0))),
             version: AtomicU64::new(0),
             dirty: std::sync::atomic::AtomicBool::new(true),
             rebuild_at_ms: AtomicU64::new(0),
@@ -165,7 +161,6 @@ impl<C> Builder<C> {
         &self,
         id: K,
         replica: Replica<S>,
-        base: Instant,
     ) -> Result<Member<K, S>, ConfigError> {
         let label: Arc<str> = Arc::from(id.to_string());
         let breaker = match &self.breaker {
@@ -175,7 +170,6 @@ impl<C> Builder<C> {
         let state = ReplicaState::new(
             &self.name,
             label,
-            base,
             replica.tier,
             replica.zone,
             replica.weight,
@@ -185,7 +179,7 @@ impl<C> Builder<C> {
         );
         Ok(Member {
             id,
-            state: Arc::new(state),
+            state,
             service: replica.service,
         })
     }
@@ -299,9 +293,10 @@ where
             return ResponseFuture::rejected(err);
         }
         let shared = &self.shared;
-        // The one clock reading of the request path (the other is at completion).
-        let now = Instant::now();
-        let now_ms = shared.ms(now);
+        // The one clock reading of the request path (the other is at
+        // completion), turned into the pool's time once.
+        let now_ns = shared.ns(Instant::now());
+        let now_ms = Shared::<K, S>::ms_of(now_ns);
         shared.refresh(&mut self.cached, now_ms);
         let snapshot = &self.cached;
         let attempt = self.local.attempts.attempt(&req);
@@ -312,11 +307,11 @@ where
             .unwrap_or_default();
         // A replica whose breaker refuses is passed over.
         for _ in 0..4 {
-            let Some(i) = shared.choose(snapshot, now, now_ms, &mut self.rng, &tried) else {
+            let Some(i) = shared.choose(snapshot, now_ns, now_ms, &mut self.rng, &tried) else {
                 break;
             };
             let member = &snapshot.members[i];
-            let permit = match &member.state.breaker {
+            let permit = match member.state.breaker() {
                 Some(circuit) => match circuit.try_acquire() {
                     Ok(permit) => Some(permit),
                     Err(_) => {
@@ -334,7 +329,7 @@ where
                 .state
                 .last_pick_ms
                 .store(now_ms, crate::sync::Ordering::Relaxed);
-            let tracked = Tracked::new(member.state.clone(), permit, now);
+            let tracked = Tracked::new(member.clone(), permit, now_ns);
             let service = member.service.clone();
             return ResponseFuture::called(service, req, tracked, self.local.clone());
         }

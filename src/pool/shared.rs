@@ -19,12 +19,17 @@ const MIN_LATENCY_SAMPLES: u64 = 3;
 /// How long a routing table is trusted without events.
 const TABLE_TTL_MS: u64 = 100;
 
-/// One member: its id, its state, and the service calls go to.
+/// One member: its state, the service calls go to, and its id.
+///
+/// One allocation, the state first (`repr(C)`): a pick reaches a
+/// candidate's load and health in one step from the snapshot's list, and
+/// the winner's service is in the same allocation.
 #[derive(Debug)]
+#[repr(C)]
 pub(super) struct Member<K, S> {
-    pub(super) id: K,
-    pub(super) state: Arc<ReplicaState>,
+    pub(super) state: ReplicaState,
     pub(super) service: S,
+    pub(super) id: K,
 }
 
 /// The members at one membership version, with the table built for them.
@@ -33,6 +38,16 @@ pub(super) struct Snapshot<K, S> {
     pub(super) members: Vec<Arc<Member<K, S>>>,
     pub(super) table: Table,
     pub(super) version: u64,
+}
+
+impl<K, S> Snapshot<K, S> {
+    pub(super) fn new(members: Vec<Arc<Member<K, S>>>, table: Table, version: u64) -> Self {
+        Self {
+            members,
+            table,
+            version,
+        }
+    }
 }
 
 /// Settings fixed at build time.
@@ -74,7 +89,20 @@ impl<K, S> Shared<K, S> {
     }
 
     pub(super) fn ms(&self, at: Instant) -> u64 {
-        crate::stats::nanos_since(self.base, at) / 1_000_000 + 1
+        Self::ms_of(self.ns(at))
+    }
+
+    /// Nanoseconds since the pool's base: the clock of the latency
+    /// estimates.
+    #[inline]
+    pub(super) fn ns(&self, at: Instant) -> u64 {
+        crate::stats::nanos_since(self.base, at)
+    }
+
+    /// The millisecond clock (zero means "never") at `ns`.
+    #[inline]
+    pub(super) fn ms_of(ns: u64) -> u64 {
+        ns / 1_000_000 + 1
     }
 
     /// Chooses a replica for a request: a tier and zone by the table's
@@ -83,7 +111,7 @@ impl<K, S> Shared<K, S> {
     pub(super) fn choose(
         &self,
         snapshot: &Snapshot<K, S>,
-        now: Instant,
+        now_ns: u64,
         now_ms: u64,
         rng: &mut u64,
         tried: &[Arc<str>],
@@ -93,7 +121,7 @@ impl<K, S> Shared<K, S> {
             (r % u64::from(WHOLE)) as u32,
             ((r >> 32) % u64::from(WHOLE)) as u32,
         )?;
-        if let Some(i) = self.p2c(snapshot, candidates, now, now_ms, rng, tried) {
+        if let Some(i) = self.p2c(snapshot, candidates, now_ns, now_ms, rng, tried) {
             return Some(i);
         }
         if !tried.is_empty() {
@@ -101,7 +129,7 @@ impl<K, S> Shared<K, S> {
             // or hedge goes to an untried replica elsewhere in the table
             // (another zone, the next tier) while one exists...
             for zone in snapshot.table.tiers.iter().flat_map(|t| &t.zones) {
-                if let Some(i) = self.p2c(snapshot, &zone.candidates, now, now_ms, rng, tried) {
+                if let Some(i) = self.p2c(snapshot, &zone.candidates, now_ns, now_ms, rng, tried) {
                     return Some(i);
                 }
             }
@@ -109,12 +137,12 @@ impl<K, S> Shared<K, S> {
             for tier in snapshot.table.spare.chunk_by(|a, b| {
                 snapshot.members[*a as usize].state.tier == snapshot.members[*b as usize].state.tier
             }) {
-                if let Some(i) = self.p2c(snapshot, tier, now, now_ms, rng, tried) {
+                if let Some(i) = self.p2c(snapshot, tier, now_ns, now_ms, rng, tried) {
                     return Some(i);
                 }
             }
             // ...and only then to one it tried before.
-            return self.p2c(snapshot, candidates, now, now_ms, rng, &[]);
+            return self.p2c(snapshot, candidates, now_ns, now_ms, rng, &[]);
         }
         None
     }
@@ -126,7 +154,7 @@ impl<K, S> Shared<K, S> {
         &self,
         snapshot: &Snapshot<K, S>,
         candidates: &[u32],
-        now: Instant,
+        now_ns: u64,
         now_ms: u64,
         rng: &mut u64,
         tried: &[Arc<str>],
@@ -154,7 +182,11 @@ impl<K, S> Shared<K, S> {
                 (false, true) => return b,
                 _ => {}
             }
-            if sa.cost(now) <= sb.cost(now) { a } else { b }
+            if sa.cost(now_ns) <= sb.cost(now_ns) {
+                a
+            } else {
+                b
+            }
         };
         let mut first: Option<(u64, u32)> = None;
         // Small candidate lists are scanned in full when draws keep
@@ -234,7 +266,7 @@ impl<K, S> Shared<K, S> {
         // It comes back with a clean load estimate: the failures that got it
         // ejected must not keep it out after the ejection (nothing updates
         // the estimate while it takes no traffic).
-        state.latency.reset(Instant::now(), Duration::ZERO);
+        state.latency.reset(self.ns(Instant::now()), 0.0);
         state.metrics.ejections.increment(1);
         #[cfg(feature = "tracing")]
         tracing::warn!(
@@ -257,7 +289,7 @@ impl<K, S> Shared<K, S> {
         let until = now_ms + u64::try_from(pushback.as_millis()).unwrap_or(u64::MAX);
         if state.avoid_until.fetch_max(until, Ordering::AcqRel) < until {
             state.why.store(Why::Pushback as u8, Ordering::Release);
-            state.latency.reset(Instant::now(), Duration::ZERO);
+            state.latency.reset(self.ns(Instant::now()), 0.0);
             #[cfg(feature = "tracing")]
             tracing::info!(
                 pool = &*self.settings.name,
@@ -332,12 +364,13 @@ impl<K, S> Shared<K, S> {
             // that answered during this interval and have a history: a
             // replica that got no traffic (ejected, avoided) is not judged
             // on old data.
-            let now = self.base + Duration::from_millis(now_ms.saturating_sub(1));
+            let now_ns = now_ms.saturating_sub(1) * 1_000_000;
+            let interval_ns = u64::try_from(outlier.interval.as_nanos()).unwrap_or(u64::MAX);
             let judged: Vec<(&Arc<Member<K, S>>, f64)> = live
                 .iter()
                 .filter(|m| {
                     m.state.window.counts().calls >= MIN_LATENCY_SAMPLES
-                        && m.state.answer_latency.updated_within(now, outlier.interval)
+                        && m.state.answer_latency.updated_within(now_ns, interval_ns)
                 })
                 .map(|m| (*m, m.state.answer_latency.get()))
                 .collect();
@@ -437,11 +470,7 @@ impl<K, S> Shared<K, S> {
         self.rebuild_at_ms
             .store(next.max(now_ms + 1), Ordering::Release);
         let version = self.version.load(Ordering::Acquire) + 1;
-        *current = Arc::new(Snapshot {
-            members,
-            table,
-            version,
-        });
+        *current = Arc::new(Snapshot::new(members, table, version));
         self.version.store(version, Ordering::Release);
     }
 }

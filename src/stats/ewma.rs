@@ -7,52 +7,40 @@
 //! one `AtomicU64`, updated by compare-and-swap, with the time of the last
 //! update in another.
 
-use std::time::Duration;
-
-use tokio::time::Instant;
-
-use super::nanos_since;
 use crate::sync::{AtomicU64, Ordering};
 
+/// A peak-EWMA estimate in two words. Times are nanoseconds on a clock the
+/// owner keeps (for the pool: since its base), so the hot path converts an
+/// `Instant` once per request, not once per estimate; the time constant is
+/// the owner's too, so many estimates share it without storing it.
 #[derive(Debug)]
 pub(crate) struct PeakEwma {
-    base: Instant,
-    tau_nanos: f64,
     /// The estimate, in nanoseconds, as `f64` bits.
     estimate: AtomicU64,
-    /// Nanoseconds since `base` of the last update.
+    /// One more than the time of the last update; zero means "never".
     stamp: AtomicU64,
 }
 
-fn nanos_f64(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e9
-}
-
 impl PeakEwma {
-    /// An estimate starting at `initial`, decaying with time constant `tau`.
-    pub(crate) fn new(base: Instant, initial: Duration, tau: Duration) -> Self {
+    /// An estimate starting at `initial_ns`, as if set at time zero.
+    pub(crate) fn new(initial_ns: f64) -> Self {
         Self {
-            base,
-            tau_nanos: nanos_f64(tau).max(1.0),
-            estimate: AtomicU64::new(nanos_f64(initial).to_bits()),
+            estimate: AtomicU64::new(initial_ns.to_bits()),
             stamp: AtomicU64::new(0),
         }
     }
 
-    /// Folds in one sample taken at `now`.
-    pub(crate) fn observe(&self, now: Instant, sample: Duration) {
-        let sample = nanos_f64(sample);
-        let now = nanos_since(self.base, now);
+    /// Folds in one sample of `sample_ns` taken at `now_ns`.
+    pub(crate) fn observe(&self, now_ns: u64, sample_ns: f64, tau_ns: f64) {
         let mut current = self.estimate.load(Ordering::Acquire);
         loop {
             let estimate = f64::from_bits(current);
-            let next = if sample > estimate {
+            let next = if sample_ns > estimate {
                 // Peak: take it at once.
-                sample
+                sample_ns
             } else {
-                let elapsed = now.saturating_sub(self.stamp.load(Ordering::Acquire)) as f64;
-                let w = decay(elapsed / self.tau_nanos);
-                estimate * w + sample * (1.0 - w)
+                let w = decay(self.since(now_ns) / tau_ns);
+                estimate * w + sample_ns * (1.0 - w)
             };
             match self.estimate.compare_exchange_weak(
                 current,
@@ -63,7 +51,7 @@ impl PeakEwma {
                 Ok(_) => {
                     // A plain store: a racing older stamp only makes the next
                     // decay a little longer.
-                    self.stamp.store(now, Ordering::Release);
+                    self.stamp.store(now_ns + 1, Ordering::Release);
                     return;
                 }
                 Err(seen) => current = seen,
@@ -71,13 +59,17 @@ impl PeakEwma {
         }
     }
 
-    /// Starts over at `value` (a replica back from an ejection should not
-    /// carry the penalties that got it ejected).
-    pub(crate) fn reset(&self, now: Instant, value: Duration) {
-        self.estimate
-            .store(nanos_f64(value).to_bits(), Ordering::Release);
-        self.stamp
-            .store(nanos_since(self.base, now), Ordering::Release);
+    /// Nanoseconds from the last update (or time zero) to `now_ns`.
+    #[inline]
+    fn since(&self, now_ns: u64) -> f64 {
+        (now_ns + 1).saturating_sub(self.stamp.load(Ordering::Acquire).max(1)) as f64
+    }
+
+    /// Starts over at `value_ns` (a replica back from an ejection should
+    /// not carry the penalties that got it ejected).
+    pub(crate) fn reset(&self, now_ns: u64, value_ns: f64) {
+        self.estimate.store(value_ns.to_bits(), Ordering::Release);
+        self.stamp.store(now_ns + 1, Ordering::Release);
     }
 
     /// The estimate in nanoseconds as last updated.
@@ -86,22 +78,19 @@ impl PeakEwma {
         f64::from_bits(self.estimate.load(Ordering::Acquire))
     }
 
-    /// The estimate at `now`, decayed toward zero for the time since the
+    /// The estimate at `now_ns`, decayed toward zero for the time since the
     /// last sample (as tower's peak-EWMA does): an endpoint that has not
     /// been used for a while looks cheaper and gets probed again, so a past
     /// penalty does not starve it forever.
     #[inline]
-    pub(crate) fn get_at(&self, now: Instant) -> f64 {
-        let elapsed =
-            nanos_since(self.base, now).saturating_sub(self.stamp.load(Ordering::Acquire)) as f64;
-        self.get() * decay(elapsed / self.tau_nanos)
+    pub(crate) fn get_at(&self, now_ns: u64, tau_ns: f64) -> f64 {
+        self.get() * decay(self.since(now_ns) / tau_ns)
     }
 
-    /// Whether a sample came in during the `window` before `now`.
-    pub(crate) fn updated_within(&self, now: Instant, window: Duration) -> bool {
-        let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+    /// Whether a sample came in during the `window_ns` before `now_ns`.
+    pub(crate) fn updated_within(&self, now_ns: u64, window_ns: u64) -> bool {
         let stamp = self.stamp.load(Ordering::Acquire);
-        stamp > 0 && nanos_since(self.base, now).saturating_sub(stamp) <= window
+        stamp > 0 && (now_ns + 1).saturating_sub(stamp) <= window_ns
     }
 }
 
@@ -121,26 +110,37 @@ fn decay(x: f64) -> f64 {
 mod tests {
     use super::*;
 
-    const MS: Duration = Duration::from_millis(1);
+    const MS: f64 = 1e6;
+    const TAU: f64 = 100.0 * MS;
 
     #[test]
     fn peaks_at_once_and_decays_with_time() {
-        let t0 = Instant::now();
-        let e = PeakEwma::new(t0, MS, 100 * MS);
-        e.observe(t0 + MS, 50 * MS);
-        assert_eq!(e.get(), (50 * MS).as_nanos() as f64);
+        let e = PeakEwma::new(MS);
+        e.observe(MS as u64, 50.0 * MS, TAU);
+        assert_eq!(e.get(), 50.0 * MS);
         // A fast sample right after barely moves it...
-        e.observe(t0 + 2 * MS, MS);
-        assert!(e.get() > (45 * MS).as_nanos() as f64, "{}", e.get());
+        e.observe(2 * MS as u64, MS, TAU);
+        assert!(e.get() > 45.0 * MS, "{}", e.get());
         // ...one after several time constants brings it down.
-        e.observe(t0 + 1000 * MS, MS);
-        assert!(e.get() < (1.1 * MS.as_nanos() as f64), "{}", e.get());
+        e.observe(1000 * MS as u64, MS, TAU);
+        assert!(e.get() < 1.1 * MS, "{}", e.get());
         // Unused, it decays toward zero when read.
-        e.observe(t0 + 1001 * MS, 50 * MS);
-        let later = e.get_at(t0 + 1101 * MS);
+        e.observe(1001 * MS as u64, 50.0 * MS, TAU);
+        let later = e.get_at(1101 * MS as u64, TAU);
         assert!(
-            (later / (50 * MS).as_nanos() as f64 - (-1.0f64).exp()).abs() < 1e-6,
+            (later / (50.0 * MS) - (-1.0f64).exp()).abs() < 1e-6,
             "{later}"
         );
+        assert!(e.updated_within(1101 * MS as u64, 100 * MS as u64));
+        assert!(!e.updated_within(1102 * MS as u64, 100 * MS as u64));
+    }
+
+    #[test]
+    fn an_update_at_time_zero_counts() {
+        let e = PeakEwma::new(0.0);
+        assert!(!e.updated_within(0, 10));
+        e.observe(0, MS, TAU);
+        assert!(e.updated_within(5, 10));
+        assert_eq!(e.get_at(0, TAU), MS);
     }
 }
