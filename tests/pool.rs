@@ -579,7 +579,6 @@ fn public_types_are_send_and_sync() {
             Svc,
             u32,
             steadfast::classify::ErrorsAsFailures,
-            steadfast::pool::NoAttempts,
         >,
     >();
 }

@@ -171,7 +171,7 @@ where
                 };
                 match change.map_err(Into::into)? {
                     Change::Insert(id, replica) => {
-                        let member = builder.member(id, replica)?;
+                        let member = builder.member(id, replica, Arc::downgrade(&shared))?;
                         update_members(&shared, |members| {
                             for m in members.iter().filter(|m| m.id == member.id) {
                                 m.state.admin.store(REMOVED, Ordering::Release);

@@ -12,7 +12,6 @@ use tower::util::Oneshot;
 
 use super::Why;
 use super::replica::TAU_NS;
-use super::service::Local;
 use super::shared::{Member, Shared};
 use crate::circuit_breaker::CircuitPermit;
 use crate::classify::{Classify, Verdict};
@@ -26,14 +25,14 @@ pin_project! {
     ///
     /// Dropping it drops the call; the replica's in-flight count and its
     /// breaker's probe slot (if any) are given back.
-    pub struct ResponseFuture<K, S, Req, C, A>
+    pub struct ResponseFuture<K, S, Req, C>
     where
         S: Service<Req>,
     {
         #[pin]
         kind: Kind<S, Req>,
         tracked: Option<Tracked<K, S>>,
-        local: Option<Arc<Local<K, S, C, A>>>,
+        classifier: Option<C>,
     }
 }
 
@@ -48,7 +47,7 @@ pin_project! {
     }
 }
 
-impl<K, S, Req, C, A> std::fmt::Debug for ResponseFuture<K, S, Req, C, A>
+impl<K, S, Req, C> std::fmt::Debug for ResponseFuture<K, S, Req, C>
 where
     S: Service<Req>,
 {
@@ -65,7 +64,8 @@ where
 pub(super) struct Tracked<K, S> {
     pub(super) member: Arc<Member<K, S>>,
     permit: Option<CircuitPermit>,
-    /// When the call started, in the pool's nanoseconds.
+    /// The pool's clock: its base, and when the call started on it.
+    base: Instant,
     started_ns: u64,
     done: bool,
 }
@@ -74,12 +74,14 @@ impl<K, S> Tracked<K, S> {
     pub(super) fn new(
         member: Arc<Member<K, S>>,
         permit: Option<CircuitPermit>,
+        base: Instant,
         started_ns: u64,
     ) -> Self {
         member.state.in_flight.fetch_add(1, Ordering::AcqRel);
         Self {
             member,
             permit,
+            base,
             started_ns,
             done: false,
         }
@@ -90,6 +92,8 @@ impl<K, S> Drop for Tracked<K, S> {
     fn drop(&mut self) {
         let state = &self.member.state;
         state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Counted here, next to the rest of what a call's end touches.
+        state.selections.increment(1);
         if !self.done {
             if let (Some(circuit), Some(permit)) = (state.breaker(), self.permit) {
                 circuit.release(permit);
@@ -98,22 +102,17 @@ impl<K, S> Drop for Tracked<K, S> {
     }
 }
 
-impl<K, S, Req, C, A> ResponseFuture<K, S, Req, C, A>
+impl<K, S, Req, C> ResponseFuture<K, S, Req, C>
 where
     S: Service<Req>,
 {
-    pub(super) fn called(
-        service: S,
-        req: Req,
-        tracked: Tracked<K, S>,
-        local: Arc<Local<K, S, C, A>>,
-    ) -> Self {
+    pub(super) fn called(service: S, req: Req, tracked: Tracked<K, S>, classifier: C) -> Self {
         Self {
             kind: Kind::Called {
                 call: Oneshot::new(service, req),
             },
             tracked: Some(tracked),
-            local: Some(local),
+            classifier: Some(classifier),
         }
     }
 
@@ -121,12 +120,12 @@ where
         Self {
             kind: Kind::Rejected { error: Some(error) },
             tracked: None,
-            local: None,
+            classifier: None,
         }
     }
 }
 
-impl<K, S, Req, C, A> Future for ResponseFuture<K, S, Req, C, A>
+impl<K, S, Req, C> Future for ResponseFuture<K, S, Req, C>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
@@ -139,10 +138,12 @@ where
         match this.kind.project() {
             KindProj::Called { call } => {
                 let result = ready!(call.poll(cx));
-                if let (Some(mut tracked), Some(local)) = (this.tracked.take(), this.local.take()) {
-                    let verdict = local.classifier.classify(result.as_ref());
+                if let (Some(mut tracked), Some(classifier)) =
+                    (this.tracked.take(), this.classifier.take())
+                {
+                    let verdict = classifier.classify(result.as_ref());
                     tracked.done = true;
-                    report(&local, &tracked, verdict);
+                    report(&tracked, verdict);
                 }
                 Poll::Ready(result.map_err(Into::into))
             }
@@ -156,29 +157,28 @@ where
 
 /// Feeds one finished call to the replica's load estimate, its breaker and
 /// outlier detection.
-fn report<K, S, C, A>(local: &Local<K, S, C, A>, tracked: &Tracked<K, S>, verdict: Verdict) {
-    let shared = &local.shared;
-    let state = &tracked.member.state;
-    let now_ns = shared.ns(Instant::now());
+fn report<K, S>(tracked: &Tracked<K, S>, verdict: Verdict) {
+    let member = &tracked.member;
+    let state = &member.state;
+    let now_ns = crate::stats::nanos_since(tracked.base, Instant::now());
     let elapsed = now_ns.saturating_sub(tracked.started_ns) as f64;
     if let (Some(circuit), Some(permit)) = (state.breaker(), tracked.permit) {
         circuit.complete(permit, verdict);
     }
-    let now_ms = Shared::<K, S>::ms_of(now_ns);
     if !verdict.is_failure() {
         state.latency.observe(now_ns, elapsed, TAU_NS);
         if verdict.is_success() {
-            state.answer_latency.observe(now_ns, elapsed, TAU_NS);
+            state.answer_latency.observe_lossy(now_ns, elapsed, TAU_NS);
             state.record_outcome(false);
-        }
-        // The fleet rules (success rate, latency) run once per interval.
-        if now_ms >= shared.next_sweep_ms.load(Ordering::Acquire) {
-            if let Ok(snapshot) = shared.current.lock().map(|s| s.clone()) {
-                shared.sweep(&snapshot, now_ms);
-            }
         }
         return;
     }
+    // A failure: outlier detection needs the pool (gone only if every
+    // clone and handle was dropped while this call ran).
+    let Some(shared) = member.pool.upgrade() else {
+        return;
+    };
+    let now_ms = Shared::<K, S>::ms_of(now_ns);
     match verdict.pushback() {
         // Honoured by avoiding the replica for that long: its latency
         // estimate is not inflated too, or it would stay out long after.

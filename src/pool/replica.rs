@@ -125,19 +125,23 @@ pub(super) struct ReplicaState {
     pub(super) check_healthy: AtomicU8,
     /// Whether `breaker` is set: a pick reads the breaker only then.
     has_breaker: bool,
-    // End of the first cache line. Next, what the chosen replica's call
-    // also touches: its counters (a line of their own) and label.
+    // End of the first cache line. The second holds what a finished call
+    // also touches: the outcome window's counters, the answer latency and
+    // the selections counter (counted when the call ends or is dropped).
+    /// The last calls' outcomes, for the failure-percentage rule.
+    pub(super) window: CountWindow,
+    /// How fast it answers when it succeeds: what the latency-outlier rule
+    /// judges (a penalty for a failure is not slowness). Updated lossily: a
+    /// statistic compared across the fleet once per interval.
+    pub(super) answer_latency: PeakEwma,
+    pub(super) selections: Counter,
+    // Cold.
     pub(super) metrics: ReplicaMetrics,
     pub(super) label: Arc<str>,
     pub(super) tier: u32,
     pub(super) zone: Option<Arc<str>>,
     pub(super) check: Option<Arc<dyn HealthCheck>>,
     breaker: Option<Circuit>,
-    /// How fast it answers when it succeeds: what the latency-outlier rule
-    /// judges (a penalty for a failure is not slowness).
-    pub(super) answer_latency: PeakEwma,
-    /// The last calls' outcomes, for the failure-percentage rule.
-    pub(super) window: CountWindow,
     pub(super) ejections: AtomicU64,
     /// Since when the active check says healthy again (ms + 1).
     pub(super) check_recovered_at: AtomicU64,
@@ -150,7 +154,6 @@ pub(super) struct ReplicaState {
 pub(super) struct ReplicaMetrics {
     pub(super) healthy: Gauge,
     pub(super) ejections: Counter,
-    pub(super) selections: Counter,
 }
 
 /// What stands between a replica and traffic, at one instant.
@@ -211,10 +214,10 @@ impl ReplicaState {
             last_pick_ms: AtomicU64::new(0),
             admin_enabled_at: AtomicU64::new(0),
             why: AtomicU8::new(0),
+            selections: metrics::counter!(s, "name" => p2, "replica" => r2),
             metrics: ReplicaMetrics {
                 healthy,
                 ejections: metrics::counter!(e, "name" => p, "replica" => r),
-                selections: metrics::counter!(s, "name" => p2, "replica" => r2),
             },
         }
     }
@@ -339,6 +342,12 @@ mod tests {
             offset_of!(ReplicaState, has_breaker) + size_of_val(&s.has_breaker),
         ];
         assert!(ends.iter().all(|&end| end <= 64), "{ends:?}");
+        let second = [
+            offset_of!(ReplicaState, window) + size_of_val(&s.window),
+            offset_of!(ReplicaState, answer_latency) + size_of_val(&s.answer_latency),
+            offset_of!(ReplicaState, selections) + size_of_val(&s.selections),
+        ];
+        assert!(second.iter().all(|&end| end <= 128), "{second:?}");
         assert_eq!(std::mem::align_of::<ReplicaState>(), 64);
     }
 }

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use tokio::sync::watch;
@@ -28,7 +28,8 @@ use crate::sync::AtomicU64;
 /// load: clone it per task, or put it under retry and hedge layers.
 pub struct Pool<K, S, C = ErrorsAsFailures, A = NoAttempts> {
     pub(super) shared: Arc<Shared<K, S>>,
-    pub(super) local: Arc<Local<K, S, C, A>>,
+    pub(super) classifier: C,
+    pub(super) attempts: A,
     pub(super) cached: Arc<Snapshot<K, S>>,
     pub(super) checks: Option<HealthChecks>,
     /// Set by `poll_ready` when no replica can take the next request.
@@ -39,15 +40,6 @@ pub struct Pool<K, S, C = ErrorsAsFailures, A = NoAttempts> {
     /// This clone's own random state (SplitMix64): picks touch no shared
     /// cache line. Seeded from the pool's seed, so a seeded clone repeats.
     rng: u64,
-}
-
-/// What each clone shares with its futures (its own, so the reference count
-/// a call bumps is not contended by other threads' clones).
-#[derive(Debug)]
-pub(super) struct Local<K, S, C, A> {
-    pub(super) shared: Arc<Shared<K, S>>,
-    pub(super) classifier: C,
-    pub(super) attempts: A,
 }
 
 impl<K, S, C, A> fmt::Debug for Pool<K, S, C, A> {
@@ -63,11 +55,8 @@ impl<K: Clone, S: Clone, C: Clone, A: Clone> Clone for Pool<K, S, C, A> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
-            local: Arc::new(Local {
-                shared: self.shared.clone(),
-                classifier: self.local.classifier.clone(),
-                attempts: self.local.attempts.clone(),
-            }),
+            classifier: self.classifier.clone(),
+            attempts: self.attempts.clone(),
             cached: self.cached.clone(),
             checks: self.checks,
             rejected: None,
@@ -112,30 +101,45 @@ impl<C> Builder<C> {
             max_pushback: self.max_pushback,
             failure_penalty: self.failure_penalty,
         };
-        let mut members: Vec<Arc<Member<K, S>>> = Vec::new();
-        for (id, replica) in replicas {
-            if members.iter().any(|m| m.id == id) {
-                return Err(ConfigError::new(
-                    "replicas",
-                    format!("replica `{id}` is given twice"),
-                ));
-            }
-            members.push(Arc::new(self.member(id, replica)?));
-        }
         let (events, _) = watch::channel(0);
         let seed = self.seed;
-        let shared = Arc::new(Shared {
-            settings,
-            base,
-            rng: seed.map_or_else(Rng::from_entropy, Rng::new),
-            ejection_rng: seed.map_or_else(Rng::from_entropy, |s| Rng::new(s ^ 0x5eed)),
-            current: Mutex::new(Arc::new(Snapshot::new(members, Table::default(), 0))),
-            version: AtomicU64::new(0),
-            dirty: std::sync::atomic::AtomicBool::new(true),
-            rebuild_at_ms: AtomicU64::new(0),
-            next_sweep_ms: AtomicU64::new(0),
-            events,
+        // Members point back at the pool (weakly): a call's failure reaches
+        // outlier detection through its replica.
+        let mut error = None;
+        let shared = Arc::new_cyclic(|pool| {
+            let mut members: Vec<Arc<Member<K, S>>> = Vec::new();
+            for (id, replica) in replicas {
+                if members.iter().any(|m| m.id == id) {
+                    error = Some(ConfigError::new(
+                        "replicas",
+                        format!("replica `{id}` is given twice"),
+                    ));
+                    break;
+                }
+                match self.member(id, replica, pool.clone()) {
+                    Ok(member) => members.push(Arc::new(member)),
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+            Shared {
+                settings,
+                base,
+                rng: seed.map_or_else(Rng::from_entropy, Rng::new),
+                ejection_rng: seed.map_or_else(Rng::from_entropy, |s| Rng::new(s ^ 0x5eed)),
+                current: Mutex::new(Arc::new(Snapshot::new(members, Table::default(), 0))),
+                version: AtomicU64::new(0),
+                dirty: std::sync::atomic::AtomicBool::new(true),
+                rebuild_at_ms: AtomicU64::new(0),
+                next_sweep_ms: AtomicU64::new(0),
+                events,
+            }
         });
+        if let Some(error) = error {
+            return Err(error);
+        }
         shared.rebuild(shared.now_ms());
         let cached = shared
             .current
@@ -143,11 +147,8 @@ impl<C> Builder<C> {
             .map_err(|_| ConfigError::new("replicas", "state poisoned"))?
             .clone();
         Ok(Pool {
-            local: Arc::new(Local {
-                shared: shared.clone(),
-                classifier: self.classifier,
-                attempts: NoAttempts,
-            }),
+            classifier: self.classifier,
+            attempts: NoAttempts,
             rng: shared.rng.next_u64(),
             shared,
             cached,
@@ -161,6 +162,7 @@ impl<C> Builder<C> {
         &self,
         id: K,
         replica: Replica<S>,
+        pool: Weak<Shared<K, S>>,
     ) -> Result<Member<K, S>, ConfigError> {
         let label: Arc<str> = Arc::from(id.to_string());
         let breaker = match &self.breaker {
@@ -181,6 +183,7 @@ impl<C> Builder<C> {
             id,
             state,
             service: replica.service,
+            pool,
         })
     }
 }
@@ -198,11 +201,8 @@ where
         C: Clone,
     {
         Pool {
-            local: Arc::new(Local {
-                shared: self.shared.clone(),
-                classifier: self.local.classifier.clone(),
-                attempts,
-            }),
+            classifier: self.classifier,
+            attempts,
             shared: self.shared,
             cached: self.cached,
             checks: self.checks,
@@ -224,12 +224,12 @@ impl<K, S, C, A, Req> Service<Req> for Pool<K, S, C, A>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
-    C: Classify<S::Response, S::Error>,
+    C: Classify<S::Response, S::Error> + Clone,
     A: Attempts<Req>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<K, S, Req, C, A>;
+    type Future = ResponseFuture<K, S, Req, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         let shared = &self.shared;
@@ -299,7 +299,11 @@ where
         let now_ms = Shared::<K, S>::ms_of(now_ns);
         shared.refresh(&mut self.cached, now_ms);
         let snapshot = &self.cached;
-        let attempt = self.local.attempts.attempt(&req);
+        // The fleet rules (success rate, latency) run once per interval.
+        if now_ms >= shared.next_sweep_ms.load(crate::sync::Ordering::Acquire) {
+            shared.sweep(snapshot, now_ms);
+        }
+        let attempt = self.attempts.attempt(&req);
         // A first attempt has tried nothing: no lock taken to find out.
         let tried = attempt
             .filter(|a| a.is_repeat())
@@ -324,14 +328,13 @@ where
             if let Some(attempt) = attempt {
                 attempt.record(member.state.label.clone());
             }
-            member.state.metrics.selections.increment(1);
             member
                 .state
                 .last_pick_ms
                 .store(now_ms, crate::sync::Ordering::Relaxed);
-            let tracked = Tracked::new(member.clone(), permit, now_ns);
+            let tracked = Tracked::new(member.clone(), permit, shared.base, now_ns);
             let service = member.service.clone();
-            return ResponseFuture::called(service, req, tracked, self.local.clone());
+            return ResponseFuture::called(service, req, tracked, self.classifier.clone());
         }
         ResponseFuture::rejected(NoHealthyReplica::new(
             shared.settings.name.clone(),

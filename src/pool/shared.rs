@@ -1,6 +1,6 @@
 //! The pool's shared state: members, routing table, outlier detection.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -30,6 +30,9 @@ pub(super) struct Member<K, S> {
     pub(super) state: ReplicaState,
     pub(super) service: S,
     pub(super) id: K,
+    /// The pool, for a failed call's outlier detection (weak: the pool
+    /// holds its members).
+    pub(super) pool: Weak<Shared<K, S>>,
 }
 
 /// The members at one membership version, with the table built for them.

@@ -59,6 +59,22 @@ impl PeakEwma {
         }
     }
 
+    /// As [`observe`](Self::observe), without compare-and-swap: a load and
+    /// two plain stores, cheaper by a locked instruction. When two threads
+    /// update at once, one sample is lost; only for estimates read as
+    /// statistics (the pool's fleet comparison), never for load balancing.
+    pub(crate) fn observe_lossy(&self, now_ns: u64, sample_ns: f64, tau_ns: f64) {
+        let estimate = self.get();
+        let next = if sample_ns > estimate {
+            sample_ns
+        } else {
+            let w = decay(self.since(now_ns) / tau_ns);
+            estimate * w + sample_ns * (1.0 - w)
+        };
+        self.estimate.store(next.to_bits(), Ordering::Release);
+        self.stamp.store(now_ns + 1, Ordering::Release);
+    }
+
     /// Nanoseconds from the last update (or time zero) to `now_ns`.
     #[inline]
     fn since(&self, now_ns: u64) -> f64 {

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::epoch::{self, EpochCounter};
 use super::shard;
-use crate::sync::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use crate::sync::{AtomicI32, AtomicU8, AtomicU64, Ordering};
 
 /// One finished call, as the window sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,26 +81,32 @@ const FAILURE: u8 = 2;
 const SLOW: u8 = 4;
 
 /// Exactly the last `N` outcomes.
+///
+/// The counters the healthy path reads come first, in 32 bytes with the
+/// ring's length (`repr(C)`), so an owner can keep them on one cache line
+/// with its other per-call state.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct CountWindow {
     /// Total outcomes ever recorded since the last reset; `head % N` is the
     /// next slot to overwrite.
     head: AtomicU64,
     /// Failures currently in the ring. Signed: a concurrent overwrite may
     /// subtract before the matching add lands.
-    failures: AtomicI64,
-    slow: AtomicI64,
+    failures: AtomicI32,
+    slow: AtomicI32,
     slots: Box<[AtomicU8]>,
 }
 
 impl CountWindow {
-    /// A window over the last `size` outcomes; `size` is at least 1.
+    /// A window over the last `size` outcomes; `size` is at least 1 and
+    /// at most `i32::MAX` (the counters are `i32`).
     pub(crate) fn new(size: u32) -> Self {
-        let size = size.max(1) as usize;
+        let size = size.clamp(1, i32::MAX as u32) as usize;
         Self {
             head: AtomicU64::new(0),
-            failures: AtomicI64::new(0),
-            slow: AtomicI64::new(0),
+            failures: AtomicI32::new(0),
+            slow: AtomicI32::new(0),
             slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
         }
     }
@@ -152,8 +158,8 @@ impl CountWindow {
         let calls = self.head.load(Ordering::Acquire).min(self.size());
         Counts::clamped(
             calls,
-            self.failures.load(Ordering::Acquire),
-            self.slow.load(Ordering::Acquire),
+            i64::from(self.failures.load(Ordering::Acquire)),
+            i64::from(self.slow.load(Ordering::Acquire)),
         )
     }
 
