@@ -53,6 +53,14 @@ pub(crate) fn next_local(state: &mut u64) -> u64 {
     mix(*state)
 }
 
+/// A uniform number below `n` from 32 random bits, by multiply and shift
+/// (Lemire's reduction) rather than a division: the bias is below
+/// `n / 2^32`, nothing next to a pool's draws.
+#[inline]
+pub(crate) fn below(bits: u32, n: u32) -> u32 {
+    ((u64::from(bits) * u64::from(n)) >> 32) as u32
+}
+
 /// SplitMix64's output function.
 #[inline]
 fn mix(mut z: u64) -> u64 {

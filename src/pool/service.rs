@@ -33,7 +33,8 @@ pub struct Pool<K, S, C = ErrorsAsFailures, A = NoAttempts> {
     pub(super) cached: Arc<Snapshot<K, S>>,
     pub(super) checks: Option<HealthChecks>,
     /// Set by `poll_ready` when no replica can take the next request.
-    rejected: Option<NoHealthyReplica>,
+    /// Boxed: the healthy path clears and reads it as one word.
+    rejected: Option<Box<NoHealthyReplica>>,
     /// While waiting for a replica (`WhenNoneHealthy::Wait`): since when, and
     /// the timer for the next look.
     waiting: Option<(Instant, Pin<Box<Sleep>>)>,
@@ -257,7 +258,7 @@ where
         };
         match shared.settings.when_none_healthy {
             WhenNoneHealthy::FailFast => {
-                self.rejected = Some(reject());
+                self.rejected = Some(Box::new(reject()));
                 Poll::Ready(Ok(()))
             }
             WhenNoneHealthy::Wait(bound) => {
@@ -268,7 +269,7 @@ where
                 let waited = now.saturating_duration_since(*since);
                 if waited >= bound {
                     self.waiting = None;
-                    self.rejected = Some(reject());
+                    self.rejected = Some(Box::new(reject()));
                     return Poll::Ready(Ok(()));
                 }
                 // Look again when a replica may be back, or at the bound.
@@ -290,7 +291,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         if let Some(err) = self.rejected.take() {
-            return ResponseFuture::rejected(err);
+            return ResponseFuture::rejected(*err);
         }
         let shared = &self.shared;
         // The one clock reading of the request path (the other is at

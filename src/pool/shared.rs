@@ -10,7 +10,7 @@ use super::Why;
 use super::config::{OutlierDetection, WhenNoneHealthy};
 use super::replica::{REMOVED, ReplicaState, Standing};
 use super::table::{Row, Table, WHOLE};
-use crate::rng::{Rng, next_local};
+use crate::rng::{Rng, below, next_local};
 use crate::sync::{AtomicU64, Ordering};
 
 /// Calls a replica needs in its window to be judged by the latency rule.
@@ -162,20 +162,14 @@ impl<K, S> Shared<K, S> {
         rng: &mut u64,
         tried: &[Arc<str>],
     ) -> Option<usize> {
+        let state = |i: u32| &snapshot.members[i as usize].state;
         let usable = |i: u32| {
-            let state = &snapshot.members[i as usize].state;
+            let state = state(i);
             (snapshot.table.panic || state.routable(now_ms))
                 && !tried.iter().any(|t| **t == *state.label)
         };
-        let n = candidates.len() as u64;
-        if n == 0 {
-            return None;
-        }
         let cheaper = |a: u32, b: u32| {
-            let (sa, sb) = (
-                &snapshot.members[a as usize].state,
-                &snapshot.members[b as usize].state,
-            );
+            let (sa, sb) = (state(a), state(b));
             // A replica that failed lately and has not been tried for a
             // while is probed, penalty or not: without traffic, outlier
             // detection could never see it fail again (and eject it) or
@@ -191,25 +185,48 @@ impl<K, S> Shared<K, S> {
                 b
             }
         };
-        let mut first: Option<(u64, u32)> = None;
-        // Small candidate lists are scanned in full when draws keep
-        // missing, so an untried replica is never overlooked.
+        let n = u32::try_from(candidates.len()).unwrap_or(u32::MAX);
+        // Two distinct positions from one draw, without a division, and
+        // both candidates read before either is judged: in a large pool
+        // their states are two cache misses, and this way they overlap.
+        let draw = next_local(rng);
+        let p1 = below(draw as u32, n);
+        let p2 = if n > 1 {
+            let p = p1 + 1 + below((draw >> 32) as u32, n - 1);
+            if p >= n { p - n } else { p }
+        } else {
+            p1
+        };
+        let (i1, i2) = (*candidates.get(p1 as usize)?, candidates[p2 as usize]);
+        match (usable(i1), n > 1 && usable(i2)) {
+            (true, true) => return Some(cheaper(i1, i2) as usize),
+            (true, false) if n == 1 => return Some(i1 as usize),
+            _ => {}
+        }
+        if tried.is_empty() {
+            // A candidate turned unusable since the table was built.
+            self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        }
+        // The slow path: more draws, then (for small lists) a full scan,
+        // so an untried replica is never overlooked.
+        let mut first: Option<(u32, u32)> =
+            [(p1, i1), (p2, i2)].into_iter().find(|&(_, i)| usable(i));
         let draws = if n <= 8 { 8 + n } else { 8 };
         for attempt in 0..draws {
             let pos = if attempt >= 8 {
                 attempt - 8
             } else {
-                let draw = next_local(rng);
+                let draw = next_local(rng) as u32;
                 match first {
-                    Some((p, _)) if n > 1 => (p + 1 + draw % (n - 1)) % n,
-                    _ => draw % n,
+                    Some((p, _)) if n > 1 => {
+                        let p = p + 1 + below(draw, n - 1);
+                        if p >= n { p - n } else { p }
+                    }
+                    _ => below(draw, n),
                 }
             };
             let i = candidates[pos as usize];
             if !usable(i) {
-                if attempt == 0 && tried.is_empty() {
-                    self.dirty.store(true, std::sync::atomic::Ordering::Release);
-                }
                 continue;
             }
             match first {
