@@ -3,7 +3,11 @@
 //!
 //! Run: `cargo bench --bench scenarios` (about a minute and a half);
 //! `SCENARIOS=a,c cargo bench --bench scenarios` runs only those (labels
-//! `a`, `a'`, `b`, `c`). A
+//! `a`, `a'`, `b`, `c`); `SCENARIO_ROUNDS=5` runs (a), (a') and (b) five
+//! times over seeds `seed..seed + 5` and adds a table with every round's
+//! requests pooled: one round's p99 moves by half a millisecond from run to
+//! run on this shared machine (the same configuration, run twice, differs
+//! that much), so a comparison of tails wants several. A
 //! plain `main` (no criterion): it builds a multi-thread tokio runtime with
 //! 2 workers, runs each scenario once per column and prints a table.
 //! Scenarios (a) to (b) are about hedging; (c), failover, is described at
@@ -427,7 +431,20 @@ impl Column {
     }
 }
 
-async fn scenario(s: Scenario, seed: u64, snapshotter: &Snapshotter, recorder: &DebuggingRecorder) {
+/// One column of one round, kept for the pooled table.
+struct Summary {
+    name: &'static str,
+    /// Sorted.
+    latencies: Vec<Duration>,
+    calls: u64,
+}
+
+async fn scenario(
+    s: Scenario,
+    seed: u64,
+    snapshotter: &Snapshotter,
+    recorder: &DebuggingRecorder,
+) -> Vec<Summary> {
     let started = Instant::now();
     let mut columns = Vec::new();
 
@@ -495,6 +512,62 @@ async fn scenario(s: Scenario, seed: u64, snapshotter: &Snapshotter, recorder: &
     columns.push(column);
 
     print_table(s, &columns, started.elapsed());
+    columns
+        .iter()
+        .map(|c| Summary {
+            name: c.name,
+            latencies: c.latencies(),
+            calls: (0..REQUESTS).map(|id| u64::from(c.attempts(id))).sum(),
+        })
+        .collect()
+}
+
+/// Every round's requests pooled, per column; and each round's p99 and
+/// p99.9, so run-to-run noise is in plain sight.
+fn print_pooled(s: Scenario, seeds: &[u64], rounds: &[Vec<Summary>]) {
+    println!(
+        "\n({}) pooled over {} rounds (seeds {}), {} requests per column",
+        s.label(),
+        rounds.len(),
+        seeds
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        rounds.len() * REQUESTS
+    );
+    println!(
+        "{:<18} {:>8} {:>8} {:>8} {:>11}   {}",
+        "ms", "p50", "p99", "p99.9", "extra load", "per round: p99 / p99.9"
+    );
+    for (i, first) in rounds[0].iter().enumerate() {
+        let all = sorted(
+            rounds
+                .iter()
+                .flat_map(|r| r[i].latencies.iter().copied())
+                .collect(),
+        );
+        let calls: u64 = rounds.iter().map(|r| r[i].calls).sum();
+        let per_round = rounds
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}/{}",
+                    ms(quantile(&r[i].latencies, 0.99)),
+                    ms(quantile(&r[i].latencies, 0.999))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("  ");
+        println!(
+            "{:<18} {:>8} {:>8} {:>8} {:>10.1}%   {per_round}",
+            first.name,
+            ms(quantile(&all, 0.5)),
+            ms(quantile(&all, 0.99)),
+            ms(quantile(&all, 0.999)),
+            (calls as f64 / all.len() as f64 - 1.0) * 100.0
+        );
+    }
 }
 
 /// A steadfast column: `delay`, a budget of ratio 0.1.
@@ -506,7 +579,8 @@ async fn steadfast_column(
     recorder: &DebuggingRecorder,
     snapshotter: &Snapshotter,
 ) -> Column {
-    let name = format!("{} {column}", s.label());
+    // The seed in the name: each round's metrics apart.
+    let name = format!("{} {column} {seed}", s.label());
     let backend = Backend::new(s, seed);
     let layer = metrics::with_local_recorder(recorder, || {
         let budget = RetryBudget::builder()
@@ -1174,6 +1248,13 @@ fn main() {
         only.as_deref()
             .is_none_or(|list| list.split(',').any(|l| l.trim() == label))
     };
+    // `SCENARIO_ROUNDS=5` runs (a), (a') and (b) five times, with seeds
+    // seed, seed + 1, …, and adds a table pooled over the rounds.
+    let rounds: u64 = std::env::var("SCENARIO_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let started = Instant::now();
     rt.block_on(async {
         for s in [
@@ -1182,7 +1263,14 @@ fn main() {
             Scenario::Shift,
         ] {
             if wanted(&s.label()) {
-                scenario(s, seed, &snapshotter, &recorder).await;
+                let seeds: Vec<u64> = (0..rounds).map(|r| seed + r).collect();
+                let mut results = Vec::new();
+                for &seed in &seeds {
+                    results.push(scenario(s, seed, &snapshotter, &recorder).await);
+                }
+                if rounds > 1 {
+                    print_pooled(s, &seeds, &results);
+                }
             }
         }
         #[cfg(feature = "http")]

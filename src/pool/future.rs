@@ -11,7 +11,7 @@ use tower::Service;
 use tower::util::Oneshot;
 
 use super::Why;
-use super::replica::TAU_NS;
+use super::replica::RATE;
 use super::shared::{Member, Shared};
 use crate::circuit_breaker::CircuitPermit;
 use crate::classify::{Classify, Verdict};
@@ -166,9 +166,9 @@ fn report<K, S>(tracked: &Tracked<K, S>, verdict: Verdict) {
         circuit.complete(permit, verdict);
     }
     if !verdict.is_failure() {
-        state.latency.observe(now_ns, elapsed, TAU_NS);
+        state.latency.observe(now_ns, elapsed, RATE);
         if verdict.is_success() {
-            state.answer_latency.observe_lossy(now_ns, elapsed, TAU_NS);
+            state.answer_latency.observe_lossy(now_ns, elapsed, RATE);
             state.record_outcome(false);
         }
         return;
@@ -183,7 +183,7 @@ fn report<K, S>(tracked: &Tracked<K, S>, verdict: Verdict) {
         // Honoured by avoiding the replica for that long: its latency
         // estimate is not inflated too, or it would stay out long after.
         Some(pushback) => {
-            state.latency.observe(now_ns, elapsed, TAU_NS);
+            state.latency.observe(now_ns, elapsed, RATE);
             shared.avoid(state, now_ms, pushback);
         }
         // A failure must never make a replica look fast: it counts as at
@@ -191,7 +191,7 @@ fn report<K, S>(tracked: &Tracked<K, S>, verdict: Verdict) {
         None => state.latency.observe(
             now_ns,
             elapsed.max(shared.settings.failure_penalty.as_nanos() as f64),
-            TAU_NS,
+            RATE,
         ),
     }
     let in_a_row = state.record_outcome(true);

@@ -84,9 +84,9 @@ impl<S> Replica<S> {
     }
 }
 
-/// The time constant of the latency estimates, in nanoseconds (10 s, as
-/// tower's and Finagle's peak-EWMA default).
-pub(super) const TAU_NS: f64 = 10e9;
+/// The decay rate of the latency estimates: the inverse of their time
+/// constant, 10 s (tower's and Finagle's peak-EWMA default), per nanosecond.
+pub(super) const RATE: f64 = 1.0 / 10e9;
 
 /// How often a replica that failed lately is probed despite its penalty.
 pub(super) const PROBE_MS: u64 = 1_000;
@@ -287,11 +287,20 @@ impl ReplicaState {
             })
     }
 
-    /// The load estimate p2c compares: latency × (in flight + 1) / weight.
+    /// The load p2c compares, latency × (in flight + 1), before its
+    /// weight: see [`cheaper_than`](Self::cheaper_than).
     #[inline]
-    pub(super) fn cost(&self, now_ns: u64) -> f64 {
+    fn load(&self, now_ns: u64) -> f64 {
         let in_flight = self.in_flight.load(Ordering::Relaxed) as f64;
-        self.latency.get_at(now_ns, TAU_NS) * (in_flight + 1.0) / f64::from(self.weight)
+        self.latency.get_at(now_ns, RATE) * (in_flight + 1.0)
+    }
+
+    /// Whether its cost, latency × (in flight + 1) / weight, is at most
+    /// `other`'s: compared cross-multiplied by the weights (positive), so
+    /// a pick divides nothing.
+    #[inline]
+    pub(super) fn cheaper_than(&self, other: &Self, now_ns: u64) -> bool {
+        self.load(now_ns) * f64::from(other.weight) <= other.load(now_ns) * f64::from(self.weight)
     }
 
     /// Whether it failed lately (failures in a row, not yet ejected) and

@@ -179,11 +179,7 @@ impl<K, S> Shared<K, S> {
                 (false, true) => return b,
                 _ => {}
             }
-            if sa.cost(now_ns) <= sb.cost(now_ns) {
-                a
-            } else {
-                b
-            }
+            if sa.cheaper_than(sb, now_ns) { a } else { b }
         };
         let n = u32::try_from(candidates.len()).unwrap_or(u32::MAX);
         // Two distinct positions from one draw, without a division, and
