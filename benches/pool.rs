@@ -42,6 +42,12 @@
 //!   request in all. `Balance` is not `Clone`: many callers share it
 //!   behind a `Buffer` (a channel hop and a task), not measured here.
 //!
+//! Group `pool/clock`: one clock reading, through tokio's `Instant` (with
+//! the `test-util` feature this crate's tests need) and through `std`'s.
+//! It is a vDSO call on this VM, and a large share of both balancers' times
+//! above: steadfast reads the clock twice per request, tower's p2c seven
+//! times.
+//!
 //! Neither needs a runtime: both clocks are `tokio::time::Instant`, which
 //! reads the system clock when no runtime (and no paused clock) is around,
 //! and nothing here ever arms a timer. Each side is warmed with 10 requests
@@ -169,5 +175,22 @@ fn pick(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick);
+/// What one clock reading costs here, through tokio's `Instant` (what
+/// both balancers read; with the `test-util` feature this crate's tests
+/// need, it first looks for a paused clock) and through `std`'s: the floor
+/// under any balancer that measures latency (steadfast reads twice per
+/// request, tower's p2c seven times).
+fn clock(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pool/clock");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    group.bench_function("tokio-test-util", |b| b.iter(tokio::time::Instant::now));
+    #[allow(clippy::disallowed_types)]
+    group.bench_function("std", |b| b.iter(std::time::Instant::now));
+    group.finish();
+}
+
+criterion_group!(benches, pick, clock);
 criterion_main!(benches);
