@@ -537,8 +537,8 @@ fn print_pooled(s: Scenario, seeds: &[u64], rounds: &[Vec<Summary>]) {
         rounds.len() * REQUESTS
     );
     println!(
-        "{:<18} {:>8} {:>8} {:>8} {:>11}   {}",
-        "ms", "p50", "p99", "p99.9", "extra load", "per round: p99 / p99.9"
+        "{:<18} {:>8} {:>8} {:>8} {:>11}   per round: p99 / p99.9",
+        "ms", "p50", "p99", "p99.9", "extra load"
     );
     for (i, first) in rounds[0].iter().enumerate() {
         let all = sorted(
