@@ -650,3 +650,30 @@ async fn a_success_rate_far_below_the_fleet_ejects_at_the_sweep() {
         "{snap:?}"
     );
 }
+
+/// A call in flight keeps its replica, not the pool: with every clone and
+/// handle dropped, the call still ends with the replica's answer (or its
+/// failure, which no longer has a pool to report to), and the pool's
+/// state is freed at once.
+#[tokio::test(start_paused = true)]
+async fn a_call_outlives_the_pool_it_was_made_through() {
+    let fleet = Fleet::default();
+    fleet.script("ok").delay_ms.store(50, Ordering::SeqCst);
+    fleet.script("bad").delay_ms.store(50, Ordering::SeqCst);
+    fleet.failing("bad", true);
+    let mut calls = Vec::new();
+    let mut changes = Vec::new();
+    for name in ["ok", "bad"] {
+        let mut pool = builder().build([fleet.replica(name)]).unwrap();
+        changes.push(pool.handle().subscribe());
+        calls.push(pool.ready().await.unwrap().call(0));
+        drop(pool);
+    }
+    for rx in &changes {
+        assert!(rx.has_changed().is_err(), "a pool outlived its clones");
+    }
+    let [ok, bad] = <[_; 2]>::try_from(futures::future::join_all(calls).await).unwrap();
+    assert_eq!(ok.unwrap(), "ok");
+    assert_eq!(bad.unwrap_err().to_string(), "replica failed");
+    assert_eq!((fleet.hits("ok"), fleet.hits("bad")), (1, 1));
+}

@@ -224,7 +224,9 @@ impl<C> Builder<C> {
         self
     }
 
-    /// Sets the classifier: what a failure is, for outlier detection.
+    /// Sets the classifier: what a failure is, for outlier detection. It
+    /// must be `Clone` for the pool to be a `Service`: each call's future
+    /// carries a copy (classifiers are usually zero-sized).
     pub fn classify<C2>(self, classifier: C2) -> Builder<C2> {
         Builder {
             name: self.name,
