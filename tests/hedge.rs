@@ -314,6 +314,30 @@ async fn a_quantile_delay_hedges_the_slow_tail() {
     assert!(took >= 10 * MS && took <= 13 * MS, "{took:?}");
 }
 
+/// Calls that all take the same time are not hedged: the adaptive delay
+/// is never below the quantile, so at most 1 - q of calls outlast it (a
+/// delay a hair under a tight cluster of latencies would hedge all of it).
+#[tokio::test(start_paused = true)]
+async fn calls_that_all_take_the_same_time_are_not_hedged() {
+    for latency in [10 * MS, 3 * MS, 250 * MS] {
+        let backend = Backend::new(vec![step(latency, Outcome::Ok)]);
+        let mut svc = fixed(MS)
+            .delay(HedgeDelay::quantile(0.95))
+            .build()
+            .unwrap()
+            .layer(backend.service());
+        for _ in 0..40 {
+            call(&mut svc).await.unwrap();
+        }
+        tokio::time::advance(2 * SEC).await;
+        let before = backend.calls();
+        for _ in 0..100 {
+            call(&mut svc).await.unwrap();
+        }
+        assert_eq!(backend.calls() - before, 100, "latency {latency:?}: hedged");
+    }
+}
+
 /// Every call turns 10x slower than the hedge delay: a hedge for every
 /// call would double the load; the budget keeps it at its ratio.
 #[tokio::test(start_paused = true)]

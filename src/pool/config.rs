@@ -226,7 +226,8 @@ impl<C> Builder<C> {
 
     /// Sets the classifier: what a failure is, for outlier detection. It
     /// must be `Clone` for the pool to be a `Service`: each call's future
-    /// carries a copy (classifiers are usually zero-sized).
+    /// carries a copy (classifiers are usually zero-sized; one that holds
+    /// an `Arc` pays a reference count per call).
     pub fn classify<C2>(self, classifier: C2) -> Builder<C2> {
         Builder {
             name: self.name,

@@ -92,8 +92,6 @@ impl<K, S> Drop for Tracked<K, S> {
     fn drop(&mut self) {
         let state = &self.member.state;
         state.in_flight.fetch_sub(1, Ordering::AcqRel);
-        // Counted here, next to the rest of what a call's end touches.
-        state.selections.increment(1);
         if !self.done {
             if let (Some(circuit), Some(permit)) = (state.breaker(), self.permit) {
                 circuit.release(permit);

@@ -101,10 +101,15 @@ pub(super) const REMOVED: u8 = 3;
 /// Live health and load of one replica, shared by every clone of the pool
 /// and by the health-check driver.
 ///
-/// Everything a pick reads, and a finished call writes, comes first and
-/// fits in the first cache line (`repr(C)` keeps the order, `align(64)`
-/// starts it on a line): with thousands of replicas a pick touches two such
-/// lines and nothing else of its candidates.
+/// What a pick reads of a candidate (its load, and whether it may take
+/// traffic), and what every call updates (`in_flight`, `latency`,
+/// `consecutive`), comes first and fits in the first cache line (`repr(C)`
+/// keeps the order, `align(64)` starts it on a line): with thousands of
+/// replicas a pick touches two such lines and nothing else of its
+/// candidates, except their breaker when replicas have one and their label
+/// when a retry must avoid replicas it tried. The chosen replica's call
+/// also touches the second line (outcome window, answer latency, the
+/// selections counter).
 #[derive(Debug)]
 #[repr(C, align(64))]
 pub(super) struct ReplicaState {
@@ -127,7 +132,7 @@ pub(super) struct ReplicaState {
     has_breaker: bool,
     // End of the first cache line. The second holds what a finished call
     // also touches: the outcome window's counters, the answer latency and
-    // the selections counter (counted when the call ends or is dropped).
+    // the selections counter.
     /// The last calls' outcomes, for the failure-percentage rule.
     pub(super) window: CountWindow,
     /// How fast it answers when it succeeds: what the latency-outlier rule

@@ -294,8 +294,8 @@ where
             return ResponseFuture::rejected(*err);
         }
         let shared = &self.shared;
-        // The one clock reading of the request path (the other is at
-        // completion), turned into the pool's time once.
+        // The clock, read once for the pick (and once more when the call
+        // ends), turned into the pool's time once.
         let now_ns = shared.ns(Instant::now());
         let now_ms = Shared::<K, S>::ms_of(now_ns);
         shared.refresh(&mut self.cached, now_ms);
@@ -329,6 +329,7 @@ where
             if let Some(attempt) = attempt {
                 attempt.record(member.state.label.clone());
             }
+            member.state.selections.increment(1);
             member
                 .state
                 .last_pick_ms
