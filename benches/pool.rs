@@ -14,19 +14,20 @@
 //!
 //! - `steadfast/{3,100,10000}`: `Pool::builder().seed(..).build(..)`, its
 //!   defaults (one tier, no zone, default outlier detection, no breaker),
-//!   `Replica::new(Echo)` each. Per request it checks the routing table is
-//!   current (an atomic load and a clock read; the table is rebuilt at most
-//!   every 100 ms when nothing happens, an O(replicas) pass amortised over
-//!   the requests in between), draws a tier and a zone from the table, runs
-//!   power of two choices over peak-EWMA × (in flight + 1) / weight (a clock
-//!   read to decay both estimates), **clones the chosen replica's service**
-//!   into the response future (tower's `Oneshot`: each request waits only
-//!   on its own replica's readiness), and on completion **reads the clock**
-//!   again to fold the latency into the replica's estimate and its outcome
-//!   into outlier detection. Five clock reads per request in all
-//!   (`tokio::time::Instant::now()`, which without a paused clock is
-//!   `std::time::Instant::now()`, a vDSO call). A pool is `Clone` and
-//!   `&self`-shared: this is the same path a multi-threaded caller takes;
+//!   `Replica::new(Echo)` each. Per request it reads the clock once, checks
+//!   the routing table is current (atomic loads; the table is rebuilt at
+//!   most every 100 ms when nothing happens, an O(replicas) pass amortised
+//!   over the requests in between), draws a tier and a zone from the
+//!   table, runs power of two choices over peak-EWMA × (in flight + 1) /
+//!   weight (the two candidates' state is one cache line each), **clones
+//!   the chosen replica's service** into the response future (tower's
+//!   `Oneshot`: each request waits only on its own replica's readiness),
+//!   and on completion **reads the clock** again to fold the latency into
+//!   the replica's estimate and its outcome into outlier detection. Two
+//!   clock reads per request in all (`tokio::time::Instant::now()`, which
+//!   without a paused clock is `std::time::Instant::now()`, a vDSO call:
+//!   see `pool/clock`). A pool is `Clone` and `&self`-shared: this is the
+//!   same path a multi-threaded caller takes;
 //! - `tower-p2c/{3,100,10000}`: `tower::balance::p2c::Balance` over
 //!   `PeakEwmaDiscover<ServiceList<Vec<Echo>>>` (default RTT 1 ms, decay
 //!   10 s — steadfast's defaults — `CompleteOnResponse`), the equivalent
