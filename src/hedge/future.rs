@@ -26,7 +26,8 @@ pin_project! {
     {
         #[pin]
         first: Option<S::Future>,
-        // Boxed: a timer entry is large and only a slow call arms one.
+        // Boxed: a timer entry is large, and a call that completes on its
+        // first poll arms none.
         sleep: Option<Pin<Box<Sleep>>>,
         extras: Vec<Extra<S::Future>>,
         service: S,
