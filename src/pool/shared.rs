@@ -188,8 +188,7 @@ impl<K, S> Shared<K, S> {
         let draw = next_local(rng);
         let p1 = below(draw as u32, n);
         let p2 = if n > 1 {
-            let p = p1 + 1 + below((draw >> 32) as u32, n - 1);
-            if p >= n { p - n } else { p }
+            other_than(p1, (draw >> 32) as u32, n)
         } else {
             p1
         };
@@ -214,10 +213,7 @@ impl<K, S> Shared<K, S> {
             } else {
                 let draw = next_local(rng) as u32;
                 match first {
-                    Some((p, _)) if n > 1 => {
-                        let p = p + 1 + below(draw, n - 1);
-                        if p >= n { p - n } else { p }
-                    }
+                    Some((p, _)) if n > 1 => other_than(p, draw, n),
                     _ => below(draw, n),
                 }
             };
@@ -414,6 +410,14 @@ impl<K, S> Shared<K, S> {
             }
         }
     }
+}
+
+/// A uniform position below `n` (at least 2) other than `p`, from 32
+/// random bits, without a division.
+#[inline]
+fn other_than(p: u32, bits: u32, n: u32) -> u32 {
+    let q = p + 1 + below(bits, n - 1);
+    if q >= n { q - n } else { q }
 }
 
 impl<K, S> Shared<K, S> {

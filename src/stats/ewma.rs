@@ -36,14 +36,7 @@ impl PeakEwma {
     pub(crate) fn observe(&self, now_ns: u64, sample_ns: f64, rate: f64) {
         let mut current = self.estimate.load(Ordering::Acquire);
         loop {
-            let estimate = f64::from_bits(current);
-            let next = if sample_ns > estimate {
-                // Peak: take it at once.
-                sample_ns
-            } else {
-                let w = decay(self.since(now_ns) * rate);
-                estimate * w + sample_ns * (1.0 - w)
-            };
+            let next = self.folded(f64::from_bits(current), now_ns, sample_ns, rate);
             match self.estimate.compare_exchange_weak(
                 current,
                 next.to_bits(),
@@ -66,15 +59,21 @@ impl PeakEwma {
     /// update at once, one sample is lost; only for estimates read as
     /// statistics (the pool's fleet comparison), never for load balancing.
     pub(crate) fn observe_lossy(&self, now_ns: u64, sample_ns: f64, rate: f64) {
-        let estimate = self.get();
-        let next = if sample_ns > estimate {
+        let next = self.folded(self.get(), now_ns, sample_ns, rate);
+        self.estimate.store(next.to_bits(), Ordering::Release);
+        self.stamp.store(now_ns + 1, Ordering::Release);
+    }
+
+    /// `estimate` with one sample folded in: a sample above it replaces it
+    /// (peak); a lower one pulls it down by the time since the last update.
+    #[inline]
+    fn folded(&self, estimate: f64, now_ns: u64, sample_ns: f64, rate: f64) -> f64 {
+        if sample_ns > estimate {
             sample_ns
         } else {
             let w = decay(self.since(now_ns) * rate);
             estimate * w + sample_ns * (1.0 - w)
-        };
-        self.estimate.store(next.to_bits(), Ordering::Release);
-        self.stamp.store(now_ns + 1, Ordering::Release);
+        }
     }
 
     /// Nanoseconds from the last update (or time zero) to `now_ns`.
