@@ -1051,8 +1051,7 @@ mod failover {
             .name("c steadfast")
             .seed(seed)
             .build((0..REPLICAS).map(|i| (i, Replica::new(fleet.replica(i)))))
-            .expect("valid pool")
-            .with_attempts(HttpReplay::new());
+            .expect("valid pool");
         let handle = pool.handle();
         let stop = Arc::new(AtomicBool::new(false));
         let watcher = watch_dead(handle.clone(), fleet.clone(), stop.clone());

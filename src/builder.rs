@@ -16,7 +16,9 @@ mod sealed {
 /// Adds the crate's layers to a [`ServiceBuilder`] by name.
 ///
 /// The layers are built (and validated) first, so a stack never holds an
-/// invalid configuration:
+/// invalid configuration. Every method starts with `with_`, so none can be
+/// shadowed by one of `ServiceBuilder`'s own (tower's `retry` feature adds
+/// an inherent `retry`, which would win over a trait method of that name):
 ///
 /// ```
 /// use std::time::Duration;
@@ -28,9 +30,9 @@ mod sealed {
 ///
 /// # fn main() -> Result<(), steadfast::error::ConfigError> {
 /// let svc = ServiceBuilder::new()
-///     .fallback(FallbackLayer::new(fallback::value(0u64)))
-///     .retry(RetryLayer::builder().max_attempts(3).build()?)
-///     .circuit_breaker(CircuitBreakerLayer::builder().name("counter").build()?)
+///     .with_fallback(FallbackLayer::new(fallback::value(0u64)))
+///     .with_retry(RetryLayer::builder().max_attempts(3).build()?)
+///     .with_circuit_breaker(CircuitBreakerLayer::builder().name("counter").build()?)
 ///     .timeout(Duration::from_millis(200))
 ///     .service_fn(|x: u64| async move { Ok::<_, std::io::Error>(x + 1) });
 /// # let _ = svc;
@@ -39,38 +41,38 @@ mod sealed {
 /// ```
 pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
     /// Adds a circuit breaker.
-    fn circuit_breaker<C>(
+    fn with_circuit_breaker<C>(
         self,
         layer: CircuitBreakerLayer<C>,
     ) -> ServiceBuilder<Stack<CircuitBreakerLayer<C>, L>>;
     /// Adds retries under a budget.
-    fn retry<C, R>(self, layer: RetryLayer<C, R>) -> ServiceBuilder<Stack<RetryLayer<C, R>, L>>;
+    fn with_retry<C, R>(self, layer: RetryLayer<C, R>) -> ServiceBuilder<Stack<RetryLayer<C, R>, L>>;
     /// Adds hedged requests.
-    fn hedge<C, R>(self, layer: HedgeLayer<C, R>) -> ServiceBuilder<Stack<HedgeLayer<C, R>, L>>;
+    fn with_hedge<C, R>(self, layer: HedgeLayer<C, R>) -> ServiceBuilder<Stack<HedgeLayer<C, R>, L>>;
     /// Adds a fallback.
-    fn fallback<F, C>(
+    fn with_fallback<F, C>(
         self,
         layer: FallbackLayer<F, C>,
     ) -> ServiceBuilder<Stack<FallbackLayer<F, C>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
-    fn circuit_breaker<C>(
+    fn with_circuit_breaker<C>(
         self,
         layer: CircuitBreakerLayer<C>,
     ) -> ServiceBuilder<Stack<CircuitBreakerLayer<C>, L>> {
         self.layer(layer)
     }
 
-    fn retry<C, R>(self, layer: RetryLayer<C, R>) -> ServiceBuilder<Stack<RetryLayer<C, R>, L>> {
+    fn with_retry<C, R>(self, layer: RetryLayer<C, R>) -> ServiceBuilder<Stack<RetryLayer<C, R>, L>> {
         self.layer(layer)
     }
 
-    fn hedge<C, R>(self, layer: HedgeLayer<C, R>) -> ServiceBuilder<Stack<HedgeLayer<C, R>, L>> {
+    fn with_hedge<C, R>(self, layer: HedgeLayer<C, R>) -> ServiceBuilder<Stack<HedgeLayer<C, R>, L>> {
         self.layer(layer)
     }
 
-    fn fallback<F, C>(
+    fn with_fallback<F, C>(
         self,
         layer: FallbackLayer<F, C>,
     ) -> ServiceBuilder<Stack<FallbackLayer<F, C>, L>> {

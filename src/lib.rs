@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod attempt;
 pub mod backoff;
 pub mod budget;
 pub mod chaos;

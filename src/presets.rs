@@ -18,7 +18,18 @@
 //! that the upstream is in trouble). The attempt timeout is innermost, so
 //! a hung attempt counts as one failure. In the replica stack the hedge is
 //! under the retry (a retry may itself be hedged) and both draw from one
-//! budget, so all extra attempts together stay under its ratio.
+//! budget, so all extra attempts together stay under its ratio; the
+//! retry's `max_attempts` caps every attempt, hedges included, and each
+//! goes to a replica the request has not tried (see
+//! [`attempt`](crate::attempt)).
+//!
+//! # Attempt marks
+//!
+//! Both presets mark only repeats: a retry or a hedge carries an
+//! [`Attempt`](crate::attempt::Attempt) extension with its number, and a
+//! request without one is a first attempt. So a call whose first attempt
+//! succeeds allocates nothing in the stack (copying the request for replay
+//! costs what cloning its headers costs).
 
 use std::future::Future;
 use std::hash::Hash;
@@ -38,6 +49,10 @@ use crate::hedge::{Hedge, HedgeDelay, HedgeLayer};
 use crate::http::HttpReplay;
 use crate::pool::{OutlierDetection, Pool, PoolHandle, Replica};
 use crate::retry::{Retry, RetryLayer};
+
+/// How the presets copy and mark requests: idempotent ones only, and a
+/// mark on repeats only (see the module docs).
+const REPLAY: HttpReplay = HttpReplay::new().mark_first(false);
 
 /// The standard client stack for one HTTP upstream.
 ///
@@ -144,7 +159,7 @@ impl HttpClient {
         let retry = RetryLayer::builder()
             .name(&*self.name)
             .classify(ServerErrorsAsFailures::new())
-            .replay(HttpReplay::new())
+            .replay(REPLAY)
             .max_attempts(self.max_attempts)
             .backoff(
                 Backoff::exponential(Duration::from_millis(50), Duration::from_secs(1))
@@ -229,8 +244,8 @@ impl<S> Layer<S> for HttpClientLayer {
 /// |---|---|---|
 /// | total timeout | 10 s | what a caller will wait |
 /// | attempt timeout | 2 s | a hung replica costs one attempt |
-/// | max attempts | 3 | each to a replica not yet tried |
-/// | hedge | after the p95 latency, 1 ms..1 s | the slow tail goes to another replica |
+/// | max attempts | 3, hedges included | each to a replica not yet tried |
+/// | hedge | after the p95 latency, 1 ms..1 s, one per attempt | the slow tail goes to another replica |
 /// | budget | 20% extra, 10/s floor, shared by retry and hedge | all extra attempts together |
 /// | outlier detection | [`OutlierDetection::default`] | eject failing or lagging replicas |
 #[derive(Debug, Clone)]
@@ -245,6 +260,7 @@ pub struct ReplicaStack {
     checks: Option<crate::health::HealthChecks>,
     local_zone: Option<Arc<str>>,
     failback_after: Option<Duration>,
+    budget: Option<Arc<RetryBudget>>,
 }
 
 /// What [`ReplicaStack::build`] gives: the service, the pool's handle, and
@@ -256,6 +272,8 @@ pub struct ReplicaStackParts<K, S> {
     pub handle: PoolHandle<K, Timeout<S>>,
     /// The active health checks: spawn it (a no-op without checks).
     pub health_checks: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The budget retries and hedges share.
+    pub budget: Arc<RetryBudget>,
 }
 
 impl<K, S> std::fmt::Debug for ReplicaStackParts<K, S> {
@@ -268,7 +286,7 @@ impl<K, S> std::fmt::Debug for ReplicaStackParts<K, S> {
 pub type ReplicaStackService<K, S> = Timeout<
     Retry<
         Hedge<
-            Pool<K, Timeout<S>, ServerErrorsAsFailures, HttpReplay>,
+            Pool<K, Timeout<S>, ServerErrorsAsFailures>,
             ServerErrorsAsFailures,
             HttpReplay,
         >,
@@ -290,7 +308,15 @@ impl ReplicaStack {
             checks: None,
             local_zone: None,
             failback_after: None,
+            budget: None,
         }
+    }
+
+    /// Draws retries and hedges from a shared budget (by default the stack
+    /// has one of its own: 20% extra, 10/s floor).
+    pub fn budget(mut self, budget: Arc<RetryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// How long a recovered replica must stay healthy before it pulls
@@ -312,15 +338,16 @@ impl ReplicaStack {
         self
     }
 
-    /// The most attempts per call.
+    /// The most attempts per call, the first and every retry and hedge
+    /// included.
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n;
         self
     }
 
     /// When a hedge is sent.
-    pub fn hedge(mut self, delay: HedgeDelay) -> Self {
-        self.hedge = delay;
+    pub fn hedge(mut self, delay: impl Into<HedgeDelay>) -> Self {
+        self.hedge = delay.into();
         self
     }
 
@@ -357,7 +384,10 @@ impl ReplicaStack {
         S: Clone + Send + Sync + 'static,
     {
         check_timeouts(self.total_timeout, self.attempt_timeout)?;
-        let budget = Arc::new(RetryBudget::builder().name(&*self.name).build()?);
+        let budget = match self.budget {
+            Some(b) => b,
+            None => Arc::new(RetryBudget::builder().name(&*self.name).build()?),
+        };
         let attempt = self.attempt_timeout;
         let mut pool = Pool::builder()
             .name(&*self.name)
@@ -375,13 +405,13 @@ impl ReplicaStack {
         let replicas = replicas
             .into_iter()
             .map(|(id, r)| (id, r.map_service(|s| Timeout::new(s, attempt))));
-        let pool = pool.build(replicas)?.with_attempts(HttpReplay::new());
+        let pool = pool.build(replicas)?;
         let handle = pool.handle();
         let health_checks = Box::pin(pool.health_checks());
         let hedge = HedgeLayer::builder()
             .name(&*self.name)
             .classify(ServerErrorsAsFailures::new())
-            .replay(HttpReplay::new())
+            .replay(REPLAY)
             .delay(self.hedge)
             .budget(budget.clone())
             .build()
@@ -389,13 +419,13 @@ impl ReplicaStack {
         let retry = RetryLayer::builder()
             .name(&*self.name)
             .classify(ServerErrorsAsFailures::new())
-            .replay(HttpReplay::new())
+            .replay(REPLAY)
             .max_attempts(self.max_attempts)
             .backoff(
                 Backoff::exponential(Duration::from_millis(10), Duration::from_millis(500))
                     .jitter(Jitter::Full),
             )
-            .budget(budget)
+            .budget(budget.clone())
             .deadline(self.total_timeout)
             // A replica's `Retry-After` is honoured by the pool, which avoids
             // that replica; the retry goes elsewhere at once.
@@ -406,6 +436,7 @@ impl ReplicaStack {
             service,
             handle,
             health_checks,
+            budget,
         })
     }
 }

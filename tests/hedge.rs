@@ -382,7 +382,7 @@ async fn the_budget_caps_extra_load_under_a_latency_shift() {
 async fn requests_that_cannot_be_copied_are_not_hedged() {
     #[derive(Clone, Copy)]
     struct Never;
-    impl steadfast::retry::Replay<u32> for Never {
+    impl steadfast::attempt::Replay<u32> for Never {
         fn replay(&self, _: &u32) -> Option<u32> {
             None
         }
@@ -488,7 +488,7 @@ async fn metrics_count_hedges_sent_won_and_refused() {
 #[tokio::test(start_paused = true)]
 async fn http_requests_follow_the_idempotency_rules_and_are_marked() {
     use steadfast::http::HttpReplay;
-    use steadfast::retry::Attempt;
+    use steadfast::attempt::Attempt;
 
     let seen: Arc<Mutex<Vec<(http::Method, u32)>>> = Arc::default();
     let inner = {
@@ -587,7 +587,7 @@ fn public_types_are_send_and_sync() {
             Svc,
             u32,
             steadfast::classify::ErrorsAsFailures,
-            steadfast::retry::CloneRequest,
+            steadfast::attempt::CloneRequest,
         >,
     >();
     let _ = Backoff::constant(MS);

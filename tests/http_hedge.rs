@@ -20,7 +20,7 @@ use steadfast::budget::RetryBudget;
 use steadfast::classify::ServerErrorsAsFailures;
 use steadfast::hedge::{HedgeDelay, HedgeLayer};
 use steadfast::http::HttpReplay;
-use steadfast::retry::Attempt;
+use steadfast::attempt::Attempt;
 use support::TestServer;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};

@@ -57,7 +57,7 @@ const SEC: Duration = Duration::from_secs(1);
 const SEED: u64 = 0x5eed_f00d;
 
 type Body = Empty<Bytes>;
-type HttpPool = Pool<&'static str, Upstream, ServerErrorsAsFailures, HttpReplay>;
+type HttpPool = Pool<&'static str, Upstream, ServerErrorsAsFailures>;
 type Stack = Retry<HttpPool, ServerErrorsAsFailures, HttpReplay>;
 type Outcome = Result<StatusCode, String>;
 
@@ -177,10 +177,7 @@ fn build(
     builder: Builder<ServerErrorsAsFailures>,
     replicas: impl IntoIterator<Item = (&'static str, Replica<Upstream>)>,
 ) -> HttpPool {
-    builder
-        .build(replicas)
-        .expect("a valid pool")
-        .with_attempts(HttpReplay::new())
+    builder.build(replicas).expect("a valid pool")
 }
 
 /// The retry layer over the pool: 3 attempts, 1 ms apart, a budget with

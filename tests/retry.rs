@@ -421,14 +421,14 @@ fn public_types_are_send_and_sync() {
     send_sync::<RetryLayer>();
     send_sync::<steadfast::retry::Retry<Svc>>();
     send_sync::<RetryBudget>();
-    send_sync::<steadfast::retry::Attempt>();
+    send_sync::<steadfast::attempt::Attempt>();
     fn send<T: Send>() {}
     send::<
         steadfast::retry::future::ResponseFuture<
             Svc,
             u32,
             steadfast::classify::ErrorsAsFailures,
-            steadfast::retry::CloneRequest,
+            steadfast::attempt::CloneRequest,
         >,
     >();
 }

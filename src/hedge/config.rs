@@ -10,7 +10,7 @@ use super::HedgeLayer;
 use crate::budget::RetryBudget;
 use crate::classify::ErrorsAsFailures;
 use crate::error::ConfigError;
-use crate::retry::CloneRequest;
+use crate::attempt::{Admission, CloneRequest};
 use crate::stats::histogram::Histogram;
 use crate::sync::{AtomicU64, Ordering};
 
@@ -46,14 +46,101 @@ pub enum HedgeDelay {
 impl HedgeDelay {
     /// The adaptive delay with the defaults, at quantile `quantile`.
     pub const fn quantile(quantile: f64) -> Self {
-        Self::Adaptive {
-            quantile,
+        Self::adaptive().quantile(quantile).build()
+    }
+
+    /// The adaptive delay with the defaults, to tune setting by setting:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use steadfast::hedge::HedgeDelay;
+    ///
+    /// let delay = HedgeDelay::adaptive()
+    ///     .quantile(0.99)
+    ///     .floor(Duration::from_millis(5))
+    ///     .build();
+    /// # let _ = delay;
+    /// ```
+    pub const fn adaptive() -> AdaptiveDelay {
+        AdaptiveDelay {
+            quantile: 0.95,
             floor: Duration::from_millis(1),
             ceiling: Duration::from_secs(1),
             window: Duration::from_secs(10),
             min_samples: 20,
             initial: Duration::from_millis(50),
         }
+    }
+}
+
+/// An adaptive [`HedgeDelay`], built from the defaults one setting at a
+/// time (see [`HedgeDelay::Adaptive`] for what each means and its default);
+/// made by [`HedgeDelay::adaptive`]. The values are checked when the hedge
+/// layer is built.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[must_use]
+pub struct AdaptiveDelay {
+    quantile: f64,
+    floor: Duration,
+    ceiling: Duration,
+    window: Duration,
+    min_samples: u64,
+    initial: Duration,
+}
+
+impl AdaptiveDelay {
+    /// The quantile of recent latencies (default 0.95).
+    pub const fn quantile(mut self, quantile: f64) -> Self {
+        self.quantile = quantile;
+        self
+    }
+
+    /// The shortest delay (default 1 ms).
+    pub const fn floor(mut self, floor: Duration) -> Self {
+        self.floor = floor;
+        self
+    }
+
+    /// The longest delay (default 1 s).
+    pub const fn ceiling(mut self, ceiling: Duration) -> Self {
+        self.ceiling = ceiling;
+        self
+    }
+
+    /// How long a window of latency samples lasts (default 10 s).
+    pub const fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Samples needed before the quantile is trusted (default 20).
+    pub const fn min_samples(mut self, n: u64) -> Self {
+        self.min_samples = n;
+        self
+    }
+
+    /// The delay until then (default 50 ms).
+    pub const fn initial(mut self, initial: Duration) -> Self {
+        self.initial = initial;
+        self
+    }
+
+    /// The delay.
+    pub const fn build(self) -> HedgeDelay {
+        HedgeDelay::Adaptive {
+            quantile: self.quantile,
+            floor: self.floor,
+            ceiling: self.ceiling,
+            window: self.window,
+            min_samples: self.min_samples,
+            initial: self.initial,
+        }
+    }
+}
+
+impl From<AdaptiveDelay> for HedgeDelay {
+    fn from(delay: AdaptiveDelay) -> Self {
+        delay.build()
     }
 }
 
@@ -94,13 +181,14 @@ pub(super) struct Policy<C, R> {
     cached_delay: AtomicU64,
     cached_at: AtomicU64,
     pub(super) metrics: Metrics,
+    /// The step that admits an extra attempt, with its refusal counters.
+    pub(super) admission: Admission,
 }
 
 #[derive(Debug)]
 pub(super) struct Metrics {
     pub(super) sent: Counter,
     pub(super) won: Counter,
-    pub(super) refused_budget: Counter,
     pub(super) delay: Gauge,
 }
 
@@ -150,12 +238,15 @@ impl<C, R> Builder<C, R> {
     }
 
     /// Sets when the next attempt is sent.
-    pub fn delay(mut self, delay: HedgeDelay) -> Self {
-        self.delay = delay;
+    pub fn delay(mut self, delay: impl Into<HedgeDelay>) -> Self {
+        self.delay = delay.into();
         self
     }
 
-    /// The most extra attempts per request (1..=10).
+    /// The most extra attempts per request (1..=10). Under a retry layer,
+    /// this many per attempt of the retry, within the retry's
+    /// `max_attempts` for all attempts together (see
+    /// [`attempt`](crate::attempt)).
     pub fn max_extra_attempts(mut self, n: u32) -> Self {
         self.max_extra_attempts = n;
         self
@@ -240,7 +331,6 @@ impl<C, R> Builder<C, R> {
         let metrics = Metrics {
             sent: metrics::counter!("steadfast_hedge_sent_total", "name" => name.clone()),
             won: metrics::counter!("steadfast_hedge_won_total", "name" => name.clone()),
-            refused_budget: metrics::counter!("steadfast_hedge_refused_total", "name" => name.clone(), "reason" => "budget"),
             delay: metrics::gauge!("steadfast_hedge_delay_seconds", "name" => name.clone()),
         };
         Ok(HedgeLayer::from_policy(Arc::new(Policy {
@@ -254,6 +344,7 @@ impl<C, R> Builder<C, R> {
             cached_delay: AtomicU64::new(0),
             cached_at: AtomicU64::new(0),
             metrics,
+            admission: Admission::new("hedge", "steadfast_hedge_refused_total", name),
         })))
     }
 }

@@ -10,9 +10,9 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use super::config::Policy;
+use crate::attempt::{Replay, Share};
 use crate::classify::Classify;
 use crate::per_clone::PerClone;
-use crate::retry::Replay;
 
 pin_project! {
     /// The response future of [`Hedge`](super::Hedge).
@@ -26,25 +26,36 @@ pin_project! {
     {
         #[pin]
         first: Option<S::Future>,
-        // Boxed: a timer entry is large, and a call that completes on its
-        // first poll arms none.
-        sleep: Option<Pin<Box<Sleep>>>,
         extras: Vec<Extra<S::Future>>,
+        // When the next attempt goes.
+        next: Next,
         service: S,
         template: Option<Req>,
         local: PerClone<Policy<C, R>>,
+        // The request's attempt record, or this layer's part in it.
+        share: Share,
         // When the first attempt was first found pending (None: not yet, and
         // no clock read for a call that completes at once).
         started: Option<Instant>,
         // Extra attempts sent so far.
         sent: u32,
-        // The next attempt should go now (the timer fired, or an attempt
-        // failed in a way another attempt may fix).
-        due: bool,
-        // No more attempts: the budget refused, or the request cannot be copied.
-        exhausted: bool,
         last_failure: Option<Result<S::Response, S::Error>>,
     }
+}
+
+/// When the next attempt goes: the future's state.
+enum Next {
+    /// No timer yet: none is armed before the first attempt is found
+    /// pending, so a call that completes at once reads no clock.
+    Unarmed,
+    /// The timer for the next hedge runs. Boxed: a timer entry is large.
+    Timer(Pin<Box<Sleep>>),
+    /// The next attempt goes as soon as the service is ready: the timer
+    /// fired, or an attempt failed in a way another attempt may fix.
+    Due,
+    /// No more attempts: the caps, the budget, a request that cannot be
+    /// copied, or a failed service. The attempts in flight finish.
+    Closed,
 }
 
 /// An extra attempt in flight.
@@ -74,22 +85,61 @@ where
         first: S::Future,
         service: S,
         template: Option<Req>,
+        mut share: Share,
         local: PerClone<Policy<C, R>>,
     ) -> Self {
+        let next = if template.is_some() && share.with(|tries| tries.may_send_more()) {
+            Next::Unarmed
+        } else {
+            Next::Closed
+        };
         Self {
             first: Some(first),
-            sleep: None,
             extras: Vec::new(),
+            next,
             service,
             template,
             local,
+            share,
             started: None,
             sent: 0,
-            due: false,
-            exhausted: false,
             last_failure: None,
         }
     }
+}
+
+/// An attempt that finished.
+struct Finished<T> {
+    result: T,
+    /// When an extra attempt was sent; `None` for the first attempt.
+    extra_started: Option<Instant>,
+}
+
+/// Polls every attempt in flight; the first that finished, if any.
+fn poll_attempts<F: Future>(
+    mut first: Pin<&mut Option<F>>,
+    extras: &mut Vec<Extra<F>>,
+    cx: &mut Context<'_>,
+) -> Option<Finished<F::Output>> {
+    if let Some(future) = first.as_mut().as_pin_mut() {
+        if let Poll::Ready(result) = future.poll(cx) {
+            first.set(None);
+            return Some(Finished {
+                result,
+                extra_started: None,
+            });
+        }
+    }
+    for i in 0..extras.len() {
+        if let Poll::Ready(result) = extras[i].future.as_mut().poll(cx) {
+            let extra = extras.swap_remove(i);
+            return Some(Finished {
+                result,
+                extra_started: Some(extra.started),
+            });
+        }
+    }
+    None
 }
 
 /// What one finished attempt means for the call.
@@ -127,41 +177,21 @@ where
         let mut this = self.project();
         let policy = &**this.local;
         loop {
-            // The first attempt.
-            if let Some(first) = this.first.as_mut().as_pin_mut() {
-                if let Poll::Ready(result) = first.poll(cx) {
-                    this.first.set(None);
-                    // Finished on its first poll: no clock was read, and
-                    // its latency is (close to) zero.
-                    policy.record(this.started.map_or(Duration::ZERO, |s| s.elapsed()));
-                    match judge(policy, result) {
-                        Judged::Win(result) => {
-                            cancel(policy, this.extras);
-                            return Poll::Ready(result);
-                        }
-                        Judged::Failed { result, retryable } => {
-                            *this.last_failure = Some(result);
-                            *this.due |= retryable;
-                        }
-                    }
-                }
-            }
-            // The extra attempts.
-            let mut i = 0;
-            while i < this.extras.len() {
-                let Poll::Ready(result) = this.extras[i].future.as_mut().poll(cx) else {
-                    i += 1;
-                    continue;
-                };
-                let extra = this.extras.swap_remove(i);
-                policy.record(extra.started.elapsed());
-                match judge(policy, result) {
+            let first = this.first.as_mut();
+            let extras = &mut *this.extras;
+            if let Some(done) = this.share.poll(|| poll_attempts(first, extras, cx)) {
+                // The first attempt's latency is (close to) zero when it
+                // finished on its first poll: no clock was read then.
+                let since = done.extra_started.or(*this.started);
+                policy.record(since.map_or(Duration::ZERO, |s| s.elapsed()));
+                match judge(policy, done.result) {
                     Judged::Win(result) => {
-                        // A hedge won: the first attempt and the other
-                        // hedges are dropped at once; their time so far
-                        // still counts as latency (or the quantile would be
-                        // biased low).
-                        policy.metrics.won.increment(1);
+                        if done.extra_started.is_some() {
+                            policy.metrics.won.increment(1);
+                        }
+                        // The other attempts are dropped at once; their time
+                        // so far still counts as latency (or the quantile
+                        // would be biased low).
                         if this.first.is_some() {
                             policy.record(this.started.map_or(Duration::ZERO, |s| s.elapsed()));
                             this.first.set(None);
@@ -171,78 +201,85 @@ where
                     }
                     Judged::Failed { result, retryable } => {
                         *this.last_failure = Some(result);
-                        *this.due |= retryable;
+                        if retryable && !matches!(this.next, Next::Closed) {
+                            // Unarmed/Timer -> Due: another attempt may fix it.
+                            *this.next = Next::Due;
+                        }
                     }
                 }
+                continue;
             }
             let in_flight = this.first.is_some() || !this.extras.is_empty();
-            let can_send = !*this.exhausted
-                && *this.sent < policy.max_extra_attempts
-                && this.template.is_some();
-
-            // Send the next attempt when it is due.
-            if *this.due && can_send {
-                match this.service.poll_ready(cx) {
-                    Poll::Pending if in_flight => {}
+            match this.next {
+                Next::Due => match this.service.poll_ready(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(err)) => {
-                        *this.exhausted = true;
+                        // Due -> Closed: the service cannot take another.
+                        *this.next = Next::Closed;
                         if !in_flight {
                             return Poll::Ready(this.last_failure.take().unwrap_or(Err(err)));
                         }
                     }
                     Poll::Ready(Ok(())) => {
-                        let next = this.template.as_ref().and_then(|t| policy.replay.replay(t));
-                        match next {
-                            None => *this.exhausted = true,
-                            Some(_) if !policy.budget.withdraw() => {
-                                policy.metrics.refused_budget.increment(1);
-                                *this.exhausted = true;
-                            }
-                            Some(mut req) => {
-                                *this.sent += 1;
-                                policy.replay.mark(&mut req, *this.sent + 1);
-                                policy.metrics.sent.increment(1);
-                                let future = Box::pin(this.service.call(req));
-                                this.extras.push(Extra {
-                                    future,
-                                    started: Instant::now(),
-                                });
-                                *this.due = false;
-                                // The timer restarts for the hedge after this one.
-                                *this.sleep = None;
-                            }
-                        }
-                        continue;
+                        let own_cap_left = *this.sent < policy.max_extra_attempts;
+                        let template = this.template.as_ref();
+                        let admitted = this.share.with(|tries| {
+                            policy.admission.admit(
+                                tries,
+                                own_cap_left,
+                                &policy.replay,
+                                template,
+                                || true,
+                                &policy.budget,
+                            )
+                        });
+                        let Ok(req) = admitted else {
+                            // Due -> Closed: refused (counted by the admission).
+                            *this.next = Next::Closed;
+                            continue;
+                        };
+                        *this.sent += 1;
+                        policy.metrics.sent.increment(1);
+                        let service = &mut *this.service;
+                        let future = Box::pin(this.share.call(|| service.call(req)));
+                        this.extras.push(Extra {
+                            future,
+                            started: Instant::now(),
+                        });
+                        this.started.get_or_insert_with(Instant::now);
+                        // Due -> Unarmed: the timer restarts for the hedge
+                        // after this one, if another may go.
+                        let more = *this.sent < policy.max_extra_attempts
+                            && this.share.with(|tries| tries.may_send_more());
+                        *this.next = if more { Next::Unarmed } else { Next::Closed };
                     }
+                },
+                _ if !in_flight => {
+                    // Every attempt failed and no more is due: the last failure.
+                    return match this.last_failure.take() {
+                        Some(result) => Poll::Ready(result),
+                        None => unreachable!("attempts end in a win or a failure"),
+                    };
                 }
-            }
-            if !in_flight {
-                // Every attempt failed and no more may be sent: the last failure.
-                return match this.last_failure.take() {
-                    Some(result) => Poll::Ready(result),
-                    None => unreachable!("attempts end in a win or a failure"),
-                };
-            }
-            // Arm the timer for the next hedge (only now: a call that
-            // completes on its first poll never arms one).
-            if can_send && !*this.due {
-                if this.sleep.is_none() {
+                Next::Unarmed => {
+                    // Unarmed -> Timer, only now: a call that completes on
+                    // its first poll never arms one.
                     let now = Instant::now();
                     this.started.get_or_insert(now);
-                    *this.sleep = Some(Box::pin(tokio::time::sleep(policy.delay(now))));
+                    *this.next = Next::Timer(Box::pin(tokio::time::sleep(policy.delay(now))));
                 }
-                if let Some(sleep) = this.sleep.as_mut() {
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        *this.sleep = None;
-                        *this.due = true;
-                        continue;
+                Next::Timer(sleep) => {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
                     }
+                    // Timer -> Due: the delay is over.
+                    *this.next = Next::Due;
                 }
-            } else if this.started.is_none() {
-                *this.started = Some(Instant::now());
+                Next::Closed => {
+                    this.started.get_or_insert_with(Instant::now);
+                    return Poll::Pending;
+                }
             }
-            return Poll::Pending;
         }
     }
 }

@@ -5,7 +5,7 @@ use tower::Layer;
 use super::config::Policy;
 use super::{Builder, Hedge};
 use crate::classify::ErrorsAsFailures;
-use crate::retry::CloneRequest;
+use crate::attempt::CloneRequest;
 
 /// Wraps services in [`Hedge`]; built with [`HedgeLayer::builder`].
 ///

@@ -36,14 +36,23 @@
 //!
 //! A call that completes on its first poll reads no clock and arms no
 //! timer; one that does not arms one timer. Requests are copied for replay
-//! as in [`retry`](crate::retry); each attempt of an HTTP request carries an
-//! [`Attempt`](crate::retry::Attempt) so a replica pool below sends hedges
-//! elsewhere.
+//! as in [`retry`](crate::retry).
+//!
+//! # Under a retry layer
+//!
+//! Retry and hedge keep one record per original request
+//! ([`attempt`](crate::attempt)): the retry deposits it in the budget once
+//! and the hedge only withdraws (share one budget between them), attempt
+//! numbers run on across both, and the retry's `max_attempts` caps every
+//! attempt, hedges included; `max_extra_attempts` caps the hedges of each
+//! of the retry's attempts. A pool below sends each hedge to a replica the
+//! request has not tried.
 //!
 //! # Metrics
 //!
 //! Labelled `name`: `steadfast_hedge_sent_total`,
-//! `steadfast_hedge_won_total`, `steadfast_hedge_refused_total{reason="budget"}`
+//! `steadfast_hedge_won_total`,
+//! `steadfast_hedge_refused_total{reason="max_attempts"|"budget"|"not_replayable"}`
 //! and the gauge `steadfast_hedge_delay_seconds`.
 //!
 //! # Example
@@ -92,6 +101,6 @@ pub mod future;
 mod layer;
 mod service;
 
-pub use self::config::{Builder, HedgeDelay, MAX_EXTRA_ATTEMPTS};
+pub use self::config::{AdaptiveDelay, Builder, HedgeDelay, MAX_EXTRA_ATTEMPTS};
 pub use self::layer::HedgeLayer;
 pub use self::service::Hedge;

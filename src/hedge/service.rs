@@ -5,9 +5,9 @@ use tower::Service;
 
 use super::config::Policy;
 use super::future::ResponseFuture;
+use crate::attempt::{CloneRequest, Replay, Share};
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::per_clone::{PerClone, take_ready};
-use crate::retry::{CloneRequest, Replay};
 
 /// Sends a request again when the first attempt is slow, and answers with
 /// the first success; made by [`HedgeLayer`](super::HedgeLayer).
@@ -71,13 +71,17 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let policy = &*self.policy;
-        policy.budget.deposit();
-        policy.replay.mark(&mut req, 1);
+        // Under a retry, this is the retry's attempt: counted and marked
+        // already. Alone, this layer counts and marks the original.
+        let mut share = Share::join(1 + policy.max_extra_attempts, &policy.budget);
+        if share.is_outermost() {
+            policy.replay.mark(&mut req, 1);
+        }
         let template = policy.replay.replay(&req);
         // The ready service takes this call and goes to the future for the
         // hedges.
         let mut service = take_ready(&mut self.inner);
-        let first = service.call(req);
-        ResponseFuture::new(first, service, template, self.policy.for_call())
+        let first = share.call(|| service.call(req));
+        ResponseFuture::new(first, service, template, share, self.policy.for_call())
     }
 }

@@ -3,7 +3,7 @@
 use http::{Method, Request};
 
 use super::ReplayBody;
-use crate::retry::{Attempt, Replay};
+use crate::attempt::{Attempt, Replay};
 
 /// Overrides, for one request, whether it may be sent more than once.
 ///
@@ -63,9 +63,18 @@ impl<B> TryCloneBody for ReplayBody<B> {
 /// [`TryCloneBody`]), refuses requests that are not idempotent (see
 /// [`is_idempotent`]) unless told otherwise, and marks each attempt with an
 /// [`Attempt`] extension.
+///
+/// # Cost
+///
+/// A copy costs what cloning the head costs (the header map's entries, if
+/// any). Marking the first attempt inserts an extension, which allocates;
+/// with [`mark_first(false)`](Self::mark_first) (the presets' choice) only
+/// repeats carry a mark, and a request whose first attempt succeeds
+/// allocates nothing for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpReplay {
     all_methods: bool,
+    mark_first: bool,
 }
 
 impl Default for HttpReplay {
@@ -78,14 +87,29 @@ impl HttpReplay {
     /// Idempotent requests only: RFC 9110 methods, `Idempotency-Key`, or an
     /// [`Idempotent`] extension.
     pub const fn new() -> Self {
-        Self { all_methods: false }
+        Self {
+            all_methods: false,
+            mark_first: true,
+        }
     }
 
     /// Every request, whatever its method, unless an `Idempotent(false)`
     /// extension says no. For services whose `POST`s are known to be safe
     /// to repeat.
     pub const fn all_methods() -> Self {
-        Self { all_methods: true }
+        Self {
+            all_methods: true,
+            mark_first: true,
+        }
+    }
+
+    /// Whether the first attempt carries an [`Attempt`] extension too
+    /// (default: yes). Without it, a request with no `Attempt` is a first
+    /// attempt, and the first attempt allocates nothing for its mark.
+    #[must_use]
+    pub const fn mark_first(mut self, mark: bool) -> Self {
+        self.mark_first = mark;
+        self
     }
 }
 
@@ -109,11 +133,9 @@ impl<B: TryCloneBody> Replay<Request<B>> for HttpReplay {
     }
 
     fn mark(&self, req: &mut Request<B>, number: u32) {
-        let attempt = match req.extensions().get::<Attempt>() {
-            Some(earlier) => earlier.with_number(number),
-            None => Attempt::first().with_number(number),
-        };
-        req.extensions_mut().insert(attempt);
+        if number > 1 || self.mark_first {
+            req.extensions_mut().insert(Attempt::new(number));
+        }
     }
 }
 
@@ -180,8 +202,16 @@ mod tests {
         let first = original.extensions().get::<Attempt>().unwrap();
         let second = copy.extensions().get::<Attempt>().unwrap();
         assert_eq!((first.number(), second.number()), (1, 2));
-        // Copies share the record of tried replicas.
-        first.record("a".into());
-        assert_eq!(second.tried(), vec![std::sync::Arc::<str>::from("a")]);
+    }
+
+    #[test]
+    fn without_a_first_mark_only_repeats_are_marked() {
+        let replay = HttpReplay::new().mark_first(false);
+        let mut original = req(Method::GET);
+        replay.mark(&mut original, 1);
+        assert!(original.extensions().get::<Attempt>().is_none());
+        let mut copy = replay.replay(&original).unwrap();
+        replay.mark(&mut copy, 2);
+        assert_eq!(copy.extensions().get::<Attempt>(), Some(&Attempt::new(2)));
     }
 }

@@ -29,7 +29,7 @@ struct Track {
     fails: u32,
 }
 
-impl<K, S, C, A> Pool<K, S, C, A>
+impl<K, S, C> Pool<K, S, C>
 where
     K: Clone + Send + Sync + 'static,
     S: Clone + Send + Sync + 'static,
@@ -135,7 +135,7 @@ fn jittered(config: &HealthChecks, down: bool, rng: &Rng) -> Duration {
     base.mul_f64(1.0 + spread)
 }
 
-impl<K, S, C, A> Pool<K, S, C, A>
+impl<K, S, C> Pool<K, S, C>
 where
     K: Clone + Eq + Hash + std::fmt::Display + Send + Sync + 'static,
     S: Clone + Send + Sync + 'static,

@@ -41,10 +41,11 @@
 //!
 //! # Retries and hedges go elsewhere
 //!
-//! With [`Pool::with_attempts`], the pool reads the
-//! [`Attempt`] mark that the retry and hedge layers
-//! put on HTTP requests, sends each attempt to a replica the request has
-//! not tried while one exists, and records where it went.
+//! Under retry and hedge layers, the pool reads the request's attempt
+//! record ([`attempt`](crate::attempt)), sends each attempt to a replica the
+//! request has not tried while one exists, and records where it went. It
+//! takes nothing to set up, works for any request type, and costs a first
+//! attempt no allocation.
 //!
 //! # Readiness
 //!
@@ -96,30 +97,3 @@ pub use self::config::{Builder, OutlierDetection, WhenNoneHealthy};
 pub use self::handle::{Health, PoolHandle, ReplicaSnapshot, Why};
 pub use self::replica::Replica;
 pub use self::service::Pool;
-
-use crate::retry::Attempt;
-
-/// Reads the [`Attempt`] mark of a request, if its type carries one, so the
-/// pool can send retries and hedges to replicas not yet tried.
-pub trait Attempts<Req> {
-    /// The request's attempt mark.
-    fn attempt<'a>(&self, req: &'a Req) -> Option<&'a Attempt>;
-}
-
-/// Requests carry no attempt marks (the default).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct NoAttempts;
-
-impl<Req> Attempts<Req> for NoAttempts {
-    fn attempt<'a>(&self, _req: &'a Req) -> Option<&'a Attempt> {
-        None
-    }
-}
-
-#[cfg(feature = "http")]
-impl<B> Attempts<http::Request<B>> for crate::http::HttpReplay {
-    fn attempt<'a>(&self, req: &'a http::Request<B>) -> Option<&'a Attempt> {
-        req.extensions().get::<Attempt>()
-    }
-}

@@ -14,7 +14,7 @@ use super::handle::PoolHandle;
 use super::replica::{Replica, ReplicaState};
 use super::shared::{Member, Settings, Shared, Snapshot};
 use super::table::Table;
-use super::{Attempts, NoAttempts};
+use crate::attempt::Tried;
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::error::{BoxError, ConfigError, NoHealthyReplica};
 use crate::health::HealthChecks;
@@ -26,10 +26,9 @@ use crate::sync::AtomicU64;
 ///
 /// Cloning a pool is cheap and every clone shares the replicas' health and
 /// load: clone it per task, or put it under retry and hedge layers.
-pub struct Pool<K, S, C = ErrorsAsFailures, A = NoAttempts> {
+pub struct Pool<K, S, C = ErrorsAsFailures> {
     pub(super) shared: Arc<Shared<K, S>>,
     pub(super) classifier: C,
-    pub(super) attempts: A,
     pub(super) cached: Arc<Snapshot<K, S>>,
     pub(super) checks: Option<HealthChecks>,
     /// Set by `poll_ready` when no replica can take the next request.
@@ -43,7 +42,7 @@ pub struct Pool<K, S, C = ErrorsAsFailures, A = NoAttempts> {
     rng: u64,
 }
 
-impl<K, S, C, A> fmt::Debug for Pool<K, S, C, A> {
+impl<K, S, C> fmt::Debug for Pool<K, S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
             .field("name", &self.shared.settings.name)
@@ -52,12 +51,11 @@ impl<K, S, C, A> fmt::Debug for Pool<K, S, C, A> {
     }
 }
 
-impl<K: Clone, S: Clone, C: Clone, A: Clone> Clone for Pool<K, S, C, A> {
+impl<K: Clone, S: Clone, C: Clone> Clone for Pool<K, S, C> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
             classifier: self.classifier.clone(),
-            attempts: self.attempts.clone(),
             cached: self.cached.clone(),
             checks: self.checks,
             rejected: None,
@@ -149,7 +147,6 @@ impl<C> Builder<C> {
             .clone();
         Ok(Pool {
             classifier: self.classifier,
-            attempts: NoAttempts,
             rng: shared.rng.next_u64(),
             shared,
             cached,
@@ -189,30 +186,11 @@ impl<C> Builder<C> {
     }
 }
 
-impl<K, S, C, A> Pool<K, S, C, A>
+impl<K, S, C> Pool<K, S, C>
 where
     K: Clone,
     S: Clone,
 {
-    /// Reads attempt marks with `attempts`, so that a retried or hedged
-    /// request goes to a replica it has not tried (for HTTP:
-    /// [`HttpReplay`](crate::http::HttpReplay)).
-    pub fn with_attempts<A2>(self, attempts: A2) -> Pool<K, S, C, A2>
-    where
-        C: Clone,
-    {
-        Pool {
-            classifier: self.classifier,
-            attempts,
-            shared: self.shared,
-            cached: self.cached,
-            checks: self.checks,
-            rejected: None,
-            waiting: None,
-            rng: self.rng,
-        }
-    }
-
     /// A handle to watch and steer the replicas.
     pub fn handle(&self) -> PoolHandle<K, S> {
         PoolHandle {
@@ -221,12 +199,11 @@ where
     }
 }
 
-impl<K, S, C, A, Req> Service<Req> for Pool<K, S, C, A>
+impl<K, S, C, Req> Service<Req> for Pool<K, S, C>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     C: Classify<S::Response, S::Error> + Clone,
-    A: Attempts<Req>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -304,31 +281,34 @@ where
         if now_ms >= shared.next_sweep_ms.load(crate::sync::Ordering::Acquire) {
             shared.sweep(snapshot, now_ms);
         }
-        let attempt = self.attempts.attempt(&req);
-        // A first attempt has tried nothing: no lock taken to find out.
-        let tried = attempt
-            .filter(|a| a.is_repeat())
-            .map(crate::retry::Attempt::tried)
-            .unwrap_or_default();
-        // A replica whose breaker refuses is passed over.
-        for _ in 0..4 {
-            let Some(i) = shared.choose(snapshot, now_ns, now_ms, &mut self.rng, &tried) else {
-                break;
-            };
-            let member = &snapshot.members[i];
-            let permit = match member.state.breaker() {
-                Some(circuit) => match circuit.try_acquire() {
-                    Ok(permit) => Some(permit),
-                    Err(_) => {
-                        shared.changed();
-                        continue;
-                    }
-                },
-                None => None,
-            };
-            if let Some(attempt) = attempt {
-                attempt.record(member.state.label.clone());
+        let rng = &mut self.rng;
+        // Under retry and hedge layers, the request's attempt record: the
+        // replicas it tried, and where this attempt goes.
+        let chosen = crate::attempt::with_tried(|mut tried| {
+            let untried = Tried::default();
+            // A replica whose breaker refuses is passed over.
+            for _ in 0..4 {
+                let avoid = tried.as_deref().unwrap_or(&untried);
+                let i = shared.choose(snapshot, now_ns, now_ms, rng, avoid)?;
+                let member = &snapshot.members[i];
+                let permit = match member.state.breaker() {
+                    Some(circuit) => match circuit.try_acquire() {
+                        Ok(permit) => Some(permit),
+                        Err(_) => {
+                            shared.changed();
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                if let Some(tried) = tried.as_deref_mut() {
+                    tried.record(member.state.label.clone());
+                }
+                return Some((member, permit));
             }
+            None
+        });
+        if let Some((member, permit)) = chosen {
             member.state.selections.increment(1);
             member
                 .state

@@ -10,6 +10,7 @@ use super::Why;
 use super::config::{OutlierDetection, WhenNoneHealthy};
 use super::replica::{REMOVED, ReplicaState, Standing};
 use super::table::{Row, Table, WHOLE};
+use crate::attempt::Tried;
 use crate::rng::{Rng, below, next_local};
 use crate::sync::{AtomicU64, Ordering};
 
@@ -117,7 +118,7 @@ impl<K, S> Shared<K, S> {
         now_ns: u64,
         now_ms: u64,
         rng: &mut u64,
-        tried: &[Arc<str>],
+        tried: &Tried,
     ) -> Option<usize> {
         let r = next_local(rng);
         let candidates = snapshot.table.pick(
@@ -145,7 +146,7 @@ impl<K, S> Shared<K, S> {
                 }
             }
             // ...and only then to one it tried before.
-            return self.p2c(snapshot, candidates, now_ns, now_ms, rng, &[]);
+            return self.p2c(snapshot, candidates, now_ns, now_ms, rng, &Tried::default());
         }
         None
     }
@@ -160,13 +161,13 @@ impl<K, S> Shared<K, S> {
         now_ns: u64,
         now_ms: u64,
         rng: &mut u64,
-        tried: &[Arc<str>],
+        tried: &Tried,
     ) -> Option<usize> {
         let state = |i: u32| &snapshot.members[i as usize].state;
         let usable = |i: u32| {
             let state = state(i);
             (snapshot.table.panic || state.routable(now_ms))
-                && !tried.iter().any(|t| **t == *state.label)
+                && !tried.contains(&state.label)
         };
         let cheaper = |a: u32, b: u32| {
             let (sa, sb) = (state(a), state(b));

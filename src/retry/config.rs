@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use metrics::Counter;
 
-use super::{CloneRequest, RetryLayer};
+use super::RetryLayer;
+use crate::attempt::{Admission, CloneRequest};
 use crate::backoff::{Backoff, Jitter};
 use crate::budget::RetryBudget;
 use crate::classify::ErrorsAsFailures;
@@ -43,8 +44,6 @@ pub struct Builder<C = ErrorsAsFailures, R = CloneRequest> {
 /// The validated settings, shared by every service of a layer (private).
 #[derive(Debug)]
 pub(super) struct Policy<C, R> {
-    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
-    pub(super) name: Arc<str>,
     pub(super) classifier: C,
     pub(super) replay: R,
     pub(super) max_attempts: u32,
@@ -54,6 +53,8 @@ pub(super) struct Policy<C, R> {
     pub(super) max_pushback: Duration,
     pub(super) deadline: Option<Duration>,
     pub(super) metrics: Metrics,
+    /// The step that admits a retry, with its refusal counters.
+    pub(super) admission: Admission,
 }
 
 #[derive(Debug)]
@@ -61,24 +62,15 @@ pub(super) struct Metrics {
     pub(super) attempts: Counter,
     pub(super) retried_failure: Counter,
     pub(super) retried_pushback: Counter,
-    pub(super) refused_max_attempts: Counter,
-    pub(super) refused_budget: Counter,
-    pub(super) refused_deadline: Counter,
-    pub(super) refused_not_replayable: Counter,
 }
 
 impl Metrics {
     fn new(name: &Arc<str>) -> Self {
         let retried = |reason: &'static str| metrics::counter!("steadfast_retry_retries_total", "name" => name.clone(), "reason" => reason);
-        let refused = |reason: &'static str| metrics::counter!("steadfast_retry_refused_total", "name" => name.clone(), "reason" => reason);
         Self {
             attempts: metrics::counter!("steadfast_retry_attempts_total", "name" => name.clone()),
             retried_failure: retried("failure"),
             retried_pushback: retried("pushback"),
-            refused_max_attempts: refused("max_attempts"),
-            refused_budget: refused("budget"),
-            refused_deadline: refused("deadline"),
-            refused_not_replayable: refused("not_replayable"),
         }
     }
 }
@@ -135,7 +127,9 @@ impl<C, R> Builder<C, R> {
         }
     }
 
-    /// The most attempts per request, the first included (1..=100).
+    /// The most attempts per request, the first included (1..=100). When
+    /// this layer is the outermost of a stack, the cap covers the hedges of
+    /// the layers below too (see [`attempt`](crate::attempt)).
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n;
         self
@@ -193,8 +187,8 @@ impl<C, R> Builder<C, R> {
         };
         Ok(RetryLayer::from_policy(Arc::new(Policy {
             metrics: Metrics::new(&self.name),
+            admission: Admission::new("retry", "steadfast_retry_refused_total", &self.name),
             rng: self.backoff.rng(),
-            name: self.name,
             classifier: self.classifier,
             replay: self.replay,
             max_attempts: self.max_attempts,

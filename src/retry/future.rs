@@ -9,8 +9,8 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-use super::Replay;
 use super::config::Policy;
+use crate::attempt::{Replay, Share};
 use crate::classify::Classify;
 use crate::per_clone::PerClone;
 
@@ -33,6 +33,9 @@ pin_project! {
         // The next attempt's request, while it waits out its backoff.
         next: Option<Req>,
         policy: PerClone<Policy<C, R>>,
+        // The request's attempt record, or this layer's part in it.
+        share: Share,
+        // Attempts this layer sent.
         attempt: u32,
         previous_delay: Duration,
         started: Option<Instant>,
@@ -62,14 +65,6 @@ where
     }
 }
 
-/// Why a failed attempt is not retried.
-enum Refusal {
-    MaxAttempts,
-    NotReplayable,
-    Deadline,
-    Budget,
-}
-
 impl<S, Req, C, R> ResponseFuture<S, Req, C, R>
 where
     S: Service<Req>,
@@ -78,16 +73,18 @@ where
         mut service: S,
         req: Req,
         template: Option<Req>,
+        mut share: Share,
         policy: PerClone<Policy<C, R>>,
         started: Option<Instant>,
     ) -> Self {
-        let future = service.call(req);
+        let future = share.call(|| service.call(req));
         Self {
             state: State::Called { future },
             service,
             template,
             next: None,
             policy,
+            share,
             attempt: 1,
             previous_delay: Duration::ZERO,
             started,
@@ -108,30 +105,34 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
-                    let result = ready!(future.poll(cx));
+                    let result = ready!(this.share.poll(|| future.poll(cx)));
                     let policy = &**this.policy;
                     let verdict = policy.classifier.classify(result.as_ref());
                     if !verdict.is_failure() || !verdict.is_retryable() {
                         return Poll::Ready(result);
                     }
                     // A retryable failure: decide whether to try again.
-                    let delay = match decide(
-                        policy,
-                        *this.attempt,
-                        *this.previous_delay,
-                        verdict.pushback(),
-                        *this.started,
-                        this.template.as_ref(),
-                    ) {
-                        Ok((delay, next)) => {
-                            *this.next = Some(next);
-                            delay
-                        }
-                        Err(refusal) => {
-                            refused(policy, refusal, *this.attempt);
-                            return Poll::Ready(result);
-                        }
+                    let mut delay = Duration::ZERO;
+                    let (attempt, previous_delay, started) =
+                        (*this.attempt, *this.previous_delay, *this.started);
+                    let template = this.template.as_ref();
+                    let admitted = this.share.with(|tries| {
+                        policy.admission.admit(
+                            tries,
+                            attempt < policy.max_attempts,
+                            &policy.replay,
+                            template,
+                            || {
+                                delay = backoff(policy, attempt, previous_delay, verdict.pushback());
+                                fits(policy, started, delay)
+                            },
+                            &policy.budget,
+                        )
+                    });
+                    let Ok(next) = admitted else {
+                        return Poll::Ready(result);
                     };
+                    *this.next = Some(next);
                     if verdict.pushback().is_some() {
                         policy.metrics.retried_pushback.increment(1);
                     } else {
@@ -157,14 +158,13 @@ where
                     if let Err(err) = ready!(this.service.poll_ready(cx)) {
                         return Poll::Ready(Err(err));
                     }
-                    let policy = &**this.policy;
-                    let Some(mut req) = this.next.take() else {
+                    let Some(req) = this.next.take() else {
                         unreachable!("a retry is only scheduled with its request");
                     };
-                    policy.metrics.attempts.increment(1);
-                    policy.replay.mark(&mut req, *this.attempt);
+                    this.policy.metrics.attempts.increment(1);
                     // Ready -> Called: the next attempt is sent.
-                    let future = this.service.call(req);
+                    let service = &mut *this.service;
+                    let future = this.share.call(|| service.call(req));
                     this.state.set(State::Called { future });
                 }
             }
@@ -172,56 +172,29 @@ where
     }
 }
 
-/// Whether to retry after a retryable failure of attempt `attempt`: the
-/// delay and the request to send, or why not. Checks, in order: attempts
-/// left, a copy of the request, the deadline, and last the budget (so no
-/// token is spent on a retry refused for another reason).
-fn decide<C, R, Req>(
+/// The delay before the retry after this layer's attempt `attempt`: the
+/// backoff's, or the server's pushback if longer (cut to the cap).
+fn backoff<C, R>(
     policy: &Policy<C, R>,
     attempt: u32,
     previous_delay: Duration,
     pushback: Option<Duration>,
-    started: Option<Instant>,
-    template: Option<&Req>,
-) -> Result<(Duration, Req), Refusal>
-where
-    R: Replay<Req>,
-{
-    if attempt >= policy.max_attempts {
-        return Err(Refusal::MaxAttempts);
-    }
-    let next = template
-        .and_then(|t| policy.replay.replay(t))
-        .ok_or(Refusal::NotReplayable)?;
-    let mut delay = policy.backoff.delay(
+) -> Duration {
+    let delay = policy.backoff.delay(
         attempt - 1,
         previous_delay.max(policy.backoff.base()),
         &policy.rng,
     );
-    if let Some(pushback) = pushback {
-        delay = delay.max(pushback.min(policy.max_pushback));
+    match pushback {
+        Some(pushback) => delay.max(pushback.min(policy.max_pushback)),
+        None => delay,
     }
-    if let (Some(deadline), Some(started)) = (policy.deadline, started) {
-        if started.elapsed() + delay >= deadline {
-            return Err(Refusal::Deadline);
-        }
-    }
-    if !policy.budget.withdraw() {
-        return Err(Refusal::Budget);
-    }
-    Ok((delay, next))
 }
 
-fn refused<C, R>(policy: &Policy<C, R>, refusal: Refusal, attempt: u32) {
-    let (counter, reason) = match refusal {
-        Refusal::MaxAttempts => (&policy.metrics.refused_max_attempts, "max_attempts"),
-        Refusal::NotReplayable => (&policy.metrics.refused_not_replayable, "not_replayable"),
-        Refusal::Deadline => (&policy.metrics.refused_deadline, "deadline"),
-        Refusal::Budget => (&policy.metrics.refused_budget, "budget"),
-    };
-    counter.increment(1);
-    #[cfg(feature = "tracing")]
-    tracing::debug!(retry = &*policy.name, attempt, reason, "not retrying");
-    #[cfg(not(feature = "tracing"))]
-    let _ = (attempt, reason);
+/// Whether a retry after `delay` still starts before the deadline.
+fn fits<C, R>(policy: &Policy<C, R>, started: Option<Instant>, delay: Duration) -> bool {
+    match (policy.deadline, started) {
+        (Some(deadline), Some(started)) => started.elapsed().saturating_add(delay) < deadline,
+        _ => true,
+    }
 }

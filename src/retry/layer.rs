@@ -3,7 +3,8 @@ use std::sync::Arc;
 use tower::Layer;
 
 use super::config::Policy;
-use super::{Builder, CloneRequest, Retry};
+use super::{Builder, Retry};
+use crate::attempt::CloneRequest;
 use crate::classify::ErrorsAsFailures;
 
 /// Wraps services in [`Retry`]; built with [`RetryLayer::builder`].

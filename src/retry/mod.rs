@@ -5,7 +5,8 @@
 //! [`Backoff`](crate::backoff::Backoff) delay (or the server's pushback, if
 //! longer and within a cap) between attempts. Before every retry it checks,
 //! in order: attempts left, that the request can be sent again
-//! ([`Replay`]), that the delay ends before the deadline, and last that the
+//! ([`Replay`](crate::attempt::Replay)), that the delay ends before the
+//! deadline, and last that the
 //! [`RetryBudget`](crate::budget::RetryBudget) allows one more attempt.
 //! When any says no, the caller gets the last real outcome — never a
 //! "budget exhausted" error of the layer's own.
@@ -15,12 +16,21 @@
 //! See [`budget`](crate::budget): a maximum of attempts alone multiplies the
 //! load on a failing dependency exactly when it can least take it.
 //!
+//! # Under and over other layers
+//!
+//! Stacked with a hedge (or another retry), the layers keep one record per
+//! original request ([`attempt`](crate::attempt)): the outermost deposits
+//! it in the budget once, attempt numbers run on across layers, and
+//! `max_attempts` of the outermost layer caps every attempt, hedges
+//! included. A pool below sends each retry to a replica not yet tried.
+//!
 //! # HTTP
 //!
 //! With [`HttpReplay`](crate::http::HttpReplay), only requests that may be
 //! sent twice are retried (RFC 9110 idempotent methods, an
 //! `Idempotency-Key` header, or an [`Idempotent`](crate::http::Idempotent)
-//! extension), and each attempt carries an [`Attempt`] extension. Wrap a
+//! extension), and each attempt carries an
+//! [`Attempt`](crate::attempt::Attempt) extension. Wrap a
 //! streaming body in [`ReplayBody`](crate::http::ReplayBody) so it can be
 //! sent again; past its cap the request is simply not retried.
 //!
@@ -79,10 +89,8 @@
 mod config;
 pub mod future;
 mod layer;
-mod replay;
 mod service;
 
 pub use self::config::{Builder, MAX_ATTEMPTS};
 pub use self::layer::RetryLayer;
-pub use self::replay::{Attempt, CloneRequest, Replay};
 pub use self::service::Retry;

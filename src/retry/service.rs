@@ -6,7 +6,7 @@ use tower::Service;
 
 use super::config::Policy;
 use super::future::ResponseFuture;
-use super::{CloneRequest, Replay};
+use crate::attempt::{CloneRequest, Replay, Share};
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::per_clone::{PerClone, take_ready};
 
@@ -74,8 +74,12 @@ where
     fn call(&mut self, mut req: Req) -> Self::Future {
         let policy = &*self.policy;
         policy.metrics.attempts.increment(1);
-        policy.budget.deposit();
-        policy.replay.mark(&mut req, 1);
+        // The original is counted once, by the outermost repeating layer,
+        // which also marks it as attempt 1.
+        let share = Share::join(policy.max_attempts, &policy.budget);
+        if share.is_outermost() {
+            policy.replay.mark(&mut req, 1);
+        }
         let template = if policy.max_attempts > 1 {
             policy.replay.replay(&req)
         } else {
@@ -85,6 +89,6 @@ where
         // The ready service takes this call and goes to the future for the
         // later attempts.
         let service = take_ready(&mut self.inner);
-        ResponseFuture::new(service, req, template, self.policy.for_call(), started)
+        ResponseFuture::new(service, req, template, share, self.policy.for_call(), started)
     }
 }

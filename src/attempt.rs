@@ -1,0 +1,597 @@
+//! The attempt protocol: how the layers that send a request more than once
+//! (retry, hedge) and a replica pool below them agree on what an attempt is.
+//!
+//! Stacked, these layers must keep the promises each makes alone. For each
+//! *original* request they share one record, which says:
+//!
+//! - **how many attempts were sent**: numbers run 1, 2, 3… across every
+//!   layer, and one cap bounds them all — that of the outermost repeating
+//!   layer (a retry's `max_attempts`; for a hedge with no retry above it,
+//!   one more than its `max_extra_attempts`). A layer below also keeps its
+//!   own cap: a hedge under a retry sends at most `max_extra_attempts` per
+//!   attempt of the retry, within the shared total;
+//! - **where the original was counted**: the outermost layer deposits the
+//!   request into its [`RetryBudget`] once; a layer below with the same
+//!   budget only withdraws. (A layer with a budget of its own counts every
+//!   call it sees, an outer layer's retries included, as its traffic.)
+//! - **the replicas tried**: a [`Pool`](crate::pool::Pool) records where
+//!   each attempt went and sends the next one to a replica the request has
+//!   not tried, while one exists.
+//!
+//! # How the record travels
+//!
+//! With the call, not in the request. The outermost repeating layer keeps
+//! the record in its response future and lends it to the layers below for
+//! as long as it calls or polls them (through a thread-local slot that is
+//! restored afterwards, on unwind too). The layers below find it there. So
+//! the protocol works for any request type, and a first attempt that
+//! succeeds costs two thread-local accesses per layer: no allocation, no
+//! lock. The list of replicas tried keeps its first entry inline; it
+//! allocates only from the second.
+//!
+//! What cannot carry the record is a hop that calls or polls the service
+//! below it from somewhere else: a [`tower::buffer::Buffer`], a spawned
+//! task. A layer below such a hop sees no record and acts as the outermost
+//! one: it counts the request again in its budget and starts its own count
+//! of attempts. Put such a hop above the retry layer, or below the pool.
+//!
+//! # What the service below sees
+//!
+//! [`Replay::mark`] puts each attempt's number on the request, for servers
+//! and logs: [`HttpReplay`](crate::http::HttpReplay) as an [`Attempt`]
+//! extension. The layers themselves never read it. For a request type of
+//! your own, implement [`Replay`] and write the number wherever your
+//! transport can carry it:
+//!
+//! ```
+//! use steadfast::attempt::Replay;
+//!
+//! #[derive(Clone)]
+//! struct Query { sql: String, attempt: u32 }
+//!
+//! struct QueryReplay;
+//!
+//! impl Replay<Query> for QueryReplay {
+//!     fn replay(&self, q: &Query) -> Option<Query> {
+//!         Some(q.clone())
+//!     }
+//!     fn mark(&self, q: &mut Query, number: u32) {
+//!         q.attempt = number;
+//!     }
+//! }
+//!
+//! let mut q = Query { sql: "SELECT 1".into(), attempt: 0 };
+//! let mut again = QueryReplay.replay(&q).unwrap();
+//! QueryReplay.mark(&mut q, 1);
+//! QueryReplay.mark(&mut again, 2);
+//! assert_eq!((q.attempt, again.attempt, again.sql.as_str()), (1, 2, "SELECT 1"));
+//! ```
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use metrics::Counter;
+
+use crate::budget::RetryBudget;
+
+/// Copies a request for another attempt, or says it must not be sent again.
+///
+/// A repeating layer asks for a copy before the first attempt is sent (so
+/// it keeps one to replay) and again before each repeat, so a copy can be
+/// refused late: a [`ReplayBody`](crate::http::ReplayBody) that passed its
+/// cap during the first attempt refuses then.
+///
+/// Built-ins: [`CloneRequest`] for any `Clone` request, and (feature
+/// `http`) [`HttpReplay`](crate::http::HttpReplay), which also applies the
+/// idempotency rules and marks each attempt with an [`Attempt`].
+pub trait Replay<Req> {
+    /// A copy of `req` for another attempt, or `None` when it must not be
+    /// sent again.
+    fn replay(&self, req: &Req) -> Option<Req>;
+
+    /// Marks `req` as attempt `number` (1 for the first) before it is sent,
+    /// for the service below to read. The layers do not need it (see the
+    /// [module docs](self)); the default does nothing.
+    fn mark(&self, req: &mut Req, number: u32) {
+        let _ = (req, number);
+    }
+}
+
+/// Replays any `Clone` request by cloning it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CloneRequest;
+
+impl CloneRequest {
+    /// The strategy.
+    pub const fn new() -> Self {
+        Self
+    }
+}
+
+impl<Req: Clone> Replay<Req> for CloneRequest {
+    #[inline]
+    fn replay(&self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+/// An attempt's number, as [`HttpReplay`](crate::http::HttpReplay) puts it
+/// on an HTTP request (an extension) for the service below to read.
+///
+/// Numbers run 1, 2, 3… across every retry and hedge layer of a stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Attempt {
+    number: u32,
+}
+
+impl Attempt {
+    /// Attempt `number` (1 for the first).
+    pub const fn new(number: u32) -> Self {
+        Self { number }
+    }
+
+    /// The attempt number, 1 for the first.
+    pub const fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// Whether this is a retry or a hedge rather than the first attempt.
+    pub const fn is_repeat(&self) -> bool {
+        self.number > 1
+    }
+}
+
+/// The replicas a request's attempts went to: the first inline, so
+/// recording it allocates nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Tried {
+    first: Option<Arc<str>>,
+    more: Vec<Arc<str>>,
+}
+
+impl Tried {
+    /// Whether no attempt has been recorded.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// Whether an attempt went to `replica`.
+    pub(crate) fn contains(&self, replica: &str) -> bool {
+        self.first.iter().chain(&self.more).any(|r| **r == *replica)
+    }
+
+    /// Records that an attempt went to `replica`.
+    pub(crate) fn record(&mut self, replica: Arc<str>) {
+        match self.first {
+            None => self.first = Some(replica),
+            Some(_) => self.more.push(replica),
+        }
+    }
+}
+
+/// One original request's record (see the [module docs](self)).
+#[derive(Debug)]
+pub(crate) struct Tries {
+    /// Attempts sent so far: the last one's number.
+    sent: u32,
+    /// The most attempts in all, set by the outermost repeating layer.
+    limit: u32,
+    /// The budget the original was deposited in, by address: it is alive
+    /// while the record is, since the layer owning the record holds it.
+    counted_in: usize,
+    /// The replicas tried.
+    pub(crate) tried: Tried,
+}
+
+impl Tries {
+    fn first(limit: u32, budget: &RetryBudget) -> Self {
+        Self {
+            sent: 1,
+            limit,
+            counted_in: identity(budget),
+            tried: Tried::default(),
+        }
+    }
+
+    /// The record of a layer that was polled without the one it joined:
+    /// counted already, one attempt sent, its own cap.
+    fn orphan(limit: u32) -> Self {
+        Self {
+            sent: 1,
+            limit,
+            counted_in: 0,
+            tried: Tried::default(),
+        }
+    }
+
+    /// Whether the cap allows another attempt.
+    pub(crate) fn may_send_more(&self) -> bool {
+        self.sent < self.limit
+    }
+}
+
+fn identity(budget: &RetryBudget) -> usize {
+    std::ptr::from_ref(budget) as usize
+}
+
+/// How the record was lent to the layers below.
+#[derive(Debug)]
+enum Lent {
+    /// While a layer calls the service below: a layer there joins the
+    /// record, and a pool reads and extends the replicas tried.
+    Call(Tries),
+    /// While a layer polls the futures below: a layer that joined the
+    /// record at its call finds it again. A call made from such a poll
+    /// (user code inside a leaf future calling another stack) does not
+    /// join it.
+    Poll(Tries),
+}
+
+impl Lent {
+    fn into_tries(self) -> Tries {
+        match self {
+            Self::Call(tries) | Self::Poll(tries) => tries,
+        }
+    }
+
+    fn tries_mut(&mut self) -> &mut Tries {
+        match self {
+            Self::Call(tries) | Self::Poll(tries) => tries,
+        }
+    }
+}
+
+thread_local! {
+    static LENT: Cell<Option<Lent>> = const { Cell::new(None) };
+}
+
+/// Puts back what the slot held before, when dropped (on unwind too, so
+/// a panic below never leaves a stale record for the next request).
+struct Restore(Option<Option<Lent>>);
+
+impl Restore {
+    fn lend(lent: Lent) -> Self {
+        Self(Some(LENT.replace(Some(lent))))
+    }
+
+    /// Ends the loan: what was lent, back (`None` if a layer below kept
+    /// it, which the protocol never does).
+    fn finish(mut self) -> Option<Lent> {
+        LENT.replace(self.0.take().flatten())
+    }
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Some(before) = self.0.take() {
+            LENT.set(before);
+        }
+    }
+}
+
+/// Puts back what was taken from the slot, when dropped.
+struct PutBack(Option<Lent>);
+
+impl Drop for PutBack {
+    fn drop(&mut self) {
+        LENT.set(self.0.take());
+    }
+}
+
+/// Runs `f` with the record lent from above, if there is one.
+fn with_lent<T>(f: impl FnOnce(Option<&mut Lent>) -> T) -> T {
+    let mut lent = PutBack(LENT.take());
+    f(lent.0.as_mut())
+}
+
+/// A repeating layer's part in a request's record: the record itself when
+/// the layer is the outermost, or nothing when it uses the one lent from
+/// above.
+#[derive(Debug)]
+pub(crate) struct Share {
+    own: Option<Tries>,
+    /// For a layer below a hop that polls it without the record (see the
+    /// module docs): the cap it starts its own record with.
+    fallback_limit: u32,
+}
+
+impl Share {
+    /// Joins the record of the call being made, or starts one if there is
+    /// none (this layer is the outermost). The original is deposited in
+    /// `budget` unless it was counted there already. `limit` is this
+    /// layer's cap on attempts in all.
+    pub(crate) fn join(limit: u32, budget: &RetryBudget) -> Self {
+        let counted_in = with_lent(|lent| match lent {
+            Some(Lent::Call(tries)) => Some(tries.counted_in),
+            _ => None,
+        });
+        match counted_in {
+            Some(counted_in) => {
+                if counted_in != identity(budget) {
+                    budget.deposit();
+                }
+                Self {
+                    own: None,
+                    fallback_limit: limit,
+                }
+            }
+            None => {
+                budget.deposit();
+                Self {
+                    own: Some(Tries::first(limit, budget)),
+                    fallback_limit: limit,
+                }
+            }
+        }
+    }
+
+    /// Whether this layer owns the record: it sends the original request,
+    /// and marks it as attempt 1.
+    pub(crate) fn is_outermost(&self) -> bool {
+        self.own.is_some()
+    }
+
+    /// Runs `f` on the record.
+    pub(crate) fn with<T>(&mut self, f: impl FnOnce(&mut Tries) -> T) -> T {
+        if self.own.is_none() {
+            let mut lent = PutBack(LENT.take());
+            if let Some(lent) = lent.0.as_mut() {
+                return f(lent.tries_mut());
+            }
+        }
+        // Polled without the record (a hop that moved the future, see the
+        // module docs): from here on, a record of its own.
+        let limit = self.fallback_limit;
+        f(self.own.get_or_insert_with(|| Tries::orphan(limit)))
+    }
+
+    /// Calls the service below (`f`) with the record lent to it.
+    pub(crate) fn call<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        self.lend(Lent::Call, f)
+    }
+
+    /// Polls the futures below (`f`) with the record lent to them.
+    pub(crate) fn poll<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        self.lend(Lent::Poll, f)
+    }
+
+    fn lend<T>(&mut self, kind: fn(Tries) -> Lent, f: impl FnOnce() -> T) -> T {
+        if let Some(own) = self.own.take() {
+            let loan = Restore::lend(kind(own));
+            let out = f();
+            self.own = loan.finish().map(Lent::into_tries);
+            return out;
+        }
+        // The record lent from above is in the slot: lend it on as `kind`
+        // while `f` runs, then put it back as it was.
+        let Some(above) = LENT.take() else {
+            return f();
+        };
+        let as_before: fn(Tries) -> Lent = match above {
+            Lent::Call(_) => Lent::Call,
+            Lent::Poll(_) => Lent::Poll,
+        };
+        let loan = Restore::lend(kind(above.into_tries()));
+        let out = f();
+        let back = loan.finish();
+        LENT.set(back.map(|lent| as_before(lent.into_tries())));
+        out
+    }
+}
+
+/// The record lent to a call being made now, for a pool choosing where it
+/// goes: `f` gets the replicas tried (`None` when no repeating layer is
+/// above) and may record the one chosen.
+pub(crate) fn with_tried<T>(f: impl FnOnce(Option<&mut Tried>) -> T) -> T {
+    with_lent(|lent| match lent {
+        Some(Lent::Call(tries)) => f(Some(&mut tries.tried)),
+        _ => f(None),
+    })
+}
+
+/// Why another attempt was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The cap on attempts (the shared one, or the layer's own).
+    MaxAttempts,
+    /// The request cannot be copied.
+    NotReplayable,
+    /// It would not finish before the deadline.
+    Deadline,
+    /// The budget is spent.
+    Budget,
+}
+
+impl Refusal {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::MaxAttempts => "max_attempts",
+            Self::NotReplayable => "not_replayable",
+            Self::Deadline => "deadline",
+            Self::Budget => "budget",
+        }
+    }
+}
+
+/// A layer's step for admitting another attempt, with its refusal counters
+/// (`<metric>{name, reason}`).
+#[derive(Debug)]
+pub(crate) struct Admission {
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    layer: &'static str,
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    name: Arc<str>,
+    max_attempts: Counter,
+    not_replayable: Counter,
+    deadline: Counter,
+    budget: Counter,
+}
+
+impl Admission {
+    /// The step for layer `layer` (`"retry"`, `"hedge"`) named `name`,
+    /// counting refusals in `metric`.
+    pub(crate) fn new(layer: &'static str, metric: &'static str, name: &Arc<str>) -> Self {
+        let refused = |reason: &'static str| metrics::counter!(metric, "name" => name.clone(), "reason" => reason);
+        Self {
+            layer,
+            name: name.clone(),
+            max_attempts: refused("max_attempts"),
+            not_replayable: refused("not_replayable"),
+            deadline: refused("deadline"),
+            budget: refused("budget"),
+        }
+    }
+
+    /// Admits another attempt of a request, or says why not: the caps
+    /// (the layer's own, `own_cap_left`, and the record's), a copy of
+    /// `template`, `in_time` (checked only when the rest allow, since it
+    /// may draw a backoff delay), and last the budget, so no token is spent
+    /// on an attempt refused for another reason. An admitted attempt takes
+    /// the next number and carries its mark.
+    pub(crate) fn admit<Req, R: Replay<Req>>(
+        &self,
+        tries: &mut Tries,
+        own_cap_left: bool,
+        replay: &R,
+        template: Option<&Req>,
+        in_time: impl FnOnce() -> bool,
+        budget: &RetryBudget,
+    ) -> Result<Req, Refusal> {
+        let admitted = (|| {
+            if !own_cap_left || !tries.may_send_more() {
+                return Err(Refusal::MaxAttempts);
+            }
+            let mut next = template
+                .and_then(|t| replay.replay(t))
+                .ok_or(Refusal::NotReplayable)?;
+            if !in_time() {
+                return Err(Refusal::Deadline);
+            }
+            if !budget.withdraw() {
+                return Err(Refusal::Budget);
+            }
+            tries.sent += 1;
+            replay.mark(&mut next, tries.sent);
+            Ok(next)
+        })();
+        if let Err(refusal) = admitted {
+            self.refused(refusal, tries.sent);
+        }
+        admitted
+    }
+
+    fn refused(&self, refusal: Refusal, sent: u32) {
+        let counter = match refusal {
+            Refusal::MaxAttempts => &self.max_attempts,
+            Refusal::NotReplayable => &self.not_replayable,
+            Refusal::Deadline => &self.deadline,
+            Refusal::Budget => &self.budget,
+        };
+        counter.increment(1);
+        #[cfg(feature = "tracing")]
+        tracing::debug!(
+            layer = self.layer,
+            name = &*self.name,
+            attempts = sent,
+            reason = refusal.reason(),
+            "no further attempt"
+        );
+        #[cfg(not(feature = "tracing"))]
+        let _ = (sent, refusal.reason());
+    }
+}
+
+#[cfg(all(test, not(steadfast_loom)))]
+mod tests {
+    use super::*;
+
+    fn budget() -> RetryBudget {
+        RetryBudget::builder()
+            .min_per_sec(0)
+            .ratio(1.0)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_outermost_layer_owns_the_record_and_lends_it_below() {
+        let budget = budget();
+        let mut outer = Share::join(3, &budget);
+        assert!(outer.is_outermost());
+        let inner = outer.call(|| Share::join(5, &budget));
+        assert!(!inner.is_outermost(), "a call below joins the record");
+        // Counted once: one deposit of ratio 1 allows one withdrawal.
+        assert!(budget.withdraw());
+        assert!(!budget.withdraw());
+        assert!(LENT.take().is_none(), "the slot is empty after the call");
+    }
+
+    #[test]
+    fn a_call_made_while_polling_does_not_join() {
+        let budget = budget();
+        let mut outer = Share::join(3, &budget);
+        let other = outer.poll(|| Share::join(3, &budget));
+        assert!(other.is_outermost());
+    }
+
+    #[test]
+    fn numbers_and_the_cap_are_shared() {
+        let budget = RetryBudget::builder()
+            .min_per_sec(0)
+            .ratio(10.0)
+            .build()
+            .unwrap();
+        let admission = Admission::new("test", "test_refused_total", &Arc::from("t"));
+        let mut outer = Share::join(3, &budget);
+        let mut inner = outer.call(|| Share::join(10, &budget));
+        let template = 7u32;
+        let admit = |share: &mut Share| {
+            share.with(|t| {
+                admission.admit(t, true, &CloneRequest, Some(&template), || true, &budget)
+            })
+        };
+        // The inner layer, polled under the outer's loan, sends attempt 2...
+        assert_eq!(outer.poll(|| admit(&mut inner)), Ok(7));
+        // ...so the outer may send only one more (3 in all).
+        assert_eq!(admit(&mut outer), Ok(7));
+        assert_eq!(admit(&mut outer), Err(Refusal::MaxAttempts));
+        assert_eq!(outer.with(|t| t.sent), 3);
+    }
+
+    #[test]
+    fn the_pool_sees_and_extends_the_replicas_tried_only_during_a_call() {
+        let budget = budget();
+        let mut outer = Share::join(3, &budget);
+        assert!(with_tried(|t| t.is_none()), "no record outside a loan");
+        outer.call(|| with_tried(|t| t.unwrap().record("a".into())));
+        outer.call(|| with_tried(|t| t.unwrap().record("b".into())));
+        assert!(outer.poll(|| with_tried(|t| t.is_none())));
+        outer.with(|t| {
+            assert!(t.tried.contains("a") && t.tried.contains("b"));
+            assert!(!t.tried.contains("c"));
+        });
+    }
+
+    #[test]
+    fn a_panic_below_leaves_no_record_behind() {
+        let budget = budget();
+        let mut outer = Share::join(3, &budget);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            outer.call(|| panic!("a service below panicked"))
+        }));
+        assert!(caught.is_err());
+        assert!(Share::join(3, &budget).is_outermost(), "no stale record");
+    }
+
+    #[test]
+    fn a_layer_polled_without_the_record_keeps_its_own() {
+        let budget = budget();
+        let mut outer = Share::join(3, &budget);
+        let mut moved = outer.call(|| Share::join(2, &budget));
+        // Polled elsewhere (no loan): it starts a record of its own, cap 2.
+        assert!(moved.with(|t| t.may_send_more()));
+        moved.with(|t| t.sent = 2);
+        assert!(!moved.with(|t| t.may_send_more()));
+    }
+}
