@@ -46,9 +46,15 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         layer: CircuitBreakerLayer<C>,
     ) -> ServiceBuilder<Stack<CircuitBreakerLayer<C>, L>>;
     /// Adds retries under a budget.
-    fn with_retry<C, R>(self, layer: RetryLayer<C, R>) -> ServiceBuilder<Stack<RetryLayer<C, R>, L>>;
+    fn with_retry<C, R>(
+        self,
+        layer: RetryLayer<C, R>,
+    ) -> ServiceBuilder<Stack<RetryLayer<C, R>, L>>;
     /// Adds hedged requests.
-    fn with_hedge<C, R>(self, layer: HedgeLayer<C, R>) -> ServiceBuilder<Stack<HedgeLayer<C, R>, L>>;
+    fn with_hedge<C, R>(
+        self,
+        layer: HedgeLayer<C, R>,
+    ) -> ServiceBuilder<Stack<HedgeLayer<C, R>, L>>;
     /// Adds a fallback.
     fn with_fallback<F, C>(
         self,
@@ -64,11 +70,17 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self.layer(layer)
     }
 
-    fn with_retry<C, R>(self, layer: RetryLayer<C, R>) -> ServiceBuilder<Stack<RetryLayer<C, R>, L>> {
+    fn with_retry<C, R>(
+        self,
+        layer: RetryLayer<C, R>,
+    ) -> ServiceBuilder<Stack<RetryLayer<C, R>, L>> {
         self.layer(layer)
     }
 
-    fn with_hedge<C, R>(self, layer: HedgeLayer<C, R>) -> ServiceBuilder<Stack<HedgeLayer<C, R>, L>> {
+    fn with_hedge<C, R>(
+        self,
+        layer: HedgeLayer<C, R>,
+    ) -> ServiceBuilder<Stack<HedgeLayer<C, R>, L>> {
         self.layer(layer)
     }
 

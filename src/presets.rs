@@ -285,11 +285,7 @@ impl<K, S> std::fmt::Debug for ReplicaStackParts<K, S> {
 /// The service [`ReplicaStack`] builds.
 pub type ReplicaStackService<K, S> = Timeout<
     Retry<
-        Hedge<
-            Pool<K, Timeout<S>, ServerErrorsAsFailures>,
-            ServerErrorsAsFailures,
-            HttpReplay,
-        >,
+        Hedge<Pool<K, Timeout<S>, ServerErrorsAsFailures>, ServerErrorsAsFailures, HttpReplay>,
         ServerErrorsAsFailures,
         HttpReplay,
     >,

@@ -275,7 +275,9 @@ where
             let mut svc = stack(&servers, budget(ratio, 0));
             drive(&mut svc, REQUESTS).await;
             let per_request = servers.requests() as f64 / f64::from(REQUESTS);
-            eprintln!("{label}: {fleet:?} fleet, ratio {ratio}: {per_request:.3} attempts per request");
+            eprintln!(
+                "{label}: {fleet:?} fleet, ratio {ratio}: {per_request:.3} attempts per request"
+            );
             assert!(
                 per_request <= 1.0 + ratio + 1e-9,
                 "{label}, {fleet:?}, ratio {ratio}: {per_request:.3} attempts per request"
@@ -348,7 +350,11 @@ where
         if status.is_server_error() {
             // Every attempt failed: the caller has the last one's answer.
             let &(last, _) = log.last().unwrap();
-            assert_eq!(status, failure_of(last), "request {i}: the last failure: {log:?}");
+            assert_eq!(
+                status,
+                failure_of(last),
+                "request {i}: the last failure: {log:?}"
+            );
         }
     }
 }
@@ -370,7 +376,11 @@ async fn the_replica_stack_sends_each_attempt_to_a_new_replica_within_its_cap() 
     let mut svc = replica_stack(&servers, budget(100.0, 0));
     // Before outlier detection ejects anyone (5 failures in a row each).
     check_each_request(&servers, &mut svc, 4, 3).await;
-    assert_eq!(servers.requests(), 12, "three attempts per request, not six");
+    assert_eq!(
+        servers.requests(),
+        12,
+        "three attempts per request, not six"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -393,11 +403,17 @@ async fn the_caller_gets_the_first_success() {
     let servers = Servers::start(Fleet::Mixed).await;
     let mut svc = hand_built(&servers, budget(100.0, 0));
     let statuses = drive(&mut svc, 50).await;
-    assert!(statuses.iter().all(|s| *s == Some(StatusCode::OK)), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == Some(StatusCode::OK)),
+        "{statuses:?}"
+    );
     let servers = Servers::start(Fleet::Mixed).await;
     let mut svc = replica_stack(&servers, budget(100.0, 0));
     let statuses = drive(&mut svc, 50).await;
-    assert!(statuses.iter().all(|s| *s == Some(StatusCode::OK)), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == Some(StatusCode::OK)),
+        "{statuses:?}"
+    );
 }
 
 /// One server that fails a third of the first attempts, scripted.
@@ -430,9 +446,15 @@ async fn the_http_client_preset_stays_under_its_ratio_and_cap() {
         let statuses = drive(&mut svc, REQUESTS).await;
         let per_request = server.requests() as f64 / f64::from(REQUESTS);
         eprintln!("HttpClient: flaky server, ratio {ratio}: {per_request:.3} attempts per request");
-        assert!(per_request <= 1.0 + ratio + 1e-9, "ratio {ratio}: {per_request:.3}");
+        assert!(
+            per_request <= 1.0 + ratio + 1e-9,
+            "ratio {ratio}: {per_request:.3}"
+        );
         assert!(per_request > 1.0, "ratio {ratio}: retries happen");
-        assert!(statuses.iter().all(Option::is_some), "no error of the stack's own");
+        assert!(
+            statuses.iter().all(Option::is_some),
+            "no error of the stack's own"
+        );
     }
 }
 
@@ -441,8 +463,10 @@ async fn the_quick_start_stack_keeps_its_cap_and_ratio() {
     // The README's quick start (tower's `full` features are on in this
     // crate's tests, as in most applications), over a server that always
     // fails: its budget has the default floor of 10 a second.
-    use tower::retry::Policy as _; // tower's own `retry` feature is on
     use steadfast::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
+
+    // tower's own `retry` feature is on, and with it `ServiceBuilder::retry`.
+    let _ = std::mem::size_of::<tower::retry::budget::TpsBudget>();
 
     let server = TestServer::start_with(Reply::unavailable()).await;
     let budget = Arc::new(RetryBudget::builder().name("payments").build().unwrap());
@@ -452,7 +476,10 @@ async fn the_quick_start_stack_keeps_its_cap_and_ratio() {
         .failure_rate(0.5)
         .window(SlidingWindow::count(100))
         .min_calls(20)
-        .open_backoff(Backoff::exponential(5 * Duration::from_secs(1), Duration::from_secs(60)))
+        .open_backoff(Backoff::exponential(
+            5 * Duration::from_secs(1),
+            Duration::from_secs(60),
+        ))
         .build()
         .unwrap();
     let uri = server.uri("/");
@@ -480,7 +507,11 @@ async fn the_quick_start_stack_keeps_its_cap_and_ratio() {
     for _ in 0..6 {
         let before = server.requests();
         let res = payments.ready().await.unwrap().call(get()).await.unwrap();
-        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "the last real failure");
+        assert_eq!(
+            res.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the last real failure"
+        );
         attempts.push(server.requests() - before);
     }
     assert!(attempts.iter().all(|&n| n <= 3), "{attempts:?}");

@@ -487,8 +487,8 @@ async fn metrics_count_hedges_sent_won_and_refused() {
 #[cfg(feature = "http")]
 #[tokio::test(start_paused = true)]
 async fn http_requests_follow_the_idempotency_rules_and_are_marked() {
-    use steadfast::http::HttpReplay;
     use steadfast::attempt::Attempt;
+    use steadfast::http::HttpReplay;
 
     let seen: Arc<Mutex<Vec<(http::Method, u32)>>> = Arc::default();
     let inner = {

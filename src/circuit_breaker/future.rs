@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -11,6 +10,7 @@ use super::circuit::Permit;
 use super::service::Local;
 use crate::classify::Classify;
 use crate::error::{BoxError, CircuitOpen};
+use crate::per_clone::PerClone;
 
 pin_project! {
     /// The response future of [`CircuitBreaker`](super::CircuitBreaker).
@@ -42,13 +42,13 @@ pin_project! {
 /// outcome; dropping it unfinished releases a probe slot.
 #[derive(Debug)]
 pub(super) struct Guard<C> {
-    local: Arc<Local<C>>,
+    local: PerClone<Local<C>>,
     permit: Permit,
     done: bool,
 }
 
 impl<C> Guard<C> {
-    pub(super) fn new(local: Arc<Local<C>>, permit: Permit) -> Self {
+    pub(super) fn new(local: PerClone<Local<C>>, permit: Permit) -> Self {
         Self {
             local,
             permit,

@@ -9,6 +9,7 @@ use super::future::{Guard, ResponseFuture};
 use super::state::{Admit, Role};
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::error::{BoxError, CircuitOpen};
+use crate::per_clone::PerClone;
 
 /// A service guarded by a [`Circuit`].
 ///
@@ -22,7 +23,7 @@ use crate::error::{BoxError, CircuitOpen};
 #[derive(Debug)]
 pub struct CircuitBreaker<S, C = ErrorsAsFailures> {
     inner: S,
-    local: Arc<Local<C>>,
+    local: PerClone<Local<C>>,
     /// The admission `poll_ready` took for the next `call`. Plain data, so
     /// the healthy path stores it without drop glue.
     ready: Ready,
@@ -33,9 +34,9 @@ pub struct CircuitBreaker<S, C = ErrorsAsFailures> {
     rejected: Option<CircuitOpen>,
 }
 
-/// What this service clone shares with the futures it makes. Each clone
-/// owns one, so the reference count a call bumps is not contended by other
-/// threads' clones.
+/// What the service's clones share with the futures they make, behind a
+/// handle per thread (see `per_clone`), so the reference count a call bumps
+/// is not contended by other threads' clones.
 #[derive(Debug)]
 pub(super) struct Local<C> {
     pub(super) circuit: Circuit,
@@ -54,10 +55,10 @@ impl<S, C> CircuitBreaker<S, C> {
     pub fn new(inner: S, circuit: Circuit, classifier: C) -> Self {
         Self {
             inner,
-            local: Arc::new(Local {
+            local: PerClone::new(Arc::new(Local {
                 circuit,
                 classifier,
-            }),
+            })),
             ready: Ready::Nothing,
             probe: None,
             rejected: None,
@@ -85,13 +86,15 @@ impl<S, C> CircuitBreaker<S, C> {
     }
 }
 
-impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
+impl<S: Clone, C> Clone for CircuitBreaker<S, C> {
     fn clone(&self) -> Self {
-        Self::new(
-            self.inner.clone(),
-            self.local.circuit.clone(),
-            self.local.classifier.clone(),
-        )
+        Self {
+            inner: self.inner.clone(),
+            local: self.local.for_clone(),
+            ready: Ready::Nothing,
+            probe: None,
+            rejected: None,
+        }
     }
 }
 
@@ -120,7 +123,7 @@ where
                 Ok(admit) => {
                     if admit.role() == Role::Probe {
                         let permit = Permit::untimed(admit);
-                        self.probe = Some(Guard::new(self.local.clone(), permit));
+                        self.probe = Some(Guard::new(self.local.for_call(), permit));
                     }
                     Ready::Admitted(admit)
                 }
@@ -152,7 +155,7 @@ where
             Ready::Admitted(admit) => {
                 let mut guard = match self.probe.take() {
                     Some(guard) => guard,
-                    None => Guard::new(self.local.clone(), Permit::untimed(admit)),
+                    None => Guard::new(self.local.for_call(), Permit::untimed(admit)),
                 };
                 let shared = &self.local.circuit.shared;
                 if shared.measures_duration() {

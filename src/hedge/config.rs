@@ -7,10 +7,10 @@ use metrics::{Counter, Gauge};
 use tokio::time::Instant;
 
 use super::HedgeLayer;
+use crate::attempt::{Admission, CloneRequest};
 use crate::budget::RetryBudget;
 use crate::classify::ErrorsAsFailures;
 use crate::error::ConfigError;
-use crate::attempt::{Admission, CloneRequest};
 use crate::stats::histogram::Histogram;
 use crate::sync::{AtomicU64, Ordering};
 

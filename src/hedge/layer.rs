@@ -4,8 +4,8 @@ use tower::Layer;
 
 use super::config::Policy;
 use super::{Builder, Hedge};
-use crate::classify::ErrorsAsFailures;
 use crate::attempt::CloneRequest;
+use crate::classify::ErrorsAsFailures;
 
 /// Wraps services in [`Hedge`]; built with [`HedgeLayer::builder`].
 ///

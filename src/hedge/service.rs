@@ -82,6 +82,7 @@ where
         // hedges.
         let mut service = take_ready(&mut self.inner);
         let first = share.call(|| service.call(req));
-        ResponseFuture::new(first, service, template, share, self.policy.for_call())
+        let policy = self.policy.for_call();
+        ResponseFuture::new(first, service, template, share, policy)
     }
 }

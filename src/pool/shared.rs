@@ -166,8 +166,7 @@ impl<K, S> Shared<K, S> {
         let state = |i: u32| &snapshot.members[i as usize].state;
         let usable = |i: u32| {
             let state = state(i);
-            (snapshot.table.panic || state.routable(now_ms))
-                && !tried.contains(&state.label)
+            (snapshot.table.panic || state.routable(now_ms)) && !tried.contains(&state.label)
         };
         let cheaper = |a: u32, b: u32| {
             let (sa, sb) = (state(a), state(b));

@@ -123,7 +123,8 @@ where
                             &policy.replay,
                             template,
                             || {
-                                delay = backoff(policy, attempt, previous_delay, verdict.pushback());
+                                delay =
+                                    backoff(policy, attempt, previous_delay, verdict.pushback());
                                 fits(policy, started, delay)
                             },
                             &policy.budget,

@@ -89,6 +89,7 @@ where
         // The ready service takes this call and goes to the future for the
         // later attempts.
         let service = take_ready(&mut self.inner);
-        ResponseFuture::new(service, req, template, share, self.policy.for_call(), started)
+        let policy = self.policy.for_call();
+        ResponseFuture::new(service, req, template, share, policy, started)
     }
 }
