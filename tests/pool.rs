@@ -164,6 +164,35 @@ fn health_of<S: Clone>(handle: &steadfast::pool::PoolHandle<&'static str, S>, id
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_replica_shunned_for_its_failures_reads_failing_before_it_is_ejected() {
+    let fleet = Fleet::default();
+    // Ejected only after 50 failures in a row: until then the failure
+    // penalty alone keeps traffic off it, and a status page must say so.
+    let mut pool = builder()
+        .failure_penalty(100 * MS)
+        .outlier(OutlierDetection::default().consecutive_failures(Some(50)).failure_percentage(None))
+        .build([fleet.replica("a"), fleet.replica("b"), fleet.replica("c")])
+        .unwrap();
+    let handle = pool.handle();
+    fleet.failing("a", true);
+    for _ in 0..30 {
+        let _ = call(&mut pool).await;
+        tokio::time::advance(10 * MS).await;
+    }
+    let failures = fleet.hits("a");
+    assert!(failures > 0 && failures < 50, "probed, not ejected: {failures}");
+    assert_eq!(health_of(&handle, "a"), Health::Failing { in_a_row: failures });
+    assert_eq!(health_of(&handle, "b"), Health::Healthy);
+    // One success clears it.
+    fleet.failing("a", false);
+    while fleet.hits("a") == failures {
+        let _ = call(&mut pool).await;
+        tokio::time::advance(10 * MS).await;
+    }
+    assert_eq!(health_of(&handle, "a"), Health::Healthy);
+}
+
+#[tokio::test(start_paused = true)]
 async fn consecutive_failures_eject_for_a_growing_period_that_decays() {
     let fleet = Fleet::default();
     // No failure penalty: the failing replica stays in rotation, so the

@@ -30,6 +30,14 @@ impl<K, S> Clone for PoolHandle<K, S> {
 pub enum Health {
     /// Takes traffic.
     Healthy,
+    /// Its latest calls failed (`in_a_row` of them) and it is not ejected,
+    /// or not yet: the failure penalty steers traffic away from it, and it
+    /// gets only a probe now and then, until a success clears it or outlier
+    /// detection ejects it.
+    Failing {
+        /// Its failures in a row.
+        in_a_row: u64,
+    },
     /// Healthy again after trouble, but waiting out the failback time
     /// before it takes traffic back from a lower tier.
     Recovering {
@@ -131,7 +139,14 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
             .iter()
             .map(|m| {
                 let s = &m.state;
+                let failures = s.consecutive.load(Ordering::Acquire);
                 let health = match s.standing(now_ms, shared.settings.failback_ms) {
+                    // Routable, but shunned for its failures.
+                    Standing::Eligible | Standing::Recovering(_) if failures > 0 => {
+                        Health::Failing {
+                            in_a_row: failures,
+                        }
+                    }
                     Standing::Eligible => Health::Healthy,
                     Standing::Recovering(t) => Health::Recovering { until: at(t) },
                     Standing::Ejected(t) => Health::Ejected { until: at(t) },
