@@ -170,7 +170,11 @@ async fn a_replica_shunned_for_its_failures_reads_failing_before_it_is_ejected()
     // penalty alone keeps traffic off it, and a status page must say so.
     let mut pool = builder()
         .failure_penalty(100 * MS)
-        .outlier(OutlierDetection::default().consecutive_failures(Some(50)).failure_percentage(None))
+        .outlier(
+            OutlierDetection::default()
+                .consecutive_failures(Some(50))
+                .failure_percentage(None),
+        )
         .build([fleet.replica("a"), fleet.replica("b"), fleet.replica("c")])
         .unwrap();
     let handle = pool.handle();
@@ -180,8 +184,14 @@ async fn a_replica_shunned_for_its_failures_reads_failing_before_it_is_ejected()
         tokio::time::advance(10 * MS).await;
     }
     let failures = fleet.hits("a");
-    assert!(failures > 0 && failures < 50, "probed, not ejected: {failures}");
-    assert_eq!(health_of(&handle, "a"), Health::Failing { in_a_row: failures });
+    assert!(
+        failures > 0 && failures < 50,
+        "probed, not ejected: {failures}"
+    );
+    assert_eq!(
+        health_of(&handle, "a"),
+        Health::Failing { in_a_row: failures }
+    );
     assert_eq!(health_of(&handle, "b"), Health::Healthy);
     // One success clears it.
     fleet.failing("a", false);

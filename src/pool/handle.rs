@@ -143,9 +143,7 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
                 let health = match s.standing(now_ms, shared.settings.failback_ms) {
                     // Routable, but shunned for its failures.
                     Standing::Eligible | Standing::Recovering(_) if failures > 0 => {
-                        Health::Failing {
-                            in_a_row: failures,
-                        }
+                        Health::Failing { in_a_row: failures }
                     }
                     Standing::Eligible => Health::Healthy,
                     Standing::Recovering(t) => Health::Recovering { until: at(t) },
