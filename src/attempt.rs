@@ -30,10 +30,13 @@
 //! allocates only from the second.
 //!
 //! What cannot carry the record is a hop that calls or polls the service
-//! below it from somewhere else: a [`tower::buffer::Buffer`], a spawned
-//! task. A layer below such a hop sees no record and acts as the outermost
-//! one: it counts the request again in its budget and starts its own count
-//! of attempts. Put such a hop above the retry layer, or below the pool.
+//! below it from somewhere else: tower's
+//! [`Buffer`](https://docs.rs/tower/latest/tower/buffer/struct.Buffer.html),
+//! a spawned task. A layer below such a hop sees no record and acts as the
+//! outermost one: it counts the request again in its budget and starts its
+//! own count of attempts. Put such a hop above the retry layer, or below
+//! the pool. (The pool itself calls a replica's service from its response
+//! future: a retry layer inside a replica keeps a record of its own.)
 //!
 //! # What the service below sees
 //!

@@ -3,9 +3,9 @@
 //! (a crate-specific cfg: the global `--cfg loom` also changes how tokio builds).
 
 #[cfg(steadfast_loom)]
-pub(crate) use loom::sync::atomic::{AtomicI32, AtomicU8, AtomicU64};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64};
 
 #[cfg(not(steadfast_loom))]
-pub(crate) use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64};
 
 pub(crate) use std::sync::atomic::Ordering;

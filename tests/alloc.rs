@@ -115,99 +115,104 @@ fn happy_path_allocations(layer: &CircuitBreakerLayer) -> usize {
     n
 }
 
-/// An HTTP upstream that answers `200` at once.
-#[derive(Debug, Clone, Copy)]
-struct Upstream;
-
-type HttpRequest = http::Request<String>;
-type HttpResponse = http::Response<String>;
-
-impl Service<HttpRequest> for Upstream {
-    type Response = HttpResponse;
-    type Error = Infallible;
-    type Future = Ready<Result<HttpResponse, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _req: HttpRequest) -> Self::Future {
-        ready(Ok(http::Response::new(String::new())))
-    }
-}
-
-/// A request whose own copy is free (a static URI, no headers): what is
-/// counted is the stack's cost alone. (Copying a request with headers for
-/// replay costs a clone of its header map.)
-fn request() -> HttpRequest {
-    http::Request::new(String::new())
-}
-
-/// One HTTP call driven by hand: ready, call, poll once.
-fn http_call_once<S>(svc: &mut S, req: HttpRequest) -> HttpResponse
-where
-    S: Service<HttpRequest, Response = HttpResponse>,
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    let Poll::Ready(ready) = svc.poll_ready(&mut cx) else {
-        panic!("a stack over a ready service is ready");
-    };
-    ready.expect("ready");
-    let fut = pin!(svc.call(req));
-    match fut.poll(&mut cx) {
-        Poll::Ready(out) => out.expect("an instant success"),
-        Poll::Pending => panic!("an instant call completes on first poll"),
-    }
-}
-
-/// Allocations over `CALLS` successful calls through `svc` after a warm-up.
-fn http_allocations<S>(svc: &mut S) -> usize
-where
-    S: Service<HttpRequest, Response = HttpResponse>,
-    S::Error: std::fmt::Debug,
-{
-    for _ in 0..WARM_UP {
-        assert_eq!(http_call_once(svc, request()).status(), 200);
-    }
-    let requests: Vec<HttpRequest> = (0..CALLS).map(|_| request()).collect();
-    allocations(|| {
-        for req in requests {
-            black_box(http_call_once(svc, black_box(req)));
-        }
-    })
-}
-
+/// The presets over an HTTP upstream (feature `http`).
 #[cfg(feature = "http")]
-fn presets_do_not_allocate() {
-    use steadfast::pool::Replica;
-    use steadfast::presets::{HttpClient, ReplicaStack};
+mod presets {
+    use super::*;
 
-    // The presets' timeouts need tokio's timer; time stands still, so the
-    // pool's periodic upkeep (table rebuilds, sweeps) does not run while
-    // counting.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a runtime");
-    let _entered = rt.enter();
+    /// An HTTP upstream that answers `200` at once.
+    #[derive(Debug, Clone, Copy)]
+    struct Upstream;
 
-    let layer = HttpClient::new("alloc").build().expect("valid preset");
-    let mut client = layer.layer(Upstream);
-    let n = http_allocations(&mut client);
-    assert_eq!(n, 0, "HttpClient: {n} allocations over {CALLS} calls");
+    type HttpRequest = http::Request<String>;
+    type HttpResponse = http::Response<String>;
 
-    let parts = ReplicaStack::new("alloc")
-        .build([
-            ("a", Replica::new(Upstream)),
-            ("b", Replica::new(Upstream)),
-            ("c", Replica::new(Upstream)),
-        ])
-        .expect("valid preset");
-    let mut stack = parts.service;
-    let n = http_allocations(&mut stack);
-    assert_eq!(n, 0, "ReplicaStack: {n} allocations over {CALLS} calls");
+    impl Service<HttpRequest> for Upstream {
+        type Response = HttpResponse;
+        type Error = Infallible;
+        type Future = Ready<Result<HttpResponse, Infallible>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _req: HttpRequest) -> Self::Future {
+            ready(Ok(http::Response::new(String::new())))
+        }
+    }
+
+    /// A request whose own copy is free (a static URI, no headers): what is
+    /// counted is the stack's cost alone. (Copying a request with headers for
+    /// replay costs a clone of its header map.)
+    fn request() -> HttpRequest {
+        http::Request::new(String::new())
+    }
+
+    /// One HTTP call driven by hand: ready, call, poll once.
+    fn http_call_once<S>(svc: &mut S, req: HttpRequest) -> HttpResponse
+    where
+        S: Service<HttpRequest, Response = HttpResponse>,
+        S::Error: std::fmt::Debug,
+    {
+        let mut cx = Context::from_waker(Waker::noop());
+        let Poll::Ready(ready) = svc.poll_ready(&mut cx) else {
+            panic!("a stack over a ready service is ready");
+        };
+        ready.expect("ready");
+        let fut = pin!(svc.call(req));
+        match fut.poll(&mut cx) {
+            Poll::Ready(out) => out.expect("an instant success"),
+            Poll::Pending => panic!("an instant call completes on first poll"),
+        }
+    }
+
+    /// Allocations over `CALLS` successful calls through `svc` after a warm-up.
+    fn http_allocations<S>(svc: &mut S) -> usize
+    where
+        S: Service<HttpRequest, Response = HttpResponse>,
+        S::Error: std::fmt::Debug,
+    {
+        for _ in 0..WARM_UP {
+            assert_eq!(http_call_once(svc, request()).status(), 200);
+        }
+        let requests: Vec<HttpRequest> = (0..CALLS).map(|_| request()).collect();
+        allocations(|| {
+            for req in requests {
+                black_box(http_call_once(svc, black_box(req)));
+            }
+        })
+    }
+
+    pub(super) fn presets_do_not_allocate() {
+        use steadfast::pool::Replica;
+        use steadfast::presets::{HttpClient, ReplicaStack};
+
+        // The presets' timeouts need tokio's timer; time stands still, so the
+        // pool's periodic upkeep (table rebuilds, sweeps) does not run while
+        // counting.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a runtime");
+        let _entered = rt.enter();
+
+        let layer = HttpClient::new("alloc").build().expect("valid preset");
+        let mut client = layer.layer(Upstream);
+        let n = http_allocations(&mut client);
+        assert_eq!(n, 0, "HttpClient: {n} allocations over {CALLS} calls");
+
+        let parts = ReplicaStack::new("alloc")
+            .build([
+                ("a", Replica::new(Upstream)),
+                ("b", Replica::new(Upstream)),
+                ("c", Replica::new(Upstream)),
+            ])
+            .expect("valid preset");
+        let mut stack = parts.service;
+        let n = http_allocations(&mut stack);
+        assert_eq!(n, 0, "ReplicaStack: {n} allocations over {CALLS} calls");
+    }
 }
 
 // One test: nothing else in this binary runs while it counts.
@@ -239,5 +244,5 @@ fn closed_happy_path_does_not_allocate() {
         );
     }
     #[cfg(feature = "http")]
-    presets_do_not_allocate();
+    presets::presets_do_not_allocate();
 }

@@ -613,3 +613,45 @@ async fn the_quantile_takes_over_as_soon_as_enough_samples_are_in() {
         "the 20th sample switches to the quantile: {got:?}"
     );
 }
+
+#[test]
+fn the_adaptive_delay_is_built_one_setting_at_a_time() {
+    let built = HedgeDelay::adaptive()
+        .quantile(0.99)
+        .floor(5 * MS)
+        .ceiling(SEC)
+        .build();
+    let HedgeDelay::Adaptive {
+        quantile,
+        floor,
+        ceiling,
+        window,
+        min_samples,
+        initial,
+    } = built
+    else {
+        panic!("an adaptive delay: {built:?}");
+    };
+    assert_eq!((quantile, floor, ceiling), (0.99, 5 * MS, SEC));
+    // The rest keep the defaults of `HedgeDelay::quantile`.
+    let HedgeDelay::Adaptive {
+        window: w,
+        min_samples: m,
+        initial: i,
+        ..
+    } = HedgeDelay::quantile(0.5)
+    else {
+        unreachable!()
+    };
+    assert_eq!((window, min_samples, initial), (w, m, i));
+    assert_eq!(
+        HedgeDelay::from(HedgeDelay::adaptive()),
+        HedgeDelay::quantile(0.95)
+    );
+    // Validated when the layer is built, as the enum is.
+    let err = HedgeLayer::builder()
+        .delay(HedgeDelay::adaptive().floor(Duration::ZERO))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "delay.floor");
+}

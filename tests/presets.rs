@@ -98,3 +98,22 @@ fn invalid_replica_stacks_are_rejected() {
             .unwrap_err();
     assert_eq!(err.field(), "attempt_timeout");
 }
+
+#[test]
+fn the_replica_stack_takes_a_budget_and_gives_it_back() {
+    let budget = std::sync::Arc::new(
+        steadfast::budget::RetryBudget::builder()
+            .name("search")
+            .build()
+            .unwrap(),
+    );
+    let parts = ReplicaStack::new("search")
+        .budget(budget.clone())
+        .build([("a", Replica::new(client(200)))])
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(&parts.budget, &budget));
+    let own = ReplicaStack::new("other")
+        .build([("a", Replica::new(client(200)))])
+        .unwrap();
+    assert_eq!(own.budget.name(), "other", "a budget of its own by default");
+}

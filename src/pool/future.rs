@@ -186,11 +186,14 @@ fn report<K, S>(tracked: &Tracked<K, S>, verdict: Verdict) {
         }
         // A failure must never make a replica look fast: it counts as at
         // least the penalty latency.
-        None => state.latency.observe(
-            now_ns,
-            elapsed.max(shared.settings.failure_penalty.as_nanos() as f64),
-            RATE,
-        ),
+        None => {
+            state.latency.observe(
+                now_ns,
+                elapsed.max(shared.settings.failure_penalty.as_nanos() as f64),
+                RATE,
+            );
+            state.shunned.store(true, Ordering::Release);
+        }
     }
     let in_a_row = state.record_outcome(true);
     let outlier = &shared.settings.outlier;
@@ -213,6 +216,7 @@ fn report<K, S>(tracked: &Tracked<K, S>, verdict: Verdict) {
         if let Ok(snapshot) = snapshot {
             if shared.eject(&snapshot, state, now_ms, why) {
                 state.consecutive.store(0, Ordering::Release);
+                state.shunned.store(false, Ordering::Release);
             }
             shared.sweep(&snapshot, now_ms);
         }

@@ -139,12 +139,11 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
             .iter()
             .map(|m| {
                 let s = &m.state;
-                let failures = s.consecutive.load(Ordering::Acquire);
                 let health = match s.standing(now_ms, shared.settings.failback_ms) {
                     // Routable, but shunned for its failures.
-                    Standing::Eligible | Standing::Recovering(_) if failures > 0 => {
-                        Health::Failing { in_a_row: failures }
-                    }
+                    Standing::Eligible if s.shunned.load(Ordering::Acquire) => Health::Failing {
+                        in_a_row: s.consecutive.load(Ordering::Acquire),
+                    },
                     Standing::Eligible => Health::Healthy,
                     Standing::Recovering(t) => Health::Recovering { until: at(t) },
                     Standing::Ejected(t) => Health::Ejected { until: at(t) },

@@ -8,7 +8,7 @@ use crate::circuit_breaker::Circuit;
 use crate::health::HealthCheck;
 use crate::stats::ewma::PeakEwma;
 use crate::stats::window::{CountWindow, Sample};
-use crate::sync::{AtomicU8, AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 /// One replica of a [`Pool`](super::Pool): a service, a priority tier, a
 /// locality and a weight, and optionally an active health check.
@@ -153,6 +153,10 @@ pub(super) struct ReplicaState {
     pub(super) admin_enabled_at: AtomicU64,
     /// Why it was last made unhealthy (a [`Why`](super::Why) as u8).
     pub(super) why: AtomicU8,
+    /// Whether its latest calls failed and were counted at the failure
+    /// penalty, with no success (or ejection) since: the penalty then keeps
+    /// traffic away from it, which a snapshot reports as `Failing`.
+    pub(super) shunned: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -219,6 +223,7 @@ impl ReplicaState {
             last_pick_ms: AtomicU64::new(0),
             admin_enabled_at: AtomicU64::new(0),
             why: AtomicU8::new(0),
+            shunned: AtomicBool::new(false),
             selections: metrics::counter!(s, "name" => p2, "replica" => r2),
             metrics: ReplicaMetrics {
                 healthy,
@@ -326,6 +331,7 @@ impl ReplicaState {
         } else {
             if self.consecutive.load(Ordering::Relaxed) != 0 {
                 self.consecutive.store(0, Ordering::Release);
+                self.shunned.store(false, Ordering::Release);
             }
             0
         }
