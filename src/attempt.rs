@@ -70,7 +70,7 @@
 //! assert_eq!((q.attempt, again.attempt, again.sql.as_str()), (1, 2, "SELECT 1"));
 //! ```
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use metrics::Counter;
@@ -218,74 +218,72 @@ fn identity(budget: &RetryBudget) -> usize {
     std::ptr::from_ref(budget) as usize
 }
 
-/// How the record was lent to the layers below.
-#[derive(Debug)]
-enum Lent {
-    /// While a layer calls the service below: a layer there joins the
-    /// record, and a pool reads and extends the replicas tried.
-    Call(Tries),
-    /// While a layer polls the futures below: a layer that joined the
-    /// record at its call finds it again. A call made from such a poll
-    /// (user code inside a leaf future calling another stack) does not
-    /// join it.
-    Poll(Tries),
-}
-
-impl Lent {
-    fn into_tries(self) -> Tries {
-        match self {
-            Self::Call(tries) | Self::Poll(tries) => tries,
-        }
-    }
-
-    fn tries_mut(&mut self) -> &mut Tries {
-        match self {
-            Self::Call(tries) | Self::Poll(tries) => tries,
-        }
-    }
-}
-
 thread_local! {
-    static LENT: Cell<Option<Lent>> = const { Cell::new(None) };
+    /// The record lent to the layers below, while a layer calls or polls them.
+    static LENT: RefCell<Option<Tries>> = const { RefCell::new(None) };
+    /// Whether it is lent for a call (a layer below joins it, a pool reads
+    /// and extends the replicas tried) rather than for a poll (a layer that
+    /// joined it at its call finds it again; a call made from inside a
+    /// future being polled, user code calling another stack, does not join).
+    static FOR_CALL: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Puts back what the slot held before, when dropped (on unwind too, so
-/// a panic below never leaves a stale record for the next request).
-struct Restore(Option<Option<Lent>>);
-
-impl Restore {
-    fn lend(lent: Lent) -> Self {
-        Self(Some(LENT.replace(Some(lent))))
+/// Runs `f` on the record lent from above, if there is one and it may be
+/// used (`for_call_only`: only while lent for a call). The borrow lasts
+/// while `f` runs, so `f` runs no user code.
+fn lent<T>(for_call_only: bool, f: impl FnOnce(Option<&mut Tries>) -> T) -> T {
+    if for_call_only && !FOR_CALL.get() {
+        return f(None);
     }
+    LENT.with(|slot| match slot.try_borrow_mut() {
+        Ok(mut slot) => f(slot.as_mut()),
+        Err(_) => f(None),
+    })
+}
 
-    /// Ends the loan: what was lent, back (`None` if a layer below kept
-    /// it, which the protocol never does).
-    fn finish(mut self) -> Option<Lent> {
-        LENT.replace(self.0.take().flatten())
+/// Sets the kind of the loan for as long as it lives (restored on drop,
+/// on unwind too).
+struct Kind(bool);
+
+impl Kind {
+    fn set(for_call: bool) -> Self {
+        Self(FOR_CALL.replace(for_call))
     }
 }
 
-impl Drop for Restore {
+impl Drop for Kind {
+    fn drop(&mut self) {
+        FOR_CALL.set(self.0);
+    }
+}
+
+/// An owner's record in the slot, for as long as it lives: dropped, it puts
+/// back what the slot held before (on unwind too, so a panic below never
+/// leaves a stale record for the next request).
+struct Loan(Option<Option<Tries>>);
+
+impl Loan {
+    fn lend(tries: Tries) -> Self {
+        Self(Some(LENT.with(|slot| slot.replace(Some(tries)))))
+    }
+
+    /// Ends the loan: the record back.
+    fn finish(mut self) -> Option<Tries> {
+        let before = self.0.take().flatten();
+        LENT.with(|slot| slot.replace(before))
+    }
+}
+
+impl Drop for Loan {
     fn drop(&mut self) {
         if let Some(before) = self.0.take() {
-            LENT.set(before);
+            LENT.with(|slot| {
+                if let Ok(mut slot) = slot.try_borrow_mut() {
+                    *slot = before;
+                }
+            });
         }
     }
-}
-
-/// Puts back what was taken from the slot, when dropped.
-struct PutBack(Option<Lent>);
-
-impl Drop for PutBack {
-    fn drop(&mut self) {
-        LENT.set(self.0.take());
-    }
-}
-
-/// Runs `f` with the record lent from above, if there is one.
-fn with_lent<T>(f: impl FnOnce(Option<&mut Lent>) -> T) -> T {
-    let mut lent = PutBack(LENT.take());
-    f(lent.0.as_mut())
 }
 
 /// A repeating layer's part in a request's record: the record itself when
@@ -305,11 +303,7 @@ impl Share {
     /// `budget` unless it was counted there already. `limit` is this
     /// layer's cap on attempts in all.
     pub(crate) fn join(limit: u32, budget: &RetryBudget) -> Self {
-        let counted_in = with_lent(|lent| match lent {
-            Some(Lent::Call(tries)) => Some(tries.counted_in),
-            _ => None,
-        });
-        match counted_in {
+        match lent(true, |tries| tries.map(|t| t.counted_in)) {
             Some(counted_in) => {
                 if counted_in != identity(budget) {
                     budget.deposit();
@@ -335,62 +329,56 @@ impl Share {
         self.own.is_some()
     }
 
-    /// Runs `f` on the record.
-    pub(crate) fn with<T>(&mut self, f: impl FnOnce(&mut Tries) -> T) -> T {
-        if self.own.is_none() {
-            let mut lent = PutBack(LENT.take());
-            if let Some(lent) = lent.0.as_mut() {
-                return f(lent.tries_mut());
-            }
+    /// Runs `f` on the record (`f` runs no user code: see [`lent`]).
+    fn with<T>(&mut self, f: impl FnOnce(&mut Tries) -> T) -> T {
+        if let Some(own) = &mut self.own {
+            return f(own);
         }
-        // Polled without the record (a hop that moved the future, see the
-        // module docs): from here on, a record of its own.
         let limit = self.fallback_limit;
-        f(self.own.get_or_insert_with(|| Tries::orphan(limit)))
+        let own = &mut self.own;
+        lent(false, |tries| match tries {
+            Some(tries) => f(tries),
+            // Polled without the record (a hop that moved the future, see
+            // the module docs): from here on, a record of its own.
+            None => f(own.get_or_insert_with(|| Tries::orphan(limit))),
+        })
+    }
+
+    /// Whether the cap allows another attempt.
+    pub(crate) fn may_send_more(&mut self) -> bool {
+        self.with(|tries| tries.may_send_more())
     }
 
     /// Calls the service below (`f`) with the record lent to it.
     pub(crate) fn call<T>(&mut self, f: impl FnOnce() -> T) -> T {
-        self.lend(Lent::Call, f)
+        self.lend(true, f)
     }
 
     /// Polls the futures below (`f`) with the record lent to them.
     pub(crate) fn poll<T>(&mut self, f: impl FnOnce() -> T) -> T {
-        self.lend(Lent::Poll, f)
+        self.lend(false, f)
     }
 
-    fn lend<T>(&mut self, kind: fn(Tries) -> Lent, f: impl FnOnce() -> T) -> T {
-        if let Some(own) = self.own.take() {
-            let loan = Restore::lend(kind(own));
-            let out = f();
-            self.own = loan.finish().map(Lent::into_tries);
-            return out;
+    fn lend<T>(&mut self, for_call: bool, f: impl FnOnce() -> T) -> T {
+        let _kind = Kind::set(for_call);
+        match self.own.take() {
+            Some(own) => {
+                let loan = Loan::lend(own);
+                let out = f();
+                self.own = loan.finish();
+                out
+            }
+            // The record lent from above is in the slot already.
+            None => f(),
         }
-        // The record lent from above is in the slot: lend it on as `kind`
-        // while `f` runs, then put it back as it was.
-        let Some(above) = LENT.take() else {
-            return f();
-        };
-        let as_before: fn(Tries) -> Lent = match above {
-            Lent::Call(_) => Lent::Call,
-            Lent::Poll(_) => Lent::Poll,
-        };
-        let loan = Restore::lend(kind(above.into_tries()));
-        let out = f();
-        let back = loan.finish();
-        LENT.set(back.map(|lent| as_before(lent.into_tries())));
-        out
     }
 }
 
 /// The record lent to a call being made now, for a pool choosing where it
 /// goes: `f` gets the replicas tried (`None` when no repeating layer is
-/// above) and may record the one chosen.
+/// above) and may record the one chosen. `f` must run no user code.
 pub(crate) fn with_tried<T>(f: impl FnOnce(Option<&mut Tried>) -> T) -> T {
-    with_lent(|lent| match lent {
-        Some(Lent::Call(tries)) => f(Some(&mut tries.tried)),
-        _ => f(None),
-    })
+    lent(true, |tries| f(tries.map(|t| &mut t.tried)))
 }
 
 /// Why another attempt was not sent.
@@ -454,7 +442,7 @@ impl Admission {
     /// the next number and carries its mark.
     pub(crate) fn admit<Req, R: Replay<Req>>(
         &self,
-        tries: &mut Tries,
+        share: &mut Share,
         own_cap_left: bool,
         replay: &R,
         template: Option<&Req>,
@@ -462,7 +450,7 @@ impl Admission {
         budget: &RetryBudget,
     ) -> Result<Req, Refusal> {
         let admitted = (|| {
-            if !own_cap_left || !tries.may_send_more() {
+            if !own_cap_left || !share.may_send_more() {
                 return Err(Refusal::MaxAttempts);
             }
             let mut next = template
@@ -474,12 +462,15 @@ impl Admission {
             if !budget.withdraw() {
                 return Err(Refusal::Budget);
             }
-            tries.sent += 1;
-            replay.mark(&mut next, tries.sent);
+            let number = share.with(|tries| {
+                tries.sent += 1;
+                tries.sent
+            });
+            replay.mark(&mut next, number);
             Ok(next)
         })();
         if let Err(refusal) = admitted {
-            self.refused(refusal, tries.sent);
+            self.refused(refusal, share.with(|tries| tries.sent));
         }
         admitted
     }
@@ -517,6 +508,10 @@ mod tests {
             .unwrap()
     }
 
+    fn slot_is_empty() -> bool {
+        LENT.with(|slot| slot.borrow().is_none()) && !FOR_CALL.get()
+    }
+
     #[test]
     fn the_outermost_layer_owns_the_record_and_lends_it_below() {
         let budget = budget();
@@ -527,7 +522,7 @@ mod tests {
         // Counted once: one deposit of ratio 1 allows one withdrawal.
         assert!(budget.withdraw());
         assert!(!budget.withdraw());
-        assert!(LENT.take().is_none(), "the slot is empty after the call");
+        assert!(slot_is_empty(), "the slot is empty after the call");
     }
 
     #[test]
@@ -550,9 +545,14 @@ mod tests {
         let mut inner = outer.call(|| Share::join(10, &budget));
         let template = 7u32;
         let admit = |share: &mut Share| {
-            share.with(|t| {
-                admission.admit(t, true, &CloneRequest, Some(&template), || true, &budget)
-            })
+            admission.admit(
+                share,
+                true,
+                &CloneRequest,
+                Some(&template),
+                || true,
+                &budget,
+            )
         };
         // The inner layer, polled under the outer's loan, sends attempt 2...
         assert_eq!(outer.poll(|| admit(&mut inner)), Ok(7));
@@ -560,6 +560,8 @@ mod tests {
         assert_eq!(admit(&mut outer), Ok(7));
         assert_eq!(admit(&mut outer), Err(Refusal::MaxAttempts));
         assert_eq!(outer.with(|t| t.sent), 3);
+        // The inner one, polled again, sees the same record.
+        assert!(!outer.poll(|| inner.may_send_more()));
     }
 
     #[test]
@@ -577,6 +579,18 @@ mod tests {
     }
 
     #[test]
+    fn a_nested_layer_calls_below_with_the_record_from_above() {
+        let budget = budget();
+        let mut outer = Share::join(3, &budget);
+        let mut inner = outer.call(|| Share::join(3, &budget));
+        // Polled by the outer layer, the inner one sends a hedge: the pool
+        // below sees the record as lent for a call.
+        outer.poll(|| inner.call(|| with_tried(|t| t.unwrap().record("a".into()))));
+        assert!(outer.with(|t| t.tried.contains("a")));
+        assert!(slot_is_empty());
+    }
+
+    #[test]
     fn a_panic_below_leaves_no_record_behind() {
         let budget = budget();
         let mut outer = Share::join(3, &budget);
@@ -584,7 +598,8 @@ mod tests {
             outer.call(|| panic!("a service below panicked"))
         }));
         assert!(caught.is_err());
-        assert!(Share::join(3, &budget).is_outermost(), "no stale record");
+        assert!(slot_is_empty(), "no stale record");
+        assert!(Share::join(3, &budget).is_outermost());
     }
 
     #[test]
@@ -593,8 +608,8 @@ mod tests {
         let mut outer = Share::join(3, &budget);
         let mut moved = outer.call(|| Share::join(2, &budget));
         // Polled elsewhere (no loan): it starts a record of its own, cap 2.
-        assert!(moved.with(|t| t.may_send_more()));
+        assert!(moved.may_send_more());
         moved.with(|t| t.sent = 2);
-        assert!(!moved.with(|t| t.may_send_more()));
+        assert!(!moved.may_send_more());
     }
 }

@@ -88,7 +88,7 @@ where
         mut share: Share,
         local: PerClone<Policy<C, R>>,
     ) -> Self {
-        let next = if template.is_some() && share.with(|tries| tries.may_send_more()) {
+        let next = if template.is_some() && share.may_send_more() {
             Next::Unarmed
         } else {
             Next::Closed
@@ -223,16 +223,14 @@ where
                     Poll::Ready(Ok(())) => {
                         let own_cap_left = *this.sent < policy.max_extra_attempts;
                         let template = this.template.as_ref();
-                        let admitted = this.share.with(|tries| {
-                            policy.admission.admit(
-                                tries,
-                                own_cap_left,
-                                &policy.replay,
-                                template,
-                                || true,
-                                &policy.budget,
-                            )
-                        });
+                        let admitted = policy.admission.admit(
+                            this.share,
+                            own_cap_left,
+                            &policy.replay,
+                            template,
+                            || true,
+                            &policy.budget,
+                        );
                         let Ok(req) = admitted else {
                             // Due -> Closed: refused (counted by the admission).
                             *this.next = Next::Closed;
@@ -249,8 +247,8 @@ where
                         this.started.get_or_insert_with(Instant::now);
                         // Due -> Unarmed: the timer restarts for the hedge
                         // after this one, if another may go.
-                        let more = *this.sent < policy.max_extra_attempts
-                            && this.share.with(|tries| tries.may_send_more());
+                        let more =
+                            *this.sent < policy.max_extra_attempts && this.share.may_send_more();
                         *this.next = if more { Next::Unarmed } else { Next::Closed };
                     }
                 },

@@ -116,20 +116,17 @@ where
                     let (attempt, previous_delay, started) =
                         (*this.attempt, *this.previous_delay, *this.started);
                     let template = this.template.as_ref();
-                    let admitted = this.share.with(|tries| {
-                        policy.admission.admit(
-                            tries,
-                            attempt < policy.max_attempts,
-                            &policy.replay,
-                            template,
-                            || {
-                                delay =
-                                    backoff(policy, attempt, previous_delay, verdict.pushback());
-                                fits(policy, started, delay)
-                            },
-                            &policy.budget,
-                        )
-                    });
+                    let admitted = policy.admission.admit(
+                        this.share,
+                        attempt < policy.max_attempts,
+                        &policy.replay,
+                        template,
+                        || {
+                            delay = backoff(policy, attempt, previous_delay, verdict.pushback());
+                            fits(policy, started, delay)
+                        },
+                        &policy.budget,
+                    );
                     let Ok(next) = admitted else {
                         return Poll::Ready(result);
                     };

@@ -37,8 +37,10 @@
 //! # Cost
 //!
 //! On the happy path: a budget deposit (no shared write), a copy of the
-//! request kept for replay, and a clone of the inner service (tower's
-//! contract). A deadline adds one clock read.
+//! request kept for replay, a clone of the inner service (tower's
+//! contract), and the attempt record lent to the layers below through a
+//! thread-local slot: no allocation, no lock. A deadline adds one clock
+//! read.
 //!
 //! # Metrics
 //!
