@@ -71,6 +71,7 @@
 //! ```
 
 use std::cell::{Cell, RefCell};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use metrics::Counter;
@@ -145,71 +146,54 @@ impl Attempt {
     }
 }
 
-/// The replicas a request's attempts went to: the first inline, so
-/// recording it allocates nothing.
-#[derive(Debug, Default)]
-pub(crate) struct Tried {
-    first: Option<Arc<str>>,
-    more: Vec<Arc<str>>,
-}
+/// A replica's identity in a request's record (a pool's member, by
+/// address: alive while an attempt on it is, and compared, never read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReplicaId(NonZeroUsize);
 
-impl Tried {
-    /// Whether no attempt has been recorded.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.first.is_none()
-    }
-
-    /// Whether an attempt went to `replica`.
-    pub(crate) fn contains(&self, replica: &str) -> bool {
-        self.first.iter().chain(&self.more).any(|r| **r == *replica)
-    }
-
-    /// Records that an attempt went to `replica`.
-    pub(crate) fn record(&mut self, replica: Arc<str>) {
-        match self.first {
-            None => self.first = Some(replica),
-            Some(_) => self.more.push(replica),
-        }
+impl ReplicaId {
+    /// The identity of the replica behind `member`.
+    pub(crate) fn of<T>(member: &Arc<T>) -> Self {
+        Self(NonZeroUsize::MIN.saturating_add(Arc::as_ptr(member) as usize))
     }
 }
 
-/// One original request's record (see the [module docs](self)).
-#[derive(Debug)]
-pub(crate) struct Tries {
+/// One original request's record (see the [module docs](self)), as it is
+/// lent to the layers below: small and `Copy`, so that lending it costs a
+/// few word copies. The first replica tried sits inline; later ones go on
+/// the thread's stack of replicas ([`MORE`]) while the record is lent, and
+/// back into the owner's list when the loan ends.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
     /// Attempts sent so far: the last one's number.
     sent: u32,
     /// The most attempts in all, set by the outermost repeating layer.
     limit: u32,
+    /// Replicas on the thread's stack that belong to this record (its top).
+    pushed: u32,
+    /// Whether a layer below joined the record, so it must be lent while
+    /// the futures below are polled too.
+    joined: bool,
     /// The budget the original was deposited in, by address: it is alive
     /// while the record is, since the layer owning the record holds it.
     counted_in: usize,
-    /// The replicas tried.
-    pub(crate) tried: Tried,
+    /// The first replica tried.
+    first_tried: Option<ReplicaId>,
 }
 
-impl Tries {
-    fn first(limit: u32, budget: &RetryBudget) -> Self {
+impl Frame {
+    fn first(limit: u32, counted_in: usize) -> Self {
         Self {
             sent: 1,
             limit,
-            counted_in: identity(budget),
-            tried: Tried::default(),
+            pushed: 0,
+            joined: false,
+            counted_in,
+            first_tried: None,
         }
     }
 
-    /// The record of a layer that was polled without the one it joined:
-    /// counted already, one attempt sent, its own cap.
-    fn orphan(limit: u32) -> Self {
-        Self {
-            sent: 1,
-            limit,
-            counted_in: 0,
-            tried: Tried::default(),
-        }
-    }
-
-    /// Whether the cap allows another attempt.
-    pub(crate) fn may_send_more(&self) -> bool {
+    fn may_send_more(&self) -> bool {
         self.sent < self.limit
     }
 }
@@ -220,25 +204,26 @@ fn identity(budget: &RetryBudget) -> usize {
 
 thread_local! {
     /// The record lent to the layers below, while a layer calls or polls them.
-    static LENT: RefCell<Option<Tries>> = const { RefCell::new(None) };
+    static LENT: Cell<Option<Frame>> = const { Cell::new(None) };
     /// Whether it is lent for a call (a layer below joins it, a pool reads
     /// and extends the replicas tried) rather than for a poll (a layer that
     /// joined it at its call finds it again; a call made from inside a
     /// future being polled, user code calling another stack, does not join).
     static FOR_CALL: Cell<bool> = const { Cell::new(false) };
+    /// Replicas tried after the first, of every record lent on this thread:
+    /// a stack, since loans nest like calls. Allocated once per thread, on
+    /// the first repeat.
+    static MORE: RefCell<Vec<ReplicaId>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on the record lent from above, if there is one and it may be
-/// used (`for_call_only`: only while lent for a call). The borrow lasts
-/// while `f` runs, so `f` runs no user code.
-fn lent<T>(for_call_only: bool, f: impl FnOnce(Option<&mut Tries>) -> T) -> T {
-    if for_call_only && !FOR_CALL.get() {
-        return f(None);
-    }
-    LENT.with(|slot| match slot.try_borrow_mut() {
-        Ok(mut slot) => f(slot.as_mut()),
-        Err(_) => f(None),
-    })
+/// The top `n` replicas of the thread's stack, taken off into `into`.
+fn pop_more(n: u32, into: &mut Vec<ReplicaId>) {
+    MORE.with(|more| {
+        if let Ok(mut more) = more.try_borrow_mut() {
+            let from = more.len().saturating_sub(n as usize);
+            into.extend(more.drain(from..));
+        }
+    });
 }
 
 /// Sets the kind of the loan for as long as it lives (restored on drop,
@@ -260,30 +245,42 @@ impl Drop for Kind {
 /// An owner's record in the slot, for as long as it lives: dropped, it puts
 /// back what the slot held before (on unwind too, so a panic below never
 /// leaves a stale record for the next request).
-struct Loan(Option<Option<Tries>>);
+struct Loan {
+    before: Option<Frame>,
+    done: bool,
+}
 
 impl Loan {
-    fn lend(tries: Tries) -> Self {
-        Self(Some(LENT.with(|slot| slot.replace(Some(tries)))))
+    fn lend(frame: Frame) -> Self {
+        Self {
+            before: LENT.replace(Some(frame)),
+            done: false,
+        }
     }
 
     /// Ends the loan: the record back.
-    fn finish(mut self) -> Option<Tries> {
-        let before = self.0.take().flatten();
-        LENT.with(|slot| slot.replace(before))
+    fn finish(mut self) -> Option<Frame> {
+        self.done = true;
+        LENT.replace(self.before)
     }
 }
 
 impl Drop for Loan {
     fn drop(&mut self) {
-        if let Some(before) = self.0.take() {
-            LENT.with(|slot| {
-                if let Ok(mut slot) = slot.try_borrow_mut() {
-                    *slot = before;
-                }
-            });
+        if !self.done {
+            if let Some(frame) = LENT.replace(self.before) {
+                pop_more(frame.pushed, &mut Vec::new());
+            }
         }
     }
+}
+
+/// The record of the outermost repeating layer.
+#[derive(Debug)]
+struct Own {
+    frame: Frame,
+    /// The replicas tried after the first, while the record is not lent.
+    more: Vec<ReplicaId>,
 }
 
 /// A repeating layer's part in a request's record: the record itself when
@@ -291,7 +288,7 @@ impl Drop for Loan {
 /// above.
 #[derive(Debug)]
 pub(crate) struct Share {
-    own: Option<Tries>,
+    own: Option<Own>,
     /// For a layer below a hop that polls it without the record (see the
     /// module docs): the cap it starts its own record with.
     fallback_limit: u32,
@@ -303,23 +300,27 @@ impl Share {
     /// `budget` unless it was counted there already. `limit` is this
     /// layer's cap on attempts in all.
     pub(crate) fn join(limit: u32, budget: &RetryBudget) -> Self {
-        match lent(true, |tries| tries.map(|t| t.counted_in)) {
-            Some(counted_in) => {
-                if counted_in != identity(budget) {
+        let lent = if FOR_CALL.get() { LENT.get() } else { None };
+        let own = match lent {
+            Some(mut frame) => {
+                if frame.counted_in != identity(budget) {
                     budget.deposit();
                 }
-                Self {
-                    own: None,
-                    fallback_limit: limit,
-                }
+                frame.joined = true;
+                LENT.set(Some(frame));
+                None
             }
             None => {
                 budget.deposit();
-                Self {
-                    own: Some(Tries::first(limit, budget)),
-                    fallback_limit: limit,
-                }
+                Some(Own {
+                    frame: Frame::first(limit, identity(budget)),
+                    more: Vec::new(),
+                })
             }
+        };
+        Self {
+            own,
+            fallback_limit: limit,
         }
     }
 
@@ -329,24 +330,41 @@ impl Share {
         self.own.is_some()
     }
 
-    /// Runs `f` on the record (`f` runs no user code: see [`lent`]).
-    fn with<T>(&mut self, f: impl FnOnce(&mut Tries) -> T) -> T {
+    /// Runs `f` on the record.
+    fn with<T>(&mut self, f: impl FnOnce(&mut Frame) -> T) -> T {
         if let Some(own) = &mut self.own {
-            return f(own);
+            return f(&mut own.frame);
         }
-        let limit = self.fallback_limit;
-        let own = &mut self.own;
-        lent(false, |tries| match tries {
-            Some(tries) => f(tries),
-            // Polled without the record (a hop that moved the future, see
-            // the module docs): from here on, a record of its own.
-            None => f(own.get_or_insert_with(|| Tries::orphan(limit))),
-        })
+        if let Some(mut frame) = LENT.get() {
+            let out = f(&mut frame);
+            LENT.set(Some(frame));
+            return out;
+        }
+        // Polled without the record (a hop that moved the future, see the
+        // module docs): from here on, a record of its own, counted already.
+        let own = self.own.insert(Own {
+            frame: Frame::first(self.fallback_limit, 0),
+            more: Vec::new(),
+        });
+        f(&mut own.frame)
     }
 
     /// Whether the cap allows another attempt.
     pub(crate) fn may_send_more(&mut self) -> bool {
-        self.with(|tries| tries.may_send_more())
+        self.with(|frame| frame.may_send_more())
+    }
+
+    /// Takes the next attempt number.
+    fn next_number(&mut self) -> u32 {
+        self.with(|frame| {
+            frame.sent += 1;
+            frame.sent
+        })
+    }
+
+    /// The attempts sent so far.
+    fn sent(&mut self) -> u32 {
+        self.with(|frame| frame.sent)
     }
 
     /// Calls the service below (`f`) with the record lent to it.
@@ -354,31 +372,106 @@ impl Share {
         self.lend(true, f)
     }
 
-    /// Polls the futures below (`f`) with the record lent to them.
+    /// Polls the futures below (`f`) with the record lent to them, if a
+    /// layer there joined it.
     pub(crate) fn poll<T>(&mut self, f: impl FnOnce() -> T) -> T {
         self.lend(false, f)
     }
 
     fn lend<T>(&mut self, for_call: bool, f: impl FnOnce() -> T) -> T {
-        let _kind = Kind::set(for_call);
-        match self.own.take() {
-            Some(own) => {
-                let loan = Loan::lend(own);
-                let out = f();
-                self.own = loan.finish();
-                out
-            }
+        let Some(own) = &mut self.own else {
             // The record lent from above is in the slot already.
-            None => f(),
+            let _kind = Kind::set(for_call);
+            return f();
+        };
+        if !for_call && !own.frame.joined {
+            // No layer below holds a part in the record: nothing to lend.
+            return f();
         }
+        let mut frame = own.frame;
+        if !own.more.is_empty() {
+            // A repeat: the replicas tried after the first, onto the stack.
+            frame.pushed = u32::try_from(own.more.len()).unwrap_or(u32::MAX);
+            MORE.with(|more| {
+                if let Ok(mut more) = more.try_borrow_mut() {
+                    more.append(&mut own.more);
+                }
+            });
+        }
+        let _kind = Kind::set(for_call);
+        let loan = Loan::lend(frame);
+        let out = f();
+        if let Some(mut back) = loan.finish() {
+            pop_more(back.pushed, &mut own.more);
+            back.pushed = 0;
+            own.frame = back;
+        }
+        out
+    }
+}
+
+/// The replicas a request tried, as a pool sees them while choosing where
+/// its attempt goes: the first inline, the rest on the thread's stack.
+#[derive(Debug, Default)]
+pub(crate) struct Tried {
+    first: Option<ReplicaId>,
+    pushed: u32,
+}
+
+impl Tried {
+    /// Whether no attempt has been recorded.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// Whether an attempt went to `replica`.
+    pub(crate) fn contains(&self, replica: ReplicaId) -> bool {
+        if self.first == Some(replica) {
+            return true;
+        }
+        self.pushed > 0
+            && MORE.with(|more| {
+                more.try_borrow().is_ok_and(|more| {
+                    more.iter()
+                        .rev()
+                        .take(self.pushed as usize)
+                        .any(|&r| r == replica)
+                })
+            })
+    }
+
+    /// Records that an attempt went to `replica`.
+    pub(crate) fn record(&mut self, replica: ReplicaId) {
+        if self.first.is_none() {
+            self.first = Some(replica);
+            return;
+        }
+        MORE.with(|more| {
+            if let Ok(mut more) = more.try_borrow_mut() {
+                more.push(replica);
+                self.pushed += 1;
+            }
+        });
     }
 }
 
 /// The record lent to a call being made now, for a pool choosing where it
 /// goes: `f` gets the replicas tried (`None` when no repeating layer is
-/// above) and may record the one chosen. `f` must run no user code.
+/// above) and may record the one chosen.
 pub(crate) fn with_tried<T>(f: impl FnOnce(Option<&mut Tried>) -> T) -> T {
-    lent(true, |tries| f(tries.map(|t| &mut t.tried)))
+    let lent = if FOR_CALL.get() { LENT.get() } else { None };
+    let Some(mut frame) = lent else {
+        return f(None);
+    };
+    let mut tried = Tried {
+        first: frame.first_tried,
+        pushed: frame.pushed,
+    };
+    let out = f(Some(&mut tried));
+    frame.first_tried = tried.first;
+    frame.pushed = tried.pushed;
+    LENT.set(Some(frame));
+    out
 }
 
 /// Why another attempt was not sent.
@@ -462,15 +555,12 @@ impl Admission {
             if !budget.withdraw() {
                 return Err(Refusal::Budget);
             }
-            let number = share.with(|tries| {
-                tries.sent += 1;
-                tries.sent
-            });
+            let number = share.next_number();
             replay.mark(&mut next, number);
             Ok(next)
         })();
         if let Err(refusal) = admitted {
-            self.refused(refusal, share.with(|tries| tries.sent));
+            self.refused(refusal, share.sent());
         }
         admitted
     }
@@ -509,7 +599,7 @@ mod tests {
     }
 
     fn slot_is_empty() -> bool {
-        LENT.with(|slot| slot.borrow().is_none()) && !FOR_CALL.get()
+        LENT.get().is_none() && !FOR_CALL.get() && MORE.with(|m| m.borrow().is_empty())
     }
 
     #[test]
@@ -529,6 +619,7 @@ mod tests {
     fn a_call_made_while_polling_does_not_join() {
         let budget = budget();
         let mut outer = Share::join(3, &budget);
+        let _inner = outer.call(|| Share::join(3, &budget));
         let other = outer.poll(|| Share::join(3, &budget));
         assert!(other.is_outermost());
     }
@@ -559,43 +650,90 @@ mod tests {
         // ...so the outer may send only one more (3 in all).
         assert_eq!(admit(&mut outer), Ok(7));
         assert_eq!(admit(&mut outer), Err(Refusal::MaxAttempts));
-        assert_eq!(outer.with(|t| t.sent), 3);
+        assert_eq!(outer.sent(), 3);
         // The inner one, polled again, sees the same record.
         assert!(!outer.poll(|| inner.may_send_more()));
+        assert!(slot_is_empty());
     }
 
     #[test]
     fn the_pool_sees_and_extends_the_replicas_tried_only_during_a_call() {
         let budget = budget();
-        let mut outer = Share::join(3, &budget);
+        let replicas: Vec<Arc<()>> = (0..4).map(|_| Arc::new(())).collect();
+        let id = |i: usize| ReplicaId::of(&replicas[i]);
+        let mut outer = Share::join(5, &budget);
         assert!(with_tried(|t| t.is_none()), "no record outside a loan");
-        outer.call(|| with_tried(|t| t.unwrap().record("a".into())));
-        outer.call(|| with_tried(|t| t.unwrap().record("b".into())));
+        for i in 0..3 {
+            outer.call(|| with_tried(|t| t.unwrap().record(id(i))));
+        }
         assert!(outer.poll(|| with_tried(|t| t.is_none())));
-        outer.with(|t| {
-            assert!(t.tried.contains("a") && t.tried.contains("b"));
-            assert!(!t.tried.contains("c"));
+        let seen = outer.call(|| {
+            with_tried(|t| {
+                let t = t.unwrap();
+                (0..4).map(|i| t.contains(id(i))).collect::<Vec<_>>()
+            })
         });
+        assert_eq!(seen, [true, true, true, false]);
+        assert!(slot_is_empty(), "the stack holds nothing between loans");
     }
 
     #[test]
     fn a_nested_layer_calls_below_with_the_record_from_above() {
         let budget = budget();
+        let replica = Arc::new(());
         let mut outer = Share::join(3, &budget);
         let mut inner = outer.call(|| Share::join(3, &budget));
         // Polled by the outer layer, the inner one sends a hedge: the pool
         // below sees the record as lent for a call.
-        outer.poll(|| inner.call(|| with_tried(|t| t.unwrap().record("a".into()))));
-        assert!(outer.with(|t| t.tried.contains("a")));
+        outer.poll(|| inner.call(|| with_tried(|t| t.unwrap().record(ReplicaId::of(&replica)))));
+        let tried = outer.call(|| with_tried(|t| t.unwrap().contains(ReplicaId::of(&replica))));
+        assert!(tried);
+        assert!(slot_is_empty());
+    }
+
+    #[test]
+    fn nested_owners_keep_their_replicas_apart() {
+        // A stack called from inside a future being polled (user code) owns
+        // a record of its own; its replicas do not mix with the outer one's.
+        let budget = budget();
+        let replicas: Vec<Arc<()>> = (0..4).map(|_| Arc::new(())).collect();
+        let id = |i: usize| ReplicaId::of(&replicas[i]);
+        let mut outer = Share::join(5, &budget);
+        let _inner = outer.call(|| Share::join(5, &budget));
+        outer.call(|| with_tried(|t| t.unwrap().record(id(0))));
+        outer.call(|| with_tried(|t| t.unwrap().record(id(1))));
+        outer.poll(|| {
+            let mut foreign = Share::join(5, &budget);
+            assert!(foreign.is_outermost());
+            foreign.call(|| with_tried(|t| t.unwrap().record(id(2))));
+            foreign.call(|| with_tried(|t| t.unwrap().record(id(3))));
+            let mine = foreign.call(|| with_tried(|t| t.unwrap().contains(id(1))));
+            assert!(
+                !mine,
+                "the outer record's replicas are not the foreign one's"
+            );
+        });
+        let seen = outer.call(|| {
+            with_tried(|t| {
+                let t = t.unwrap();
+                (0..4).map(|i| t.contains(id(i))).collect::<Vec<_>>()
+            })
+        });
+        assert_eq!(seen, [true, true, false, false]);
         assert!(slot_is_empty());
     }
 
     #[test]
     fn a_panic_below_leaves_no_record_behind() {
         let budget = budget();
+        let replicas: Vec<Arc<()>> = (0..2).map(|_| Arc::new(())).collect();
         let mut outer = Share::join(3, &budget);
+        outer.call(|| with_tried(|t| t.unwrap().record(ReplicaId::of(&replicas[0]))));
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            outer.call(|| panic!("a service below panicked"))
+            outer.call(|| {
+                with_tried(|t| t.unwrap().record(ReplicaId::of(&replicas[1])));
+                panic!("a service below panicked")
+            })
         }));
         assert!(caught.is_err());
         assert!(slot_is_empty(), "no stale record");
@@ -609,7 +747,7 @@ mod tests {
         let mut moved = outer.call(|| Share::join(2, &budget));
         // Polled elsewhere (no loan): it starts a record of its own, cap 2.
         assert!(moved.may_send_more());
-        moved.with(|t| t.sent = 2);
+        assert_eq!(moved.next_number(), 2);
         assert!(!moved.may_send_more());
     }
 }

@@ -14,7 +14,7 @@ use super::handle::PoolHandle;
 use super::replica::{Replica, ReplicaState};
 use super::shared::{Member, Settings, Shared, Snapshot};
 use super::table::Table;
-use crate::attempt::Tried;
+use crate::attempt::{ReplicaId, Tried};
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::error::{BoxError, ConfigError, NoHealthyReplica};
 use crate::health::HealthChecks;
@@ -302,7 +302,7 @@ where
                     None => None,
                 };
                 if let Some(tried) = tried.as_deref_mut() {
-                    tried.record(member.state.label.clone());
+                    tried.record(ReplicaId::of(member));
                 }
                 return Some((member, permit));
             }

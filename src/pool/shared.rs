@@ -10,7 +10,7 @@ use super::Why;
 use super::config::{OutlierDetection, WhenNoneHealthy};
 use super::replica::{REMOVED, ReplicaState, Standing};
 use super::table::{Row, Table, WHOLE};
-use crate::attempt::Tried;
+use crate::attempt::{ReplicaId, Tried};
 use crate::rng::{Rng, below, next_local};
 use crate::sync::{AtomicU64, Ordering};
 
@@ -165,8 +165,9 @@ impl<K, S> Shared<K, S> {
     ) -> Option<usize> {
         let state = |i: u32| &snapshot.members[i as usize].state;
         let usable = |i: u32| {
-            let state = state(i);
-            (snapshot.table.panic || state.routable(now_ms)) && !tried.contains(&state.label)
+            let member = &snapshot.members[i as usize];
+            (snapshot.table.panic || member.state.routable(now_ms))
+                && (tried.is_empty() || !tried.contains(ReplicaId::of(member)))
         };
         let cheaper = |a: u32, b: u32| {
             let (sa, sb) = (state(a), state(b));
