@@ -163,17 +163,25 @@ impl ReplicaId {
 /// few word copies. The first replica tried sits inline; later ones go on
 /// the thread's stack of replicas ([`MORE`]) while the record is lent, and
 /// back into the owner's list when the loan ends.
+///
+/// Counts are `u16`: caps are at most [`MAX_ATTEMPTS`](crate::retry::MAX_ATTEMPTS)
+/// (100), and three words copy faster than four.
 #[derive(Debug, Clone, Copy)]
 struct Frame {
     /// Attempts sent so far: the last one's number.
-    sent: u32,
+    sent: u16,
     /// The most attempts in all, set by the outermost repeating layer.
-    limit: u32,
+    limit: u16,
     /// Replicas on the thread's stack that belong to this record (its top).
-    pushed: u32,
+    pushed: u16,
     /// Whether a layer below joined the record, so it must be lent while
     /// the futures below are polled too.
     joined: bool,
+    /// Whether it is lent for a call (a layer below joins it, a pool reads
+    /// and extends the replicas tried) rather than for a poll (a layer that
+    /// joined it at its call finds it again; a call made from inside a
+    /// future being polled, user code calling another stack, does not join).
+    for_call: bool,
     /// The budget the original was deposited in, by address: it is alive
     /// while the record is, since the layer owning the record holds it.
     counted_in: usize,
@@ -185,9 +193,10 @@ impl Frame {
     fn first(limit: u32, counted_in: usize) -> Self {
         Self {
             sent: 1,
-            limit,
+            limit: u16::try_from(limit).unwrap_or(u16::MAX),
             pushed: 0,
             joined: false,
+            for_call: false,
             counted_in,
             first_tried: None,
         }
@@ -205,19 +214,19 @@ fn identity(budget: &RetryBudget) -> usize {
 thread_local! {
     /// The record lent to the layers below, while a layer calls or polls them.
     static LENT: Cell<Option<Frame>> = const { Cell::new(None) };
-    /// Whether it is lent for a call (a layer below joins it, a pool reads
-    /// and extends the replicas tried) rather than for a poll (a layer that
-    /// joined it at its call finds it again; a call made from inside a
-    /// future being polled, user code calling another stack, does not join).
-    static FOR_CALL: Cell<bool> = const { Cell::new(false) };
     /// Replicas tried after the first, of every record lent on this thread:
     /// a stack, since loans nest like calls. Allocated once per thread, on
     /// the first repeat.
     static MORE: RefCell<Vec<ReplicaId>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The record lent for a call, if there is one.
+fn lent_for_call() -> Option<Frame> {
+    LENT.get().filter(|frame| frame.for_call)
+}
+
 /// The top `n` replicas of the thread's stack, taken off into `into`.
-fn pop_more(n: u32, into: &mut Vec<ReplicaId>) {
+fn pop_more(n: u16, into: &mut Vec<ReplicaId>) {
     MORE.with(|more| {
         if let Ok(mut more) = more.try_borrow_mut() {
             let from = more.len().saturating_sub(n as usize);
@@ -226,19 +235,25 @@ fn pop_more(n: u32, into: &mut Vec<ReplicaId>) {
     });
 }
 
-/// Sets the kind of the loan for as long as it lives (restored on drop,
-/// on unwind too).
-struct Kind(bool);
+/// A record lent from above, relent as a call or a poll for as long as
+/// this lives (the kind restored on drop, on unwind too).
+struct Relent(bool);
 
-impl Kind {
-    fn set(for_call: bool) -> Self {
-        Self(FOR_CALL.replace(for_call))
+impl Relent {
+    fn set(for_call: bool) -> Option<Self> {
+        let mut frame = LENT.get()?;
+        let before = std::mem::replace(&mut frame.for_call, for_call);
+        LENT.set(Some(frame));
+        Some(Self(before))
     }
 }
 
-impl Drop for Kind {
+impl Drop for Relent {
     fn drop(&mut self) {
-        FOR_CALL.set(self.0);
+        if let Some(mut frame) = LENT.get() {
+            frame.for_call = self.0;
+            LENT.set(Some(frame));
+        }
     }
 }
 
@@ -269,7 +284,9 @@ impl Drop for Loan {
     fn drop(&mut self) {
         if !self.done {
             if let Some(frame) = LENT.replace(self.before) {
-                pop_more(frame.pushed, &mut Vec::new());
+                if frame.pushed > 0 {
+                    pop_more(frame.pushed, &mut Vec::new());
+                }
             }
         }
     }
@@ -300,8 +317,7 @@ impl Share {
     /// `budget` unless it was counted there already. `limit` is this
     /// layer's cap on attempts in all.
     pub(crate) fn join(limit: u32, budget: &RetryBudget) -> Self {
-        let lent = if FOR_CALL.get() { LENT.get() } else { None };
-        let own = match lent {
+        let own = match lent_for_call() {
             Some(mut frame) => {
                 if frame.counted_in != identity(budget) {
                     budget.deposit();
@@ -357,14 +373,14 @@ impl Share {
     /// Takes the next attempt number.
     fn next_number(&mut self) -> u32 {
         self.with(|frame| {
-            frame.sent += 1;
-            frame.sent
+            frame.sent = frame.sent.saturating_add(1);
+            u32::from(frame.sent)
         })
     }
 
     /// The attempts sent so far.
     fn sent(&mut self) -> u32 {
-        self.with(|frame| frame.sent)
+        self.with(|frame| u32::from(frame.sent))
     }
 
     /// Calls the service below (`f`) with the record lent to it.
@@ -381,7 +397,7 @@ impl Share {
     fn lend<T>(&mut self, for_call: bool, f: impl FnOnce() -> T) -> T {
         let Some(own) = &mut self.own else {
             // The record lent from above is in the slot already.
-            let _kind = Kind::set(for_call);
+            let _relent = Relent::set(for_call);
             return f();
         };
         if !for_call && !own.frame.joined {
@@ -389,21 +405,23 @@ impl Share {
             return f();
         }
         let mut frame = own.frame;
+        frame.for_call = for_call;
         if !own.more.is_empty() {
             // A repeat: the replicas tried after the first, onto the stack.
-            frame.pushed = u32::try_from(own.more.len()).unwrap_or(u32::MAX);
+            frame.pushed = u16::try_from(own.more.len()).unwrap_or(u16::MAX);
             MORE.with(|more| {
                 if let Ok(mut more) = more.try_borrow_mut() {
                     more.append(&mut own.more);
                 }
             });
         }
-        let _kind = Kind::set(for_call);
         let loan = Loan::lend(frame);
         let out = f();
         if let Some(mut back) = loan.finish() {
-            pop_more(back.pushed, &mut own.more);
-            back.pushed = 0;
+            if back.pushed > 0 {
+                pop_more(back.pushed, &mut own.more);
+                back.pushed = 0;
+            }
             own.frame = back;
         }
         out
@@ -415,7 +433,7 @@ impl Share {
 #[derive(Debug, Default)]
 pub(crate) struct Tried {
     first: Option<ReplicaId>,
-    pushed: u32,
+    pushed: u16,
 }
 
 impl Tried {
@@ -449,7 +467,7 @@ impl Tried {
         MORE.with(|more| {
             if let Ok(mut more) = more.try_borrow_mut() {
                 more.push(replica);
-                self.pushed += 1;
+                self.pushed = self.pushed.saturating_add(1);
             }
         });
     }
@@ -459,8 +477,7 @@ impl Tried {
 /// goes: `f` gets the replicas tried (`None` when no repeating layer is
 /// above) and may record the one chosen.
 pub(crate) fn with_tried<T>(f: impl FnOnce(Option<&mut Tried>) -> T) -> T {
-    let lent = if FOR_CALL.get() { LENT.get() } else { None };
-    let Some(mut frame) = lent else {
+    let Some(mut frame) = lent_for_call() else {
         return f(None);
     };
     let mut tried = Tried {
@@ -599,7 +616,7 @@ mod tests {
     }
 
     fn slot_is_empty() -> bool {
-        LENT.get().is_none() && !FOR_CALL.get() && MORE.with(|m| m.borrow().is_empty())
+        LENT.get().is_none() && MORE.with(|m| m.borrow().is_empty())
     }
 
     #[test]
