@@ -221,6 +221,7 @@ thread_local! {
 }
 
 /// The record lent for a call, if there is one.
+#[inline]
 fn lent_for_call() -> Option<Frame> {
     LENT.get().filter(|frame| frame.for_call)
 }
@@ -266,6 +267,7 @@ struct Loan {
 }
 
 impl Loan {
+    #[inline]
     fn lend(frame: Frame) -> Self {
         Self {
             before: LENT.replace(Some(frame)),
@@ -274,6 +276,7 @@ impl Loan {
     }
 
     /// Ends the loan: the record back.
+    #[inline]
     fn finish(mut self) -> Option<Frame> {
         self.done = true;
         LENT.replace(self.before)
@@ -316,6 +319,7 @@ impl Share {
     /// none (this layer is the outermost). The original is deposited in
     /// `budget` unless it was counted there already. `limit` is this
     /// layer's cap on attempts in all.
+    #[inline]
     pub(crate) fn join(limit: u32, budget: &RetryBudget) -> Self {
         let own = match lent_for_call() {
             Some(mut frame) => {
@@ -384,16 +388,19 @@ impl Share {
     }
 
     /// Calls the service below (`f`) with the record lent to it.
+    #[inline]
     pub(crate) fn call<T>(&mut self, f: impl FnOnce() -> T) -> T {
         self.lend(true, f)
     }
 
     /// Polls the futures below (`f`) with the record lent to them, if a
     /// layer there joined it.
+    #[inline]
     pub(crate) fn poll<T>(&mut self, f: impl FnOnce() -> T) -> T {
         self.lend(false, f)
     }
 
+    #[inline]
     fn lend<T>(&mut self, for_call: bool, f: impl FnOnce() -> T) -> T {
         let Some(own) = &mut self.own else {
             // The record lent from above is in the slot already.
@@ -476,6 +483,7 @@ impl Tried {
 /// The record lent to a call being made now, for a pool choosing where it
 /// goes: `f` gets the replicas tried (`None` when no repeating layer is
 /// above) and may record the one chosen.
+#[inline]
 pub(crate) fn with_tried<T>(f: impl FnOnce(Option<&mut Tried>) -> T) -> T {
     let Some(mut frame) = lent_for_call() else {
         return f(None);
