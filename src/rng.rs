@@ -20,6 +20,11 @@ impl Rng {
         }
     }
 
+    /// Starts the sequence again from `seed`, for everyone sharing it.
+    pub(crate) fn reseed(&self, seed: u64) {
+        self.state.store(seed, Ordering::Relaxed);
+    }
+
     /// A seed that differs between instances and runs.
     pub(crate) fn from_entropy() -> Self {
         use std::hash::{BuildHasher, Hasher};

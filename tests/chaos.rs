@@ -145,3 +145,18 @@ async fn aimed_at_one_replica_of_a_pool() {
         "the broken replica fails until it is ejected; the others never do"
     );
 }
+
+#[tokio::test]
+async fn a_handle_taken_before_seeding_still_steers_the_layer() {
+    let layer = ChaosLayer::new();
+    let early = layer.handle();
+    let layer = layer.seed(11);
+    let mut svc = layer.layer(tower::service_fn(|x: u32| async move {
+        Ok::<_, steadfast::error::BoxError>(x)
+    }));
+    early.set_error_rate(1.0);
+    let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    assert!(err.is::<steadfast::chaos::Injected>(), "{err}");
+    early.clear();
+    assert_eq!(svc.ready().await.unwrap().call(2).await.unwrap(), 2);
+}

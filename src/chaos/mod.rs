@@ -184,23 +184,14 @@ impl ChaosLayer {
         }
     }
 
-    /// Seeds the random draws, so a run can be repeated.
+    /// Seeds the random draws, so a run can be repeated. Handles taken
+    /// before and services made before share the seeded draws: the layer,
+    /// its handles and its services keep one set of faults whatever order
+    /// they are made in.
     #[must_use]
     pub fn seed(self, seed: u64) -> Self {
-        let s = &self.settings;
-        let settings = Settings {
-            error_rate: AtomicU64::new(s.error_rate.load(Ordering::Acquire)),
-            refuse_rate: AtomicU64::new(s.refuse_rate.load(Ordering::Acquire)),
-            hang_rate: AtomicU64::new(s.hang_rate.load(Ordering::Acquire)),
-            latency_kind: AtomicU64::new(s.latency_kind.load(Ordering::Acquire)),
-            latency_a: AtomicU64::new(s.latency_a.load(Ordering::Acquire)),
-            latency_b: AtomicU64::new(s.latency_b.load(Ordering::Acquire)),
-            latency_p: AtomicU64::new(s.latency_p.load(Ordering::Acquire)),
-            rng: Rng::new(seed),
-        };
-        Self {
-            settings: Arc::new(settings),
-        }
+        self.settings.rng.reseed(seed);
+        self
     }
 
     /// The handle that changes the faults.
