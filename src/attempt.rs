@@ -5,11 +5,15 @@
 //! *original* request they share one record, which says:
 //!
 //! - **how many attempts were sent**: numbers run 1, 2, 3… across every
-//!   layer, and one cap bounds them all — that of the outermost repeating
-//!   layer (a retry's `max_attempts`; for a hedge with no retry above it,
-//!   one more than its `max_extra_attempts`). A layer below also keeps its
-//!   own cap: a hedge under a retry sends at most `max_extra_attempts` per
-//!   attempt of the retry, within the shared total;
+//!   layer, in the order attempts are admitted (a retry takes its number
+//!   before its backoff), and one cap bounds them all — that of the
+//!   outermost repeating layer (a retry's `max_attempts`; for a hedge with
+//!   no retry above it, one more than its `max_extra_attempts`). A layer
+//!   below also keeps its own cap: a hedge under a retry sends at most
+//!   `max_extra_attempts` per attempt of the retry, within the shared
+//!   total. So the order matters: under `max_attempts(1)` a hedge never
+//!   fires, and a hedge with one extra attempt over a retry allows two
+//!   attempts in all. Put the retry outermost;
 //! - **where the original was counted**: the outermost layer deposits the
 //!   request into its [`RetryBudget`] once; a layer below with the same
 //!   budget only withdraws. (A layer with a budget of its own counts every
@@ -25,9 +29,15 @@
 //! as long as it calls or polls them (through a thread-local slot that is
 //! restored afterwards, on unwind too). The layers below find it there. So
 //! the protocol works for any request type, and a first attempt that
-//! succeeds costs two thread-local accesses per layer: no allocation, no
-//! lock. The list of replicas tried keeps its first entry inline; it
-//! allocates only from the second.
+//! succeeds costs a few thread-local accesses per layer: no allocation, no
+//! lock. The first replica tried is kept inline; the list allocates only
+//! from the second (once per thread, then reused).
+//!
+//! A layer joins the record of the call it is made in. So a stack called
+//! *synchronously* from a service's `call` below a retry (not from its
+//! future) joins that retry's record: it shares its cap and numbering.
+//! Call another upstream's stack from the future instead, as an `async`
+//! block does.
 //!
 //! What cannot carry the record is a hop that calls or polls the service
 //! below it from somewhere else: tower's
@@ -228,7 +238,8 @@ fn lent_for_call() -> Option<Frame> {
 
 /// The top `n` replicas of the thread's stack, taken off into `into`.
 fn pop_more(n: u16, into: &mut Vec<ReplicaId>) {
-    MORE.with(|more| {
+    // `try_with`: during the thread's teardown the stack may be gone.
+    let _ = MORE.try_with(|more| {
         if let Ok(mut more) = more.try_borrow_mut() {
             let from = more.len().saturating_sub(n as usize);
             into.extend(more.drain(from..));
@@ -310,8 +321,9 @@ struct Own {
 pub(crate) struct Share {
     own: Option<Own>,
     /// For a layer below a hop that polls it without the record (see the
-    /// module docs): the cap it starts its own record with.
+    /// module docs): the cap it starts its own record with, and its budget.
     fallback_limit: u32,
+    fallback_budget: usize,
 }
 
 impl Share {
@@ -341,6 +353,7 @@ impl Share {
         Self {
             own,
             fallback_limit: limit,
+            fallback_budget: identity(budget),
         }
     }
 
@@ -363,7 +376,7 @@ impl Share {
         // Polled without the record (a hop that moved the future, see the
         // module docs): from here on, a record of its own, counted already.
         let own = self.own.insert(Own {
-            frame: Frame::first(self.fallback_limit, 0),
+            frame: Frame::first(self.fallback_limit, self.fallback_budget),
             more: Vec::new(),
         });
         f(&mut own.frame)
@@ -416,7 +429,7 @@ impl Share {
         if !own.more.is_empty() {
             // A repeat: the replicas tried after the first, onto the stack.
             frame.pushed = u16::try_from(own.more.len()).unwrap_or(u16::MAX);
-            MORE.with(|more| {
+            let _ = MORE.try_with(|more| {
                 if let Ok(mut more) = more.try_borrow_mut() {
                     more.append(&mut own.more);
                 }
@@ -455,14 +468,16 @@ impl Tried {
             return true;
         }
         self.pushed > 0
-            && MORE.with(|more| {
-                more.try_borrow().is_ok_and(|more| {
-                    more.iter()
-                        .rev()
-                        .take(self.pushed as usize)
-                        .any(|&r| r == replica)
+            && MORE
+                .try_with(|more| {
+                    more.try_borrow().is_ok_and(|more| {
+                        more.iter()
+                            .rev()
+                            .take(self.pushed as usize)
+                            .any(|&r| r == replica)
+                    })
                 })
-            })
+                .unwrap_or(false)
     }
 
     /// Records that an attempt went to `replica`.
@@ -471,7 +486,7 @@ impl Tried {
             self.first = Some(replica);
             return;
         }
-        MORE.with(|more| {
+        let _ = MORE.try_with(|more| {
             if let Ok(mut more) = more.try_borrow_mut() {
                 more.push(replica);
                 self.pushed = self.pushed.saturating_add(1);
@@ -547,7 +562,12 @@ impl Admission {
             name: name.clone(),
             max_attempts: refused("max_attempts"),
             not_replayable: refused("not_replayable"),
-            deadline: refused("deadline"),
+            // Only the retry layer has a deadline; a hedge counts none.
+            deadline: if layer == "retry" {
+                refused("deadline")
+            } else {
+                Counter::noop()
+            },
             budget: refused("budget"),
         }
     }

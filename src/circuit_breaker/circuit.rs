@@ -248,7 +248,13 @@ impl Circuit {
             consecutive_trips: shared.trips.load(Ordering::Acquire),
             open_until: (word.phase == Phase::Open
                 && matches!(word.mode, Mode::Auto | Mode::MetricsOnly))
-            .then(|| shared.base + Duration::from_millis(word.open_until_ms())),
+            .then(|| {
+                shared
+                    .base
+                    .checked_add(Duration::from_millis(word.open_until_ms()))
+                    // Open for good: shown 30 years out, as tokio does.
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(30 * 365 * 24 * 3600))
+            }),
         }
     }
 
@@ -535,7 +541,11 @@ impl Shared {
             period = period.max(pushback.min(self.config.max_pushback));
         }
         // Round up: never reopen earlier than the period.
-        let until = Instant::now().saturating_duration_since(self.base) + period;
+        // Saturating: a period too long for the clock (up to `Duration::MAX`)
+        // keeps the circuit open for good.
+        let until = Instant::now()
+            .saturating_duration_since(self.base)
+            .saturating_add(period);
         let until_ms = u64::try_from(until.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         let transition = match phase {
             Phase::HalfOpen => self.core.trip_half_open(generation, until_ms),

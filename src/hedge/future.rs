@@ -264,7 +264,13 @@ where
                     // its first poll never arms one.
                     let now = Instant::now();
                     this.started.get_or_insert(now);
-                    *this.next = Next::Timer(Box::pin(tokio::time::sleep(policy.delay(now))));
+                    let mut sleep = Box::pin(tokio::time::sleep(policy.delay(now)));
+                    let fired = sleep.as_mut().poll(cx).is_ready();
+                    // Timer -> Due at once if the delay is already over.
+                    *this.next = if fired { Next::Due } else { Next::Timer(sleep) };
+                    if !fired {
+                        return Poll::Pending;
+                    }
                 }
                 Next::Timer(sleep) => {
                     if sleep.as_mut().poll(cx).is_pending() {

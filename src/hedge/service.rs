@@ -77,7 +77,13 @@ where
         if share.is_outermost() {
             policy.replay.mark(&mut req, 1);
         }
-        let template = policy.replay.replay(&req);
+        // No copy for a request that may not be sent again (the cap of a
+        // retry above is spent).
+        let template = if share.may_send_more() {
+            policy.replay.replay(&req)
+        } else {
+            None
+        };
         // The ready service takes this call and goes to the future for the
         // hedges.
         let mut service = take_ready(&mut self.inner);

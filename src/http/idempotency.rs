@@ -135,6 +135,10 @@ impl<B: TryCloneBody> Replay<Request<B>> for HttpReplay {
     fn mark(&self, req: &mut Request<B>, number: u32) {
         if number > 1 || self.mark_first {
             req.extensions_mut().insert(Attempt::new(number));
+        } else {
+            // A first attempt carries no mark, even one it arrived with
+            // (from a stack further out): removing allocates nothing.
+            req.extensions_mut().remove::<Attempt>();
         }
     }
 }
@@ -208,6 +212,7 @@ mod tests {
     fn without_a_first_mark_only_repeats_are_marked() {
         let replay = HttpReplay::new().mark_first(false);
         let mut original = req(Method::GET);
+        original.extensions_mut().insert(Attempt::new(3));
         replay.mark(&mut original, 1);
         assert!(original.extensions().get::<Attempt>().is_none());
         let mut copy = replay.replay(&original).unwrap();

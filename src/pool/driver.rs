@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tower::discover::{Change, Discover};
 
 use super::Why;
+use super::clock;
 use super::config::Builder;
 use super::replica::{REMOVED, Replica};
 use super::service::Pool;
@@ -107,7 +108,7 @@ where
                         shared.changed();
                     }
                     let down = state.check_healthy.load(Ordering::Acquire) == 0;
-                    track.next_at = now + jittered(&config, down, &rng);
+                    track.next_at = clock::deadline(now, jittered(&config, down, &rng));
                 }
                 // Forget replicas that left the pool.
                 tracks.retain(|label, _| snapshot.members.iter().any(|m| m.state.label == *label));
@@ -115,7 +116,7 @@ where
                     .values()
                     .map(|t| t.next_at)
                     .min()
-                    .unwrap_or(now + config.interval);
+                    .unwrap_or_else(|| clock::deadline(now, config.interval));
                 drop(snapshot);
                 drop(shared);
                 // Wake at least once a second to notice the pool is gone.
@@ -132,7 +133,8 @@ fn jittered(config: &HealthChecks, down: bool, rng: &Rng) -> Duration {
         config.interval
     };
     let spread = (rng.next_f64() * 2.0 - 1.0) * config.jitter;
-    base.mul_f64(1.0 + spread)
+    // Saturating: an interval of `Duration::MAX` stays "never again".
+    Duration::try_from_secs_f64(base.as_secs_f64() * (1.0 + spread)).unwrap_or(Duration::MAX)
 }
 
 impl<K, S, C> Pool<K, S, C>

@@ -130,7 +130,7 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
     pub fn snapshot(&self) -> Vec<ReplicaSnapshot<K>> {
         let shared = &self.shared;
         let now_ms = shared.now_ms();
-        let at = |ms: u64| shared.base + Duration::from_millis(ms.saturating_sub(1));
+        let at = |ms: u64| super::clock::instant(shared.base, ms);
         let Ok(current) = shared.current.lock().map(|c| c.clone()) else {
             return Vec::new();
         };

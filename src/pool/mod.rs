@@ -84,6 +84,7 @@
 //! # }
 //! ```
 
+mod clock;
 mod config;
 mod driver;
 pub mod future;

@@ -264,8 +264,9 @@ impl ReplicaState {
             .max(avoided)
             .max(self.check_recovered_at.load(Ordering::Acquire))
             .max(self.admin_enabled_at.load(Ordering::Acquire));
-        if recovered > 0 && now_ms < recovered + failback_ms {
-            return Standing::Recovering(recovered + failback_ms);
+        let failed_back = recovered.saturating_add(failback_ms);
+        if recovered > 0 && now_ms < failed_back {
+            return Standing::Recovering(failed_back);
         }
         Standing::Eligible
     }

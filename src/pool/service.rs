@@ -94,7 +94,7 @@ impl<C> Builder<C> {
             local_zone: self.local_zone.clone(),
             overprovisioning: self.overprovisioning,
             panic_threshold: self.panic_threshold,
-            failback_ms: u64::try_from(self.failback_after.as_millis()).unwrap_or(u64::MAX),
+            failback_ms: super::clock::millis(self.failback_after),
             when_none_healthy: self.when_none_healthy,
             outlier: self.outlier.clone(),
             max_pushback: self.max_pushback,
@@ -254,7 +254,7 @@ where
                     .retry_after(&self.cached, now_ms)
                     .unwrap_or(std::time::Duration::from_millis(50))
                     .clamp(std::time::Duration::from_millis(1), bound - waited);
-                sleep.as_mut().reset(now + next);
+                sleep.as_mut().reset(super::clock::deadline(now, next));
                 match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         cx.waker().wake_by_ref();

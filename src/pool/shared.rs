@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Why;
+use super::clock;
 use super::config::{OutlierDetection, WhenNoneHealthy};
 use super::replica::{REMOVED, ReplicaState, Standing};
 use super::table::{Row, Table, WHOLE};
@@ -273,7 +274,7 @@ impl<K, S> Shared<K, S> {
             backoff.base(),
             &self.ejection_rng,
         );
-        let until = now_ms + u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        let until = clock::after(now_ms, period);
         state.ejected_until.store(until, Ordering::Release);
         state.why.store(why as u8, Ordering::Release);
         // It comes back with a clean load estimate: the failures that got it
@@ -299,7 +300,7 @@ impl<K, S> Shared<K, S> {
         if pushback.is_zero() {
             return;
         }
-        let until = now_ms + u64::try_from(pushback.as_millis()).unwrap_or(u64::MAX);
+        let until = clock::after(now_ms, pushback);
         if state.avoid_until.fetch_max(until, Ordering::AcqRel) < until {
             state.why.store(Why::Pushback as u8, Ordering::Release);
             state.latency.reset(self.ns(Instant::now()), 0.0);
@@ -326,13 +327,13 @@ impl<K, S> Shared<K, S> {
     pub(super) fn sweep(&self, snapshot: &Snapshot<K, S>, now_ms: u64) {
         let outlier = &self.settings.outlier;
         let next = self.next_sweep_ms.load(Ordering::Acquire);
-        let interval_ms = u64::try_from(outlier.interval.as_millis()).unwrap_or(u64::MAX);
+        let interval_ms = clock::millis(outlier.interval);
         if now_ms < next
             || self
                 .next_sweep_ms
                 .compare_exchange(
                     next,
-                    now_ms + interval_ms,
+                    now_ms.saturating_add(interval_ms),
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 )

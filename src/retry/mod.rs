@@ -22,7 +22,10 @@
 //! original request ([`attempt`](crate::attempt)): the outermost deposits
 //! it in the budget once, attempt numbers run on across layers, and
 //! `max_attempts` of the outermost layer caps every attempt, hedges
-//! included. A pool below sends each retry to a replica not yet tried.
+//! included. A pool below sends each retry to a replica not yet tried. A
+//! hedge below sends its own extra attempt at once on a retryable failure:
+//! that attempt waits out no backoff of this layer's and checks no deadline
+//! of its own (the total timeout above still bounds it).
 //!
 //! # HTTP
 //!

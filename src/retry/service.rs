@@ -76,11 +76,12 @@ where
         policy.metrics.attempts.increment(1);
         // The original is counted once, by the outermost repeating layer,
         // which also marks it as attempt 1.
-        let share = Share::join(policy.max_attempts, &policy.budget);
+        let mut share = Share::join(policy.max_attempts, &policy.budget);
         if share.is_outermost() {
             policy.replay.mark(&mut req, 1);
         }
-        let template = if policy.max_attempts > 1 {
+        // No copy for a request that may not be sent again.
+        let template = if policy.max_attempts > 1 && share.may_send_more() {
             policy.replay.replay(&req)
         } else {
             None

@@ -1,0 +1,281 @@
+//! Every duration validation accepts works, down to the smallest and up to
+//! `Duration::MAX` ("forever" where that is its meaning): no overflow, no
+//! panic, on the request path, in snapshots, or in the health-check task.
+//! One case per setting, at each end; time is paused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use steadfast::backoff::Backoff;
+use steadfast::circuit_breaker::{CircuitBreakerLayer, State};
+use steadfast::classify::Verdict;
+use steadfast::error::BoxError;
+use steadfast::health::{HealthCheck, HealthChecks};
+use steadfast::pool::{Builder, Health, OutlierDetection, Pool, Replica, WhenNoneHealthy};
+use tower::{Layer, Service, ServiceExt};
+
+const MS: Duration = Duration::from_millis(1);
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+type Svc = tower::util::BoxCloneSyncService<u32, (), BoxError>;
+
+/// A replica that fails while its flag is up.
+fn replica(failing: &Arc<AtomicBool>) -> Replica<Svc> {
+    let failing = failing.clone();
+    Replica::new(tower::util::BoxCloneSyncService::new(tower::service_fn(
+        move |_: u32| {
+            let fail = failing.load(Ordering::SeqCst);
+            async move {
+                if fail {
+                    Err::<(), BoxError>("down".into())
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )))
+}
+
+/// Failures in a row eject after 2; nothing else judges.
+fn outlier() -> OutlierDetection {
+    OutlierDetection::default()
+        .consecutive_failures(Some(2))
+        .failure_percentage(None)
+        .success_rate_stdev(None)
+        .latency_factor(None)
+        .max_ejected(1.0)
+}
+
+fn builder() -> Builder {
+    Pool::builder()
+        .name("extremes")
+        .seed(1)
+        .failure_penalty(Duration::ZERO)
+        .outlier(outlier())
+}
+
+/// Sends `n` requests, ignoring their outcomes.
+async fn send<S: Service<u32, Response = (), Error = BoxError>>(svc: &mut S, n: usize) {
+    for _ in 0..n {
+        if let Ok(ready) = svc.ready().await {
+            let _ = ready.call(0).await;
+        }
+    }
+}
+
+fn health(handle: &steadfast::pool::PoolHandle<&'static str, Svc>, id: &str) -> Health {
+    handle
+        .snapshot()
+        .into_iter()
+        .find(|r| r.id == id)
+        .unwrap()
+        .health
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ejection_of_any_length_ejects_and_one_of_duration_max_lasts() {
+    for period in [MS, Duration::from_secs(10), Duration::MAX] {
+        let down = Arc::new(AtomicBool::new(true));
+        let up = Arc::new(AtomicBool::new(false));
+        let mut pool = builder()
+            .outlier(outlier().ejection(Backoff::constant(period)))
+            .build([("a", replica(&down)), ("b", replica(&up))])
+            .unwrap();
+        let handle = pool.handle();
+        send(&mut pool, 20).await;
+        assert!(
+            matches!(health(&handle, "a"), Health::Ejected { .. }),
+            "{period:?}: {:?}",
+            health(&handle, "a")
+        );
+        tokio::time::advance(YEAR).await;
+        let after = health(&handle, "a");
+        if period == Duration::MAX {
+            assert!(
+                matches!(after, Health::Ejected { .. }),
+                "forever: {after:?}"
+            );
+        } else {
+            assert!(
+                !matches!(after, Health::Ejected { .. }),
+                "{period:?}: {after:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failback_at_zero_is_at_once_and_at_duration_max_never() {
+    for wait in [Duration::ZERO, MS, Duration::MAX] {
+        let up = Arc::new(AtomicBool::new(false));
+        let mut pool = builder()
+            .failback_after(wait)
+            .build([("a", replica(&up)), ("b", replica(&up))])
+            .unwrap();
+        let handle = pool.handle();
+        handle.disable(&"a");
+        handle.enable(&"a");
+        send(&mut pool, 5).await;
+        tokio::time::advance(YEAR).await;
+        let after = health(&handle, "a");
+        match wait {
+            Duration::MAX => assert!(matches!(after, Health::Recovering { .. }), "{after:?}"),
+            _ => assert_eq!(after, Health::Healthy, "{wait:?}"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pushback_as_long_as_duration_max_is_honoured_for_good() {
+    for max_pushback in [Duration::ZERO, MS, Duration::MAX] {
+        let down = Arc::new(AtomicBool::new(true));
+        let up = Arc::new(AtomicBool::new(false));
+        // Every failure asks for `Duration::MAX` of quiet.
+        let classify = |r: Result<&(), &BoxError>| match r {
+            Ok(()) => Verdict::success(),
+            Err(_) => Verdict::retryable_failure().with_pushback(Duration::MAX),
+        };
+        let mut pool = Pool::builder()
+            .name("extremes")
+            .seed(1)
+            .classify(classify)
+            .outlier(outlier().consecutive_failures(None))
+            .max_pushback(max_pushback)
+            .build([("a", replica(&down)), ("b", replica(&up))])
+            .unwrap();
+        let handle = pool.handle();
+        send(&mut pool, 20).await;
+        tokio::time::advance(YEAR).await;
+        let after = health(&handle, "a");
+        match max_pushback {
+            Duration::ZERO => assert!(!matches!(after, Health::Avoided { .. }), "{after:?}"),
+            Duration::MAX => assert!(matches!(after, Health::Avoided { .. }), "{after:?}"),
+            _ => assert!(!matches!(after, Health::Avoided { .. }), "{after:?}"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_penalties_and_sweep_intervals_at_both_ends() {
+    for (penalty, interval) in [
+        (Duration::ZERO, Duration::from_millis(10)),
+        (Duration::MAX, Duration::MAX),
+    ] {
+        let down = Arc::new(AtomicBool::new(true));
+        let up = Arc::new(AtomicBool::new(false));
+        let mut pool = Pool::builder()
+            .name("extremes")
+            .seed(1)
+            .failure_penalty(penalty)
+            .outlier(OutlierDetection::default().interval(interval))
+            .build([
+                ("a", replica(&down)),
+                ("b", replica(&up)),
+                ("c", replica(&up)),
+            ])
+            .unwrap();
+        for _ in 0..5 {
+            send(&mut pool, 20).await;
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(pool.handle().snapshot().len(), 3);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_a_replica_up_to_duration_max_waits_without_overflow() {
+    let up = Arc::new(AtomicBool::new(false));
+    let mut pool = builder()
+        .when_none_healthy(WhenNoneHealthy::Wait(Duration::MAX))
+        .build([("a", replica(&up))])
+        .unwrap();
+    let handle = pool.handle();
+    handle.disable(&"a");
+    // Nothing can take a request: a caller waits (bounded by its own
+    // timeout here), and a replica enabled again ends the wait.
+    let waited = tokio::time::timeout(Duration::from_secs(60), pool.ready()).await;
+    assert!(waited.is_err(), "still waiting after a minute");
+    handle.enable(&"a");
+    let ready = tokio::time::timeout(Duration::from_secs(60), pool.ready()).await;
+    assert!(ready.is_ok(), "the wait ends when a replica is back");
+}
+
+/// A check that fails (or hangs, if told to).
+#[derive(Debug)]
+struct Check {
+    hang: bool,
+}
+
+impl HealthCheck for Check {
+    fn check(&self) -> BoxFuture<'static, Result<(), BoxError>> {
+        let hang = self.hang;
+        Box::pin(async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            Err::<(), BoxError>("unhealthy".into())
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_check_schedules_at_both_ends_never_stop_the_task() {
+    let smallest = Duration::from_nanos(1);
+    for (interval, timeout, hang) in [
+        (smallest, smallest, false),
+        (smallest, smallest, true),
+        (Duration::MAX, Duration::MAX, false),
+        (Duration::MAX, Duration::from_secs(1), true),
+    ] {
+        let up = Arc::new(AtomicBool::new(false));
+        let checks = HealthChecks::default()
+            .interval(interval)
+            .unhealthy_interval(interval)
+            .timeout(timeout)
+            .unhealthy_threshold(1);
+        let pool = builder()
+            .health_checks(checks)
+            .build([
+                ("a", replica(&up).health_check(Check { hang })),
+                ("b", replica(&up)),
+            ])
+            .unwrap();
+        let handle = pool.handle();
+        let task = tokio::spawn(pool.health_checks());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !task.is_finished(),
+            "{interval:?}/{timeout:?}: the task runs on"
+        );
+        if !(hang && timeout == Duration::MAX) {
+            assert_eq!(health(&handle, "a"), Health::FailingChecks, "{interval:?}");
+        }
+        tokio::time::advance(YEAR).await;
+        tokio::task::yield_now().await;
+        assert!(
+            !task.is_finished(),
+            "{interval:?}/{timeout:?}: still running a year on"
+        );
+        task.abort();
+        drop(pool);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_open_for_duration_max_stays_open() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .open_backoff(Backoff::constant(Duration::MAX))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(|_: u32| async {
+        Err::<(), BoxError>("down".into())
+    }));
+    let _ = svc.ready().await.unwrap().call(0).await;
+    assert_eq!(layer.circuit().state(), State::Open);
+    tokio::time::advance(YEAR).await;
+    assert_eq!(layer.circuit().state(), State::Open);
+    assert!(layer.circuit().snapshot().open_until.is_some());
+}
