@@ -29,7 +29,9 @@
 //! [`Attempt`](crate::attempt::Attempt) extension with its number, and a
 //! request without one is a first attempt. So a call whose first attempt
 //! succeeds allocates nothing in the stack (copying the request for replay
-//! costs what cloning its headers costs).
+//! costs what cloning its headers costs; a clone of the stack first used on
+//! another thread than the one it was cloned from takes a handle of its own
+//! there, one allocation per layer).
 
 use std::future::Future;
 use std::hash::Hash;
