@@ -1,7 +1,9 @@
 //! Backoff schedules: how long to wait before the next attempt, probe or check.
 //!
 //! One schedule type serves every layer: retry delays, circuit breaker open
-//! periods, (planned) outlier ejection periods and health-check intervals.
+//! periods and outlier ejection periods. (Health-check intervals are a
+//! fixed period with a symmetric jitter of their own, in
+//! [`HealthChecks`](crate::health::HealthChecks).)
 //! It is either constant or exponential (base, factor, cap), with a choice of
 //! [`Jitter`].
 //!

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+mod support;
+
 use futures::future::BoxFuture;
 use steadfast::backoff::Backoff;
 use steadfast::circuit_breaker::{CircuitBreakerLayer, State};
@@ -278,4 +280,45 @@ async fn a_breaker_open_for_duration_max_stays_open() {
     tokio::time::advance(YEAR).await;
     assert_eq!(layer.circuit().state(), State::Open);
     assert!(layer.circuit().snapshot().open_until.is_some());
+}
+
+#[test]
+fn a_replica_of_weight_zero_is_refused_not_clamped() {
+    let up = Arc::new(AtomicBool::new(false));
+    let err = builder()
+        .build([("a", replica(&up).weight(0))])
+        .unwrap_err();
+    assert_eq!(err.field(), "replicas");
+    assert!(err.rule().contains("weight"), "{err}");
+    assert!(builder().build([("a", replica(&up).weight(1))]).is_ok());
+    assert!(
+        builder()
+            .build([("a", replica(&up).weight(u32::MAX))])
+            .is_ok()
+    );
+}
+
+#[test]
+fn checking_a_pool_s_breaker_settings_registers_no_circuit() {
+    use metrics_util::debugging::DebuggingRecorder;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let up = Arc::new(AtomicBool::new(false));
+    metrics::with_local_recorder(&recorder, || {
+        builder()
+            .circuit_breaker(CircuitBreakerLayer::builder())
+            .build([("a", replica(&up))])
+            .unwrap()
+    });
+    let recorded = support::metrics::Recorded::take(&snapshotter);
+    let names: Vec<&str> = recorded
+        .keys()
+        .filter(|k| k.starts_with("steadfast_circuit"))
+        .collect();
+    assert!(!names.is_empty(), "the replica's own circuit is registered");
+    assert!(
+        names.iter().all(|k| k.contains("name=extremes/a")),
+        "no circuit but the replica's: {names:?}"
+    );
 }

@@ -220,6 +220,12 @@ impl<C> Builder<C> {
         Ok(Circuit::new(config))
     }
 
+    /// Checks the settings without building a circuit (which would
+    /// register its metrics).
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        self.validate().map(drop)
+    }
+
     fn validate(&self) -> Result<Config, ConfigError> {
         fn rate(field: &'static str, value: f64) -> Result<(), ConfigError> {
             if value > 0.0 && value <= 1.0 {

@@ -16,7 +16,7 @@ use crate::health::HealthChecks;
 /// |---|---|
 /// | [`consecutive_failures`](Self::consecutive_failures) | 5 in a row |
 /// | [`failure_percentage`](Self::failure_percentage) | 50% of the last 100 calls, once there are 20 |
-/// | [`success_rate_stdev`](Self::success_rate_stdev) | below the fleet's mean − 1.9 σ, with 3 replicas of 20 calls each in the interval |
+/// | [`success_rate_stdev`](Self::success_rate_stdev) | below the fleet's mean − 1.9 σ, with 3 replicas of 20 calls each among their last 100 |
 /// | [`latency_factor`](Self::latency_factor) | peak-EWMA latency over 5× the fleet median and over 100 ms |
 /// | [`ejection`](Self::ejection) | 10 s doubling to 5 min per ejection in a row; one step back per clean interval |
 /// | [`max_ejected`](Self::max_ejected) | 50% of the replicas (but always at least one may be) |
@@ -61,9 +61,10 @@ impl OutlierDetection {
         self
     }
 
-    /// Ejects a replica whose success rate over the interval is below the
-    /// fleet's mean − `factor` × σ, when at least `min_hosts` replicas had
-    /// `min_calls` calls each (`None` turns the rule off).
+    /// Ejects a replica whose success rate over its last 100 calls is below
+    /// the fleet's mean − `factor` × σ, when at least `min_hosts` replicas
+    /// had `min_calls` such calls each (`None` turns the rule off). Judged
+    /// once per [`interval`](Self::interval).
     pub fn success_rate_stdev(mut self, rule: Option<(f64, u32, u32)>) -> Self {
         self.success_rate_stdev = rule;
         self
@@ -349,9 +350,8 @@ impl<C> Builder<C> {
             checks.validate()?;
         }
         if let Some(breaker) = &self.breaker {
-            breaker
-                .build_circuit("check")
-                .map_err(|e| e.within("circuit_breaker"))?;
+            // Checked, not built: a circuit registers its metrics.
+            breaker.check().map_err(|e| e.within("circuit_breaker"))?;
         }
         Ok(())
     }

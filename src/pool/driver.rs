@@ -149,6 +149,9 @@ where
     /// it the same way. `builder` gives the settings for new replicas'
     /// breakers (use the one the pool was built with).
     ///
+    /// A replica discovery offers that the pool cannot take (a weight of
+    /// 0) is passed over, with a `tracing` warning; the others still join.
+    ///
     /// # Errors
     ///
     /// The discovery stream's own error, which ends the updates.
@@ -173,7 +176,18 @@ where
                 };
                 match change.map_err(Into::into)? {
                     Change::Insert(id, replica) => {
-                        let member = builder.member(id, replica, Arc::downgrade(&shared))?;
+                        let member = match builder.member(id, replica, Arc::downgrade(&shared)) {
+                            Ok(member) => member,
+                            Err(_refused) => {
+                                #[cfg(feature = "tracing")]
+                                tracing::warn!(
+                                    pool = &*shared.settings.name,
+                                    error = %_refused,
+                                    "discovered replica refused"
+                                );
+                                continue;
+                            }
+                        };
                         update_members(&shared, |members| {
                             for m in members.iter().filter(|m| m.id == member.id) {
                                 m.state.admin.store(REMOVED, Ordering::Release);

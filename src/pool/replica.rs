@@ -54,8 +54,9 @@ impl<S> Replica<S> {
         self
     }
 
-    /// Its weight among replicas of the same tier and zone (at least 1):
-    /// a replica of weight 2 is chosen as if it had half the load.
+    /// Its weight among replicas of the same tier and zone (at least 1; a
+    /// pool given a weight of 0 refuses it with a `ConfigError`): a replica
+    /// of weight 2 is chosen as if it had half the load.
     #[must_use]
     pub fn weight(mut self, weight: u32) -> Self {
         self.weight = weight;
@@ -203,7 +204,7 @@ impl ReplicaState {
             label,
             tier,
             zone,
-            weight: weight.max(1),
+            weight,
             check,
             has_breaker: breaker.is_some(),
             breaker,

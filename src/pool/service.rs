@@ -21,6 +21,22 @@ use crate::health::HealthChecks;
 use crate::rng::Rng;
 use crate::sync::AtomicU64;
 
+/// Outcomes each replica keeps for its failure-percentage and success-rate
+/// rules: its last this many calls.
+pub(super) const OUTCOME_WINDOW: u32 = 100;
+
+/// Replicas a request passes over when their breakers refuse it, before
+/// the pool gives up with `NoHealthyReplica`.
+const BREAKER_PASSES: usize = 4;
+
+/// How often a pool that waits for a replica (`WhenNoneHealthy::Wait`)
+/// looks again when it knows of no time one comes back.
+const WAIT_LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Mixed into a seed for the ejection periods' jitter, so that it draws
+/// apart from the picks seeded with the same number.
+const EJECTION_SEED_SALT: u64 = 0x5eed;
+
 /// A service over replicas that routes each request to a healthy, lightly
 /// loaded one; see the [module docs](super).
 ///
@@ -127,7 +143,8 @@ impl<C> Builder<C> {
                 settings,
                 base,
                 rng: seed.map_or_else(Rng::from_entropy, Rng::new),
-                ejection_rng: seed.map_or_else(Rng::from_entropy, |s| Rng::new(s ^ 0x5eed)),
+                ejection_rng: seed
+                    .map_or_else(Rng::from_entropy, |s| Rng::new(s ^ EJECTION_SEED_SALT)),
                 current: Mutex::new(Arc::new(Snapshot::new(members, Table::default(), 0))),
                 version: AtomicU64::new(0),
                 dirty: std::sync::atomic::AtomicBool::new(true),
@@ -163,6 +180,12 @@ impl<C> Builder<C> {
         pool: Weak<Shared<K, S>>,
     ) -> Result<Member<K, S>, ConfigError> {
         let label: Arc<str> = Arc::from(id.to_string());
+        if replica.weight == 0 {
+            return Err(ConfigError::new(
+                "replicas",
+                format!("replica `{label}` has weight 0: a weight must be at least 1"),
+            ));
+        }
         let breaker = match &self.breaker {
             Some(b) => Some(b.build_circuit(&format!("{}/{}", self.name, label))?),
             None => None,
@@ -175,7 +198,7 @@ impl<C> Builder<C> {
             replica.weight,
             replica.check,
             breaker,
-            100,
+            OUTCOME_WINDOW,
         );
         Ok(Member {
             id,
@@ -252,7 +275,7 @@ where
                 // Look again when a replica may be back, or at the bound.
                 let next = shared
                     .retry_after(&self.cached, now_ms)
-                    .unwrap_or(std::time::Duration::from_millis(50))
+                    .unwrap_or(WAIT_LOOK_AGAIN)
                     .clamp(std::time::Duration::from_millis(1), bound - waited);
                 sleep.as_mut().reset(super::clock::deadline(now, next));
                 match sleep.as_mut().poll(cx) {
@@ -287,7 +310,7 @@ where
         let chosen = crate::attempt::with_tried(|mut tried| {
             let untried = Tried::default();
             // A replica whose breaker refuses is passed over.
-            for _ in 0..4 {
+            for _ in 0..BREAKER_PASSES {
                 let avoid = tried.as_deref().unwrap_or(&untried);
                 let i = shared.choose(snapshot, now_ns, now_ms, rng, avoid)?;
                 let member = &snapshot.members[i];

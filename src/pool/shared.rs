@@ -18,6 +18,14 @@ use crate::sync::{AtomicU64, Ordering};
 /// Calls a replica needs in its window to be judged by the latency rule.
 const MIN_LATENCY_SAMPLES: u64 = 3;
 
+/// Random draws p2c makes when its first two candidates were not both
+/// usable; a list no longer than this is then scanned whole, so an untried
+/// replica is never overlooked.
+const SLOW_PATH_DRAWS: u32 = 8;
+
+/// Replicas the latency rule needs to judge before a median means anything.
+const MIN_LATENCY_FLEET: usize = 3;
+
 /// How long a routing table is trusted without events.
 const TABLE_TTL_MS: u64 = 100;
 
@@ -208,10 +216,15 @@ impl<K, S> Shared<K, S> {
         // so an untried replica is never overlooked.
         let mut first: Option<(u32, u32)> =
             [(p1, i1), (p2, i2)].into_iter().find(|&(_, i)| usable(i));
-        let draws = if n <= 8 { 8 + n } else { 8 };
+        let draws = if n <= SLOW_PATH_DRAWS {
+            SLOW_PATH_DRAWS + n
+        } else {
+            SLOW_PATH_DRAWS
+        };
         for attempt in 0..draws {
-            let pos = if attempt >= 8 {
-                attempt - 8
+            let pos = if attempt >= SLOW_PATH_DRAWS {
+                // The full scan of a short list, position by position.
+                attempt - SLOW_PATH_DRAWS
             } else {
                 let draw = next_local(rng) as u32;
                 match first {
@@ -388,7 +401,7 @@ impl<K, S> Shared<K, S> {
                 })
                 .map(|m| (*m, m.state.answer_latency.get()))
                 .collect();
-            if judged.len() >= 3 {
+            if judged.len() >= MIN_LATENCY_FLEET {
                 let mut latencies: Vec<f64> = judged.iter().map(|(_, l)| *l).collect();
                 latencies.sort_by(f64::total_cmp);
                 let median = latencies[latencies.len() / 2];

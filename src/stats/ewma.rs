@@ -2,8 +2,8 @@
 //!
 //! As in Finagle and tower: a sample above the estimate replaces it at once
 //! (peak-sensitive, so a replica that turns slow is noticed on its first
-//! slow answer), and the estimate decays toward lower samples with time
-//! constant `tau`. The estimate is an `f64` of nanoseconds kept as bits in
+//! slow answer), and the estimate decays toward lower samples at a decay
+//! rate the owner gives (the inverse of a time constant). The estimate is an `f64` of nanoseconds kept as bits in
 //! one `AtomicU64`, updated by compare-and-swap, with the time of the last
 //! update in another.
 

@@ -29,6 +29,11 @@ impl Recorded {
         )
     }
 
+    /// Every key recorded.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
     /// The value under `key`; panics with the keys there are if missing.
     pub fn get(&self, key: &str) -> &DebugValue {
         self.0
