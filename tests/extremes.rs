@@ -322,3 +322,28 @@ fn checking_a_pool_s_breaker_settings_registers_no_circuit() {
         "no circuit but the replica's: {names:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn chaos_latencies_up_to_duration_max_do_not_overflow() {
+    use steadfast::chaos::{ChaosLayer, Latency};
+
+    for latency in [
+        Latency::Fixed(Duration::MAX),
+        Latency::Uniform(Duration::ZERO, Duration::MAX),
+        Latency::HeavyTail {
+            base: Duration::ZERO,
+            tail: Duration::MAX,
+            p: 1.0,
+        },
+    ] {
+        let layer = ChaosLayer::new().seed(4);
+        layer.handle().set_latency(latency);
+        let mut svc = layer.layer(tower::service_fn(
+            |x: u32| async move { Ok::<_, BoxError>(x) },
+        ));
+        let call = svc.ready().await.unwrap().call(1);
+        // Delayed, as long as asked: still pending a year on.
+        let out = tokio::time::timeout(YEAR, call).await;
+        assert!(out.is_err(), "{latency:?}");
+    }
+}

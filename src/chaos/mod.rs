@@ -52,7 +52,7 @@ use tower::{Layer, Service};
 
 use crate::error::BoxError;
 use crate::rng::Rng;
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{self, AtomicState, AtomicU64, Ordering};
 
 /// Injected latency.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,12 +88,28 @@ struct Settings {
     error_rate: AtomicU64,
     refuse_rate: AtomicU64,
     hang_rate: AtomicU64,
-    /// 0 none, 1 fixed, 2 uniform, 3 heavy tail.
-    latency_kind: AtomicU64,
+    latency_kind: AtomicState<LatencyKind>,
     latency_a: AtomicU64,
     latency_b: AtomicU64,
     latency_p: AtomicU64,
     rng: Rng,
+}
+
+/// Which [`Latency`] is set; its durations and share sit beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LatencyKind {
+    None,
+    Fixed,
+    Uniform,
+    HeavyTail,
+}
+
+impl sync::State for LatencyKind {
+    const ALL: &'static [Self] = &[Self::None, Self::Fixed, Self::Uniform, Self::HeavyTail];
+
+    fn byte(self) -> u8 {
+        self as u8
+    }
 }
 
 fn bits(x: f64) -> u64 {
@@ -134,10 +150,10 @@ impl ChaosHandle {
     pub fn set_latency(&self, latency: Latency) {
         let s = &self.settings;
         let (kind, a, b, p) = match latency {
-            Latency::None => (0, Duration::ZERO, Duration::ZERO, 0.0),
-            Latency::Fixed(d) => (1, d, d, 0.0),
-            Latency::Uniform(a, b) => (2, a.min(b), a.max(b), 0.0),
-            Latency::HeavyTail { base, tail, p } => (3, base, tail, p),
+            Latency::None => (LatencyKind::None, Duration::ZERO, Duration::ZERO, 0.0),
+            Latency::Fixed(d) => (LatencyKind::Fixed, d, d, 0.0),
+            Latency::Uniform(a, b) => (LatencyKind::Uniform, a.min(b), a.max(b), 0.0),
+            Latency::HeavyTail { base, tail, p } => (LatencyKind::HeavyTail, base, tail, p),
         };
         s.latency_a.store(nanos(a), Ordering::Release);
         s.latency_b.store(nanos(b), Ordering::Release);
@@ -175,7 +191,7 @@ impl ChaosLayer {
                 error_rate: AtomicU64::new(0),
                 refuse_rate: AtomicU64::new(0),
                 hang_rate: AtomicU64::new(0),
-                latency_kind: AtomicU64::new(0),
+                latency_kind: AtomicState::new(LatencyKind::None),
                 latency_a: AtomicU64::new(0),
                 latency_b: AtomicU64::new(0),
                 latency_p: AtomicU64::new(0),
@@ -238,7 +254,7 @@ impl Settings {
         let refuse = Self::rate(&self.refuse_rate);
         let hang = Self::rate(&self.hang_rate);
         let kind = self.latency_kind.load(Ordering::Acquire);
-        if error == 0.0 && refuse == 0.0 && hang == 0.0 && kind == 0 {
+        if error == 0.0 && refuse == 0.0 && hang == 0.0 && kind == LatencyKind::None {
             return Fault::None;
         }
         let r = self.rng.next_f64();
@@ -254,11 +270,15 @@ impl Settings {
         let a = Duration::from_nanos(self.latency_a.load(Ordering::Acquire));
         let b = Duration::from_nanos(self.latency_b.load(Ordering::Acquire));
         let delay = match kind {
-            1 => a,
-            2 => a + (b - a).mul_f64(self.rng.next_f64()),
-            3 if self.rng.next_f64() < Self::rate(&self.latency_p) => b,
-            3 => a,
-            _ => Duration::ZERO,
+            LatencyKind::Fixed => a,
+            // Saturating: a span up to `Duration::MAX` must not overflow.
+            LatencyKind::Uniform => a.saturating_add(
+                Duration::try_from_secs_f64((b - a).as_secs_f64() * self.rng.next_f64())
+                    .unwrap_or(Duration::MAX),
+            ),
+            LatencyKind::HeavyTail if self.rng.next_f64() < Self::rate(&self.latency_p) => b,
+            LatencyKind::HeavyTail => a,
+            LatencyKind::None => Duration::ZERO,
         };
         if delay.is_zero() {
             Fault::None

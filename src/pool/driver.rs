@@ -14,7 +14,7 @@ use tower::discover::{Change, Discover};
 use super::Why;
 use super::clock;
 use super::config::Builder;
-use super::replica::{REMOVED, Replica};
+use super::replica::{Admin, Replica};
 use super::service::Pool;
 use super::shared::{Member, Shared, Snapshot};
 use crate::error::BoxError;
@@ -82,10 +82,10 @@ where
                         track.fails += 1;
                         track.passes = 0;
                     }
-                    let healthy = state.check_healthy.load(Ordering::Acquire) == 1;
+                    let healthy = state.check_healthy.load(Ordering::Acquire);
                     if healthy && track.fails >= config.unhealthy_threshold {
-                        state.check_healthy.store(0, Ordering::Release);
-                        state.why.store(Why::HealthCheck as u8, Ordering::Release);
+                        state.check_healthy.store(false, Ordering::Release);
+                        state.why.store(Why::HealthCheck, Ordering::Release);
                         state.latency.reset(shared.ns(now), 0.0);
                         #[cfg(feature = "tracing")]
                         tracing::warn!(
@@ -98,7 +98,7 @@ where
                         state
                             .check_recovered_at
                             .store(shared.ms(now), Ordering::Release);
-                        state.check_healthy.store(1, Ordering::Release);
+                        state.check_healthy.store(true, Ordering::Release);
                         #[cfg(feature = "tracing")]
                         tracing::info!(
                             pool = &*shared.settings.name,
@@ -107,7 +107,7 @@ where
                         );
                         shared.changed();
                     }
-                    let down = state.check_healthy.load(Ordering::Acquire) == 0;
+                    let down = !state.check_healthy.load(Ordering::Acquire);
                     track.next_at = clock::deadline(now, jittered(&config, down, &rng));
                 }
                 // Forget replicas that left the pool.
@@ -190,14 +190,14 @@ where
                         };
                         update_members(&shared, |members| {
                             for m in members.iter().filter(|m| m.id == member.id) {
-                                m.state.admin.store(REMOVED, Ordering::Release);
+                                m.state.admin.store(Admin::Removed, Ordering::Release);
                             }
                             members.push(Arc::new(member));
                         });
                     }
                     Change::Remove(id) => update_members(&shared, |members| {
                         for m in members.iter().filter(|m| m.id == id) {
-                            m.state.admin.store(REMOVED, Ordering::Release);
+                            m.state.admin.store(Admin::Removed, Ordering::Release);
                         }
                     }),
                 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::replica::{DISABLED, DRAINING, ENABLED, Standing};
+use super::replica::{Admin, Standing};
 use super::shared::{Member, Shared};
 use crate::sync::Ordering;
 
@@ -88,18 +88,20 @@ pub enum Why {
     Operator = 7,
 }
 
-impl Why {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => Self::ConsecutiveFailures,
-            2 => Self::FailureRate,
-            3 => Self::SuccessRate,
-            4 => Self::Latency,
-            5 => Self::Pushback,
-            6 => Self::HealthCheck,
-            7 => Self::Operator,
-            _ => Self::None,
-        }
+impl crate::sync::State for Why {
+    const ALL: &'static [Self] = &[
+        Self::None,
+        Self::ConsecutiveFailures,
+        Self::FailureRate,
+        Self::SuccessRate,
+        Self::Latency,
+        Self::Pushback,
+        Self::HealthCheck,
+        Self::Operator,
+    ];
+
+    fn byte(self) -> u8 {
+        self as u8
     }
 }
 
@@ -158,7 +160,7 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
                     tier: s.tier,
                     zone: s.zone.clone(),
                     health,
-                    why: Why::from_u8(s.why.load(Ordering::Acquire)),
+                    why: s.why.load(Ordering::Acquire),
                     latency: Duration::from_nanos(s.answer_latency.get() as u64),
                     in_flight: s.in_flight.load(Ordering::Acquire),
                     ejections: s.ejections.load(Ordering::Acquire),
@@ -178,40 +180,40 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
     /// Drains a replica: its calls in flight finish, no new ones go there.
     /// Returns whether the id was found.
     pub fn drain(&self, id: &K) -> bool {
-        self.set_admin(id, DRAINING)
+        self.set_admin(id, Admin::Draining)
     }
 
     /// Disables a replica: no new calls go there.
     pub fn disable(&self, id: &K) -> bool {
-        self.set_admin(id, DISABLED)
+        self.set_admin(id, Admin::Disabled)
     }
 
     /// Enables a drained or disabled replica (after the failback time if it
     /// is in a higher tier than the one taking traffic).
     pub fn enable(&self, id: &K) -> bool {
-        self.set_admin(id, ENABLED)
+        self.set_admin(id, Admin::Enabled)
     }
 
-    fn set_admin(&self, id: &K, admin: u8) -> bool {
+    fn set_admin(&self, id: &K, admin: Admin) -> bool {
         let shared = &self.shared;
         let Some(member) = self.find(id) else {
             return false;
         };
         let state = &member.state;
         let before = state.admin.swap(admin, Ordering::AcqRel);
-        if admin == ENABLED && before != ENABLED {
+        if admin == Admin::Enabled && before != Admin::Enabled {
             state
                 .admin_enabled_at
                 .store(shared.now_ms(), Ordering::Release);
         }
-        if admin != ENABLED {
-            state.why.store(Why::Operator as u8, Ordering::Release);
+        if admin != Admin::Enabled {
+            state.why.store(Why::Operator, Ordering::Release);
         }
         #[cfg(feature = "tracing")]
         tracing::info!(
             pool = &*shared.settings.name,
             replica = &*state.label,
-            admin,
+            ?admin,
             "replica state set by operator"
         );
         shared.changed();

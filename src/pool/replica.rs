@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use metrics::{Counter, Gauge};
 
+use super::Why;
 use crate::circuit_breaker::Circuit;
 use crate::health::HealthCheck;
 use crate::stats::ewma::PeakEwma;
 use crate::stats::window::{CountWindow, Sample};
-use crate::sync::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicState, AtomicU64, Ordering, State};
 
 /// One replica of a [`Pool`](super::Pool): a service, a priority tier, a
 /// locality and a weight, and optionally an active health check.
@@ -92,12 +93,24 @@ pub(super) const RATE: f64 = 1.0 / 10e9;
 /// How often a replica that failed lately is probed despite its penalty.
 pub(super) const PROBE_MS: u64 = 1_000;
 
-/// Operator state of a replica.
-pub(super) const ENABLED: u8 = 0;
-pub(super) const DRAINING: u8 = 1;
-pub(super) const DISABLED: u8 = 2;
-/// Removed by discovery: drains, then leaves the pool.
-pub(super) const REMOVED: u8 = 3;
+/// What an operator (or discovery) made of a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admin {
+    Enabled,
+    /// Finishing its calls, taking no new ones.
+    Draining,
+    Disabled,
+    /// Removed by discovery: drains, then leaves the pool.
+    Removed,
+}
+
+impl State for Admin {
+    const ALL: &'static [Self] = &[Self::Enabled, Self::Draining, Self::Disabled, Self::Removed];
+
+    fn byte(self) -> u8 {
+        self as u8
+    }
+}
 
 /// Live health and load of one replica, shared by every clone of the pool
 /// and by the health-check driver.
@@ -126,9 +139,9 @@ pub(super) struct ReplicaState {
     pub(super) ejected_until: AtomicU64,
     pub(super) avoid_until: AtomicU64,
     pub(super) weight: u32,
-    pub(super) admin: AtomicU8,
-    /// The active check's verdict: 1 healthy, 0 failing.
-    pub(super) check_healthy: AtomicU8,
+    pub(super) admin: AtomicState<Admin>,
+    /// The active check's verdict: passing (or no check) or failing.
+    pub(super) check_healthy: AtomicBool,
     /// Whether `breaker` is set: a pick reads the breaker only then.
     has_breaker: bool,
     // End of the first cache line. The second holds what a finished call
@@ -152,8 +165,8 @@ pub(super) struct ReplicaState {
     /// Since when the active check says healthy again (ms + 1).
     pub(super) check_recovered_at: AtomicU64,
     pub(super) admin_enabled_at: AtomicU64,
-    /// Why it was last made unhealthy (a [`Why`](super::Why) as u8).
-    pub(super) why: AtomicU8,
+    /// Why it was last made unhealthy.
+    pub(super) why: AtomicState<Why>,
     /// Whether its latest calls failed and were counted at the failure
     /// penalty, with no success (or ejection) since: the penalty then keeps
     /// traffic away from it, which a snapshot reports as `Failing`.
@@ -218,12 +231,12 @@ impl ReplicaState {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             avoid_until: AtomicU64::new(0),
-            check_healthy: AtomicU8::new(1),
+            check_healthy: AtomicBool::new(true),
             check_recovered_at: AtomicU64::new(0),
-            admin: AtomicU8::new(ENABLED),
+            admin: AtomicState::new(Admin::Enabled),
             last_pick_ms: AtomicU64::new(0),
             admin_enabled_at: AtomicU64::new(0),
-            why: AtomicU8::new(0),
+            why: AtomicState::new(Why::None),
             shunned: AtomicBool::new(false),
             selections: metrics::counter!(s, "name" => p2, "replica" => r2),
             metrics: ReplicaMetrics {
@@ -237,11 +250,11 @@ impl ReplicaState {
     /// hysteresis after any recovery.
     pub(super) fn standing(&self, now_ms: u64, failback_ms: u64) -> Standing {
         match self.admin.load(Ordering::Acquire) {
-            ENABLED => {}
-            DISABLED => return Standing::Disabled,
+            Admin::Enabled => {}
+            Admin::Disabled => return Standing::Disabled,
             _ => return Standing::Draining,
         }
-        if self.check_healthy.load(Ordering::Acquire) == 0 {
+        if !self.check_healthy.load(Ordering::Acquire) {
             return Standing::FailingChecks;
         }
         let ejected = self.ejected_until.load(Ordering::Acquire);
@@ -287,8 +300,8 @@ impl ReplicaState {
     #[inline]
     pub(super) fn routable(&self, now_ms: u64) -> bool {
         // What `standing` checks, without the hysteresis arithmetic.
-        self.admin.load(Ordering::Relaxed) == ENABLED
-            && self.check_healthy.load(Ordering::Relaxed) == 1
+        self.admin.load(Ordering::Relaxed) == Admin::Enabled
+            && self.check_healthy.load(Ordering::Relaxed)
             && self.ejected_until.load(Ordering::Relaxed) <= now_ms
             && self.avoid_until.load(Ordering::Relaxed) <= now_ms
             && self.breaker().is_none_or(|b| {

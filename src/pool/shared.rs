@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::Why;
 use super::clock;
 use super::config::{OutlierDetection, WhenNoneHealthy};
-use super::replica::{REMOVED, ReplicaState, Standing};
+use super::replica::{Admin, ReplicaState, Standing};
 use super::table::{Row, Table, WHOLE};
 use crate::attempt::{ReplicaId, Tried};
 use crate::rng::{Rng, below, next_local};
@@ -289,7 +289,7 @@ impl<K, S> Shared<K, S> {
         );
         let until = clock::after(now_ms, period);
         state.ejected_until.store(until, Ordering::Release);
-        state.why.store(why as u8, Ordering::Release);
+        state.why.store(why, Ordering::Release);
         // It comes back with a clean load estimate: the failures that got it
         // ejected must not keep it out after the ejection (nothing updates
         // the estimate while it takes no traffic).
@@ -315,7 +315,7 @@ impl<K, S> Shared<K, S> {
         }
         let until = clock::after(now_ms, pushback);
         if state.avoid_until.fetch_max(until, Ordering::AcqRel) < until {
-            state.why.store(Why::Pushback as u8, Ordering::Release);
+            state.why.store(Why::Pushback, Ordering::Release);
             state.latency.reset(self.ns(Instant::now()), 0.0);
             #[cfg(feature = "tracing")]
             tracing::info!(
@@ -465,7 +465,7 @@ impl<K, S> Shared<K, S> {
             .members
             .iter()
             .filter(|m| {
-                m.state.admin.load(Ordering::Acquire) != REMOVED
+                m.state.admin.load(Ordering::Acquire) != Admin::Removed
                     || m.state.in_flight.load(Ordering::Acquire) > 0
             })
             .cloned()
