@@ -43,6 +43,18 @@
 //!   request in all. `Balance` is not `Clone`: many callers share it
 //!   behind a `Buffer` (a channel hop and a task), not measured here.
 //!
+//! Group `pool/upkeep` (`rebuild/N`, `sweep/N`): the requests that also
+//! keep the fleet's state, the slowest a caller sees. Each iteration times
+//! one request and nothing else: for `rebuild`, a request made right after
+//! an operator's change (a replica disabled, or enabled again, outside the
+//! timed span), which rebuilds the routing table (an O(replicas) pass, as
+//! every ejection, pushback, check result or 100 ms without events also
+//! causes); for `sweep`, a request made once the outlier interval (10 ms
+//! here) is over, which runs the fleet-relative rules (success rate and
+//! latency: a pass over the replicas and a sort of their latencies). The
+//! iterations of `sweep` wait out the interval outside the timed span, so
+//! it runs slowly.
+//!
 //! Group `pool/clock`: one clock reading, through tokio's `Instant` (with
 //! the `test-util` feature this crate's tests need) and through `std`'s.
 //! It is a vDSO call on this VM, and a large share of both balancers' times
@@ -73,7 +85,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use steadfast::pool::{Pool, Replica};
+use steadfast::pool::{OutlierDetection, Pool, Replica};
 use tower::Service;
 use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
@@ -193,5 +205,70 @@ fn clock(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, clock);
+/// The slowest requests: those that rebuild the routing table, and those
+/// that run the fleet-wide outlier sweep (see the module docs).
+#[allow(clippy::disallowed_types)] // a wall-clock span around one request
+fn upkeep(c: &mut Criterion) {
+    use std::time::Instant;
+
+    let mut group = c.benchmark_group("pool/upkeep");
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(10);
+    for n in [100, 10_000] {
+        let pool = Pool::builder()
+            .name(format!("upkeep-{n}"))
+            .seed(7)
+            .build((0..n).map(|i| (i, Replica::new(Echo))))
+            .expect("valid pool");
+        let handle = pool.handle();
+        let mut pool = warmed(pool, n);
+        let last = n - 1;
+        let mut disabled = false;
+        group.bench_function(BenchmarkId::new("rebuild", n), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for i in 0..iters {
+                    // Outside the span: a change that makes the table stale.
+                    disabled = !disabled;
+                    if disabled {
+                        handle.disable(&last);
+                    } else {
+                        handle.enable(&last);
+                    }
+                    let start = Instant::now();
+                    black_box(drive(&mut pool, i));
+                    spent += start.elapsed();
+                }
+                spent
+            })
+        });
+
+        let interval = Duration::from_millis(10);
+        let pool = Pool::builder()
+            .name(format!("sweep-{n}"))
+            .seed(7)
+            .outlier(OutlierDetection::default().interval(interval))
+            .build((0..n).map(|i| (i, Replica::new(Echo))))
+            .expect("valid pool");
+        let mut pool = warmed(pool, n);
+        group.bench_function(BenchmarkId::new("sweep", n), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for i in 0..iters {
+                    // Outside the span: the interval runs out.
+                    std::thread::sleep(interval + Duration::from_millis(1));
+                    let start = Instant::now();
+                    black_box(drive(&mut pool, i));
+                    spent += start.elapsed();
+                }
+                spent
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pick, upkeep, clock);
 criterion_main!(benches);

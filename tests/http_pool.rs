@@ -925,14 +925,13 @@ async fn discovery_adds_and_removes_replicas_under_load_without_losing_a_request
     for n in &nodes {
         n.server().set_delay(5 * MS);
     }
-    let builder = builder();
     let pool = build(
-        builder.clone(),
+        builder(),
         [nodes[0].replica(&client), nodes[1].replica(&client)],
     );
     let handle = pool.handle();
     let (changes, discovered) = mpsc::unbounded::<Discovered>();
-    let discovery = tokio::spawn(pool.discover(discovered, builder));
+    let discovery = tokio::spawn(pool.discover(discovered));
 
     let stop = Cell::new(false);
     let runs = (0..8).map(|_| {

@@ -6,11 +6,20 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 
+use super::Circuit;
 use super::circuit::Permit;
-use super::service::Local;
 use crate::classify::Classify;
 use crate::error::{BoxError, CircuitOpen};
 use crate::per_clone::PerClone;
+
+/// What the service's clones share with the futures they make, behind a
+/// handle per thread (see `per_clone`), so the reference count a call bumps
+/// is not contended by other threads' clones.
+#[derive(Debug)]
+pub(super) struct Local<C> {
+    pub(super) circuit: Circuit,
+    pub(super) classifier: C,
+}
 
 pin_project! {
     /// The response future of [`CircuitBreaker`](super::CircuitBreaker).

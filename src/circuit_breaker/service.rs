@@ -5,7 +5,7 @@ use tower::Service;
 
 use super::Circuit;
 use super::circuit::Permit;
-use super::future::{Guard, ResponseFuture};
+use super::future::{Guard, Local, ResponseFuture};
 use super::state::{Admit, Role};
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::error::{BoxError, CircuitOpen};
@@ -32,15 +32,6 @@ pub struct CircuitBreaker<S, C = ErrorsAsFailures> {
     probe: Option<Guard<C>>,
     /// Why the next call is rejected, when it is.
     rejected: Option<CircuitOpen>,
-}
-
-/// What the service's clones share with the futures they make, behind a
-/// handle per thread (see `per_clone`), so the reference count a call bumps
-/// is not contended by other threads' clones.
-#[derive(Debug)]
-pub(super) struct Local<C> {
-    pub(super) circuit: Circuit,
-    pub(super) classifier: C,
 }
 
 #[derive(Debug, Clone, Copy)]

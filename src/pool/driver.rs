@@ -13,9 +13,8 @@ use tower::discover::{Change, Discover};
 
 use super::Why;
 use super::clock;
-use super::config::Builder;
 use super::replica::{Admin, Replica};
-use super::service::Pool;
+use super::service::{Pool, member};
 use super::shared::{Member, Shared, Snapshot};
 use crate::error::BoxError;
 use crate::health::HealthChecks;
@@ -146,8 +145,8 @@ where
     /// clone of the pool is dropped): an inserted replica joins at once; a
     /// removed one drains — its calls in flight finish, no new ones go
     /// there — and then leaves. A new replica under an existing id replaces
-    /// it the same way. `builder` gives the settings for new replicas'
-    /// breakers (use the one the pool was built with).
+    /// it the same way. New replicas get the pool's own settings (their
+    /// breakers are built like the first replicas').
     ///
     /// A replica discovery offers that the pool cannot take (a weight of
     /// 0) is passed over, with a `tracing` warning; the others still join.
@@ -155,15 +154,13 @@ where
     /// # Errors
     ///
     /// The discovery stream's own error, which ends the updates.
-    pub fn discover<D, B>(
+    pub fn discover<D>(
         &self,
         discover: D,
-        builder: Builder<B>,
     ) -> impl Future<Output = Result<(), BoxError>> + Send + 'static
     where
         D: Discover<Key = K, Service = Replica<S>> + Send + 'static,
         D::Error: Into<BoxError>,
-        B: Send + 'static,
     {
         let weak: Weak<Shared<K, S>> = Arc::downgrade(&self.shared);
         async move {
@@ -176,7 +173,8 @@ where
                 };
                 match change.map_err(Into::into)? {
                     Change::Insert(id, replica) => {
-                        let member = match builder.member(id, replica, Arc::downgrade(&shared)) {
+                        let joined = member(&shared.settings, id, replica, Arc::downgrade(&shared));
+                        let member = match joined {
                             Ok(member) => member,
                             Err(_refused) => {
                                 #[cfg(feature = "tracing")]

@@ -115,6 +115,7 @@ impl<C> Builder<C> {
             outlier: self.outlier.clone(),
             max_pushback: self.max_pushback,
             failure_penalty: self.failure_penalty,
+            breaker: self.breaker.clone(),
         };
         let (events, _) = watch::channel(0);
         let seed = self.seed;
@@ -131,7 +132,7 @@ impl<C> Builder<C> {
                     ));
                     break;
                 }
-                match self.member(id, replica, pool.clone()) {
+                match member(&settings, id, replica, pool.clone()) {
                     Ok(member) => members.push(Arc::new(member)),
                     Err(e) => {
                         error = Some(e);
@@ -172,41 +173,43 @@ impl<C> Builder<C> {
             waiting: None,
         })
     }
+}
 
-    pub(super) fn member<K: fmt::Display, S>(
-        &self,
-        id: K,
-        replica: Replica<S>,
-        pool: Weak<Shared<K, S>>,
-    ) -> Result<Member<K, S>, ConfigError> {
-        let label: Arc<str> = Arc::from(id.to_string());
-        if replica.weight == 0 {
-            return Err(ConfigError::new(
-                "replicas",
-                format!("replica `{label}` has weight 0: a weight must be at least 1"),
-            ));
-        }
-        let breaker = match &self.breaker {
-            Some(b) => Some(b.build_circuit(&format!("{}/{}", self.name, label))?),
-            None => None,
-        };
-        let state = ReplicaState::new(
-            &self.name,
-            label,
-            replica.tier,
-            replica.zone,
-            replica.weight,
-            replica.check,
-            breaker,
-            OUTCOME_WINDOW,
-        );
-        Ok(Member {
-            id,
-            state,
-            service: replica.service,
-            pool,
-        })
+/// A new member of a pool with `settings`: its state (and breaker) for
+/// `replica`, which must have a weight of at least 1.
+pub(super) fn member<K: fmt::Display, S>(
+    settings: &Settings,
+    id: K,
+    replica: Replica<S>,
+    pool: Weak<Shared<K, S>>,
+) -> Result<Member<K, S>, ConfigError> {
+    let label: Arc<str> = Arc::from(id.to_string());
+    if replica.weight == 0 {
+        return Err(ConfigError::new(
+            "replicas",
+            format!("replica `{label}` has weight 0: a weight must be at least 1"),
+        ));
     }
+    let breaker = match &settings.breaker {
+        Some(b) => Some(b.build_circuit(&format!("{}/{}", settings.name, label))?),
+        None => None,
+    };
+    let state = ReplicaState::new(
+        &settings.name,
+        label,
+        replica.tier,
+        replica.zone,
+        replica.weight,
+        replica.check,
+        breaker,
+        OUTCOME_WINDOW,
+    );
+    Ok(Member {
+        id,
+        state,
+        service: replica.service,
+        pool,
+    })
 }
 
 impl<K, S, C> Pool<K, S, C>

@@ -75,6 +75,9 @@ pub(super) struct Settings {
     pub(super) outlier: OutlierDetection,
     pub(super) max_pushback: Duration,
     pub(super) failure_penalty: Duration,
+    /// What every replica's breaker is built from, for replicas that join
+    /// later (discovery) as for the first ones.
+    pub(super) breaker: Option<crate::circuit_breaker::Builder>,
 }
 
 /// State shared by every clone of a pool, its handle and its drivers.
