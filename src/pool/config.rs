@@ -1,7 +1,19 @@
 //! The pool's configuration: a builder validated when built.
 
-use std::sync::Arc;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::replica::{Replica, ReplicaState};
+use super::service::Pool;
+use super::shared::{Member, Settings, Shared, Snapshot};
+use super::table::Table;
+use crate::rng::Rng;
+use crate::sync::AtomicU64;
 
 use crate::backoff::Backoff;
 use crate::circuit_breaker;
@@ -355,4 +367,128 @@ impl<C> Builder<C> {
         }
         Ok(())
     }
+}
+
+/// Outcomes each replica keeps for its failure-percentage and success-rate
+/// rules: its last this many calls.
+pub(super) const OUTCOME_WINDOW: u32 = 100;
+
+/// Mixed into a seed for the ejection periods' jitter, so that it draws
+/// apart from the picks seeded with the same number.
+const EJECTION_SEED_SALT: u64 = 0x5eed;
+
+impl<C> Builder<C> {
+    /// Validates the settings and builds a pool over `replicas`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid setting, or a replica
+    /// whose id is given twice.
+    pub fn build<K, S>(
+        self,
+        replicas: impl IntoIterator<Item = (K, Replica<S>)>,
+    ) -> Result<Pool<K, S, C>, ConfigError>
+    where
+        K: Clone + Eq + Hash + fmt::Display,
+        S: Clone,
+    {
+        self.validate()?;
+        let base = Instant::now();
+        let settings = Settings {
+            name: self.name.clone(),
+            local_zone: self.local_zone.clone(),
+            overprovisioning: self.overprovisioning,
+            panic_threshold: self.panic_threshold,
+            failback_ms: super::clock::millis(self.failback_after),
+            when_none_healthy: self.when_none_healthy,
+            outlier: self.outlier.clone(),
+            max_pushback: self.max_pushback,
+            failure_penalty: self.failure_penalty,
+            breaker: self.breaker.clone(),
+        };
+        let (events, _) = watch::channel(0);
+        let seed = self.seed;
+        // Members point back at the pool (weakly): a call's failure reaches
+        // outlier detection through its replica.
+        let mut error = None;
+        let shared = Arc::new_cyclic(|pool| {
+            let mut members: Vec<Arc<Member<K, S>>> = Vec::new();
+            for (id, replica) in replicas {
+                if members.iter().any(|m| m.id == id) {
+                    error = Some(ConfigError::new(
+                        "replicas",
+                        format!("replica `{id}` is given twice"),
+                    ));
+                    break;
+                }
+                match member(&settings, id, replica, pool.clone()) {
+                    Ok(member) => members.push(Arc::new(member)),
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+            Shared {
+                settings,
+                base,
+                rng: seed.map_or_else(Rng::from_entropy, Rng::new),
+                ejection_rng: seed
+                    .map_or_else(Rng::from_entropy, |s| Rng::new(s ^ EJECTION_SEED_SALT)),
+                current: Mutex::new(Arc::new(Snapshot::new(members, Table::default(), 0))),
+                version: AtomicU64::new(0),
+                dirty: std::sync::atomic::AtomicBool::new(true),
+                rebuild_at_ms: AtomicU64::new(0),
+                next_sweep_ms: AtomicU64::new(0),
+                events,
+            }
+        });
+        if let Some(error) = error {
+            return Err(error);
+        }
+        shared.rebuild(shared.now_ms());
+        let cached = shared
+            .current
+            .lock()
+            .map_err(|_| ConfigError::new("replicas", "state poisoned"))?
+            .clone();
+        Ok(Pool::from_parts(shared, cached, self.classifier, self.health_checks))
+    }
+}
+
+/// A new member of a pool with `settings`: its state (and breaker) for
+/// `replica`, which must have a weight of at least 1.
+pub(super) fn member<K: fmt::Display, S>(
+    settings: &Settings,
+    id: K,
+    replica: Replica<S>,
+    pool: Weak<Shared<K, S>>,
+) -> Result<Member<K, S>, ConfigError> {
+    let label: Arc<str> = Arc::from(id.to_string());
+    if replica.weight == 0 {
+        return Err(ConfigError::new(
+            "replicas",
+            format!("replica `{label}` has weight 0: a weight must be at least 1"),
+        ));
+    }
+    let breaker = match &settings.breaker {
+        Some(b) => Some(b.build_circuit(&format!("{}/{}", settings.name, label))?),
+        None => None,
+    };
+    let state = ReplicaState::new(
+        &settings.name,
+        label,
+        replica.tier,
+        replica.zone,
+        replica.weight,
+        replica.check,
+        breaker,
+        OUTCOME_WINDOW,
+    );
+    Ok(Member {
+        id,
+        state,
+        service: replica.service,
+        pool,
+    })
 }

@@ -1,29 +1,19 @@
 use std::fmt;
-use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use super::config::{Builder, WhenNoneHealthy};
 use super::future::{ResponseFuture, Tracked};
 use super::handle::PoolHandle;
-use super::replica::{Replica, ReplicaState};
-use super::shared::{Member, Settings, Shared, Snapshot};
-use super::table::Table;
+use super::shared::{Shared, Snapshot};
 use crate::attempt::{ReplicaId, Tried};
 use crate::classify::{Classify, ErrorsAsFailures};
-use crate::error::{BoxError, ConfigError, NoHealthyReplica};
+use crate::error::{BoxError, NoHealthyReplica};
 use crate::health::HealthChecks;
-use crate::rng::Rng;
-use crate::sync::AtomicU64;
-
-/// Outcomes each replica keeps for its failure-percentage and success-rate
-/// rules: its last this many calls.
-pub(super) const OUTCOME_WINDOW: u32 = 100;
 
 /// Replicas a request passes over when their breakers refuse it, before
 /// the pool gives up with `NoHealthyReplica`.
@@ -33,9 +23,6 @@ const BREAKER_PASSES: usize = 4;
 /// looks again when it knows of no time one comes back.
 const WAIT_LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Mixed into a seed for the ejection periods' jitter, so that it draws
-/// apart from the picks seeded with the same number.
-const EJECTION_SEED_SALT: u64 = 0x5eed;
 
 /// A service over replicas that routes each request to a healthy, lightly
 /// loaded one; see the [module docs](super).
@@ -81,135 +68,31 @@ impl<K: Clone, S: Clone, C: Clone> Clone for Pool<K, S, C> {
     }
 }
 
+impl<K, S, C> Pool<K, S, C> {
+    /// A pool over `shared`, seeing `cached` (made by the builder).
+    pub(super) fn from_parts(
+        shared: Arc<Shared<K, S>>,
+        cached: Arc<Snapshot<K, S>>,
+        classifier: C,
+        checks: Option<HealthChecks>,
+    ) -> Self {
+        Self {
+            classifier,
+            rng: shared.rng.next_u64(),
+            shared,
+            cached,
+            checks,
+            rejected: None,
+            waiting: None,
+        }
+    }
+}
+
 impl Pool<(), ()> {
     /// A builder with the documented defaults (see [`Builder`]).
     pub fn builder() -> Builder {
         Builder::default()
     }
-}
-
-impl<C> Builder<C> {
-    /// Validates the settings and builds a pool over `replicas`.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] naming the first invalid setting, or a replica
-    /// whose id is given twice.
-    pub fn build<K, S>(
-        self,
-        replicas: impl IntoIterator<Item = (K, Replica<S>)>,
-    ) -> Result<Pool<K, S, C>, ConfigError>
-    where
-        K: Clone + Eq + Hash + fmt::Display,
-        S: Clone,
-    {
-        self.validate()?;
-        let base = Instant::now();
-        let settings = Settings {
-            name: self.name.clone(),
-            local_zone: self.local_zone.clone(),
-            overprovisioning: self.overprovisioning,
-            panic_threshold: self.panic_threshold,
-            failback_ms: super::clock::millis(self.failback_after),
-            when_none_healthy: self.when_none_healthy,
-            outlier: self.outlier.clone(),
-            max_pushback: self.max_pushback,
-            failure_penalty: self.failure_penalty,
-            breaker: self.breaker.clone(),
-        };
-        let (events, _) = watch::channel(0);
-        let seed = self.seed;
-        // Members point back at the pool (weakly): a call's failure reaches
-        // outlier detection through its replica.
-        let mut error = None;
-        let shared = Arc::new_cyclic(|pool| {
-            let mut members: Vec<Arc<Member<K, S>>> = Vec::new();
-            for (id, replica) in replicas {
-                if members.iter().any(|m| m.id == id) {
-                    error = Some(ConfigError::new(
-                        "replicas",
-                        format!("replica `{id}` is given twice"),
-                    ));
-                    break;
-                }
-                match member(&settings, id, replica, pool.clone()) {
-                    Ok(member) => members.push(Arc::new(member)),
-                    Err(e) => {
-                        error = Some(e);
-                        break;
-                    }
-                }
-            }
-            Shared {
-                settings,
-                base,
-                rng: seed.map_or_else(Rng::from_entropy, Rng::new),
-                ejection_rng: seed
-                    .map_or_else(Rng::from_entropy, |s| Rng::new(s ^ EJECTION_SEED_SALT)),
-                current: Mutex::new(Arc::new(Snapshot::new(members, Table::default(), 0))),
-                version: AtomicU64::new(0),
-                dirty: std::sync::atomic::AtomicBool::new(true),
-                rebuild_at_ms: AtomicU64::new(0),
-                next_sweep_ms: AtomicU64::new(0),
-                events,
-            }
-        });
-        if let Some(error) = error {
-            return Err(error);
-        }
-        shared.rebuild(shared.now_ms());
-        let cached = shared
-            .current
-            .lock()
-            .map_err(|_| ConfigError::new("replicas", "state poisoned"))?
-            .clone();
-        Ok(Pool {
-            classifier: self.classifier,
-            rng: shared.rng.next_u64(),
-            shared,
-            cached,
-            checks: self.health_checks,
-            rejected: None,
-            waiting: None,
-        })
-    }
-}
-
-/// A new member of a pool with `settings`: its state (and breaker) for
-/// `replica`, which must have a weight of at least 1.
-pub(super) fn member<K: fmt::Display, S>(
-    settings: &Settings,
-    id: K,
-    replica: Replica<S>,
-    pool: Weak<Shared<K, S>>,
-) -> Result<Member<K, S>, ConfigError> {
-    let label: Arc<str> = Arc::from(id.to_string());
-    if replica.weight == 0 {
-        return Err(ConfigError::new(
-            "replicas",
-            format!("replica `{label}` has weight 0: a weight must be at least 1"),
-        ));
-    }
-    let breaker = match &settings.breaker {
-        Some(b) => Some(b.build_circuit(&format!("{}/{}", settings.name, label))?),
-        None => None,
-    };
-    let state = ReplicaState::new(
-        &settings.name,
-        label,
-        replica.tier,
-        replica.zone,
-        replica.weight,
-        replica.check,
-        breaker,
-        OUTCOME_WINDOW,
-    );
-    Ok(Member {
-        id,
-        state,
-        service: replica.service,
-        pool,
-    })
 }
 
 impl<K, S, C> Pool<K, S, C>
