@@ -452,7 +452,12 @@ impl<C> Builder<C> {
             .lock()
             .map_err(|_| ConfigError::new("replicas", "state poisoned"))?
             .clone();
-        Ok(Pool::from_parts(shared, cached, self.classifier, self.health_checks))
+        Ok(Pool::from_parts(
+            shared,
+            cached,
+            self.classifier,
+            self.health_checks,
+        ))
     }
 }
 

@@ -11,12 +11,12 @@ use futures::future::join_all;
 use tokio::time::Instant;
 use tower::discover::{Change, Discover};
 
-use super::Why;
 use super::clock;
-use super::replica::{Admin, Replica};
 use super::config::member;
+use super::replica::{Admin, Replica};
 use super::service::Pool;
 use super::shared::{Member, Shared, Snapshot};
+use super::standing::Why;
 use crate::error::BoxError;
 use crate::health::HealthChecks;
 use crate::rng::Rng;

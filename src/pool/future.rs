@@ -10,9 +10,9 @@ use tokio::time::Instant;
 use tower::Service;
 use tower::util::Oneshot;
 
-use super::Why;
 use super::replica::RATE;
 use super::shared::{Member, Shared};
+use super::standing::Why;
 use crate::circuit_breaker::CircuitPermit;
 use crate::classify::{Classify, Verdict};
 use crate::error::{BoxError, NoHealthyReplica};

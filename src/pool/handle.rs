@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::Instant;
 
-use super::replica::{Admin, Standing};
+use super::replica::Admin;
 use super::shared::{Member, Shared};
+use super::standing::{Health, Why};
 use crate::sync::Ordering;
 
 /// Watches and steers a [`Pool`](super::Pool)'s replicas; cheap to clone.
@@ -21,87 +21,6 @@ impl<K, S> Clone for PoolHandle<K, S> {
         Self {
             shared: self.shared.clone(),
         }
-    }
-}
-
-/// How a replica stands, in a [`ReplicaSnapshot`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Health {
-    /// Takes traffic.
-    Healthy,
-    /// Its latest calls failed (`in_a_row` of them) and it is not ejected,
-    /// or not yet: the failure penalty steers traffic away from it, and it
-    /// gets only a probe now and then, until a success clears it or outlier
-    /// detection ejects it.
-    Failing {
-        /// Its failures in a row.
-        in_a_row: u64,
-    },
-    /// Healthy again after trouble, but waiting out the failback time
-    /// before it takes traffic back from a lower tier.
-    Recovering {
-        /// When it counts as healthy again.
-        until: Instant,
-    },
-    /// Ejected by outlier detection.
-    Ejected {
-        /// When the ejection ends.
-        until: Instant,
-    },
-    /// Avoided after the server asked for it (`503` + `Retry-After`).
-    Avoided {
-        /// When it is tried again.
-        until: Instant,
-    },
-    /// Failing its active health checks.
-    FailingChecks,
-    /// Its circuit breaker is open.
-    CircuitOpen,
-    /// Drained by an operator (or removed by discovery): finishing its
-    /// calls, taking no new ones.
-    Draining,
-    /// Disabled by an operator.
-    Disabled,
-}
-
-/// Why a replica was last made unhealthy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-#[repr(u8)]
-pub enum Why {
-    /// Nothing yet.
-    None = 0,
-    /// Too many failures in a row.
-    ConsecutiveFailures = 1,
-    /// Too many of its recent calls failed.
-    FailureRate = 2,
-    /// Its success rate was far below the fleet's.
-    SuccessRate = 3,
-    /// Its latency was far above the fleet's.
-    Latency = 4,
-    /// The server asked to be avoided.
-    Pushback = 5,
-    /// Its active health check failed.
-    HealthCheck = 6,
-    /// An operator drained or disabled it.
-    Operator = 7,
-}
-
-impl crate::sync::State for Why {
-    const ALL: &'static [Self] = &[
-        Self::None,
-        Self::ConsecutiveFailures,
-        Self::FailureRate,
-        Self::SuccessRate,
-        Self::Latency,
-        Self::Pushback,
-        Self::HealthCheck,
-        Self::Operator,
-    ];
-
-    fn byte(self) -> u8 {
-        self as u8
     }
 }
 
@@ -141,20 +60,7 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
             .iter()
             .map(|m| {
                 let s = &m.state;
-                let health = match s.standing(now_ms, shared.settings.failback_ms) {
-                    // Routable, but shunned for its failures.
-                    Standing::Eligible if s.shunned.load(Ordering::Acquire) => Health::Failing {
-                        in_a_row: s.consecutive.load(Ordering::Acquire),
-                    },
-                    Standing::Eligible => Health::Healthy,
-                    Standing::Recovering(t) => Health::Recovering { until: at(t) },
-                    Standing::Ejected(t) => Health::Ejected { until: at(t) },
-                    Standing::Avoided(t) => Health::Avoided { until: at(t) },
-                    Standing::FailingChecks => Health::FailingChecks,
-                    Standing::CircuitOpen => Health::CircuitOpen,
-                    Standing::Draining => Health::Draining,
-                    Standing::Disabled => Health::Disabled,
-                };
+                let health = s.health(now_ms, shared.settings.failback_ms, at);
                 ReplicaSnapshot {
                     id: m.id.clone(),
                     tier: s.tier,

@@ -92,9 +92,11 @@ mod handle;
 mod replica;
 mod service;
 mod shared;
+mod standing;
 mod table;
 
 pub use self::config::{Builder, OutlierDetection, WhenNoneHealthy};
-pub use self::handle::{Health, PoolHandle, ReplicaSnapshot, Why};
+pub use self::handle::{PoolHandle, ReplicaSnapshot};
 pub use self::replica::Replica;
 pub use self::service::Pool;
+pub use self::standing::{Health, Why};

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use metrics::{Counter, Gauge};
 
-use super::Why;
+use super::standing::Why;
 use crate::circuit_breaker::Circuit;
 use crate::health::HealthCheck;
 use crate::stats::ewma::PeakEwma;
@@ -179,22 +179,6 @@ pub(super) struct ReplicaMetrics {
     pub(super) ejections: Counter,
 }
 
-/// What stands between a replica and traffic, at one instant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Standing {
-    /// Takes traffic.
-    Eligible,
-    /// Healthy again, but not yet for long enough to take traffic back from
-    /// a lower tier (failback hysteresis) until this time (ms).
-    Recovering(u64),
-    Ejected(u64),
-    Avoided(u64),
-    FailingChecks,
-    CircuitOpen,
-    Draining,
-    Disabled,
-}
-
 impl ReplicaState {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
@@ -246,45 +230,6 @@ impl ReplicaState {
         }
     }
 
-    /// Where the replica stands at `now_ms`, with `failback_ms` of
-    /// hysteresis after any recovery.
-    pub(super) fn standing(&self, now_ms: u64, failback_ms: u64) -> Standing {
-        match self.admin.load(Ordering::Acquire) {
-            Admin::Enabled => {}
-            Admin::Disabled => return Standing::Disabled,
-            _ => return Standing::Draining,
-        }
-        if !self.check_healthy.load(Ordering::Acquire) {
-            return Standing::FailingChecks;
-        }
-        let ejected = self.ejected_until.load(Ordering::Acquire);
-        if ejected > now_ms {
-            return Standing::Ejected(ejected);
-        }
-        let avoided = self.avoid_until.load(Ordering::Acquire);
-        if avoided > now_ms {
-            return Standing::Avoided(avoided);
-        }
-        if let Some(breaker) = &self.breaker {
-            if matches!(
-                breaker.state(),
-                crate::circuit_breaker::State::Open | crate::circuit_breaker::State::ForcedOpen
-            ) {
-                return Standing::CircuitOpen;
-            }
-        }
-        // Failback hysteresis: counted from the end of the last trouble.
-        let recovered = ejected
-            .max(avoided)
-            .max(self.check_recovered_at.load(Ordering::Acquire))
-            .max(self.admin_enabled_at.load(Ordering::Acquire));
-        let failed_back = recovered.saturating_add(failback_ms);
-        if recovered > 0 && now_ms < failed_back {
-            return Standing::Recovering(failed_back);
-        }
-        Standing::Eligible
-    }
-
     /// Its own circuit breaker, if the pool gives each replica one.
     #[inline]
     pub(super) fn breaker(&self) -> Option<&Circuit> {
@@ -293,23 +238,6 @@ impl ReplicaState {
         } else {
             None
         }
-    }
-
-    /// Whether it may take a request now (recovering replicas may: only
-    /// the tier arithmetic holds them back).
-    #[inline]
-    pub(super) fn routable(&self, now_ms: u64) -> bool {
-        // What `standing` checks, without the hysteresis arithmetic.
-        self.admin.load(Ordering::Relaxed) == Admin::Enabled
-            && self.check_healthy.load(Ordering::Relaxed)
-            && self.ejected_until.load(Ordering::Relaxed) <= now_ms
-            && self.avoid_until.load(Ordering::Relaxed) <= now_ms
-            && self.breaker().is_none_or(|b| {
-                !matches!(
-                    b.state(),
-                    crate::circuit_breaker::State::Open | crate::circuit_breaker::State::ForcedOpen
-                )
-            })
     }
 
     /// The load p2c compares, latency × (in flight + 1), before its

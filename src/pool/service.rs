@@ -23,7 +23,6 @@ const BREAKER_PASSES: usize = 4;
 /// looks again when it knows of no time one comes back.
 const WAIT_LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(50);
 
-
 /// A service over replicas that routes each request to a healthy, lightly
 /// loaded one; see the [module docs](super).
 ///

@@ -6,10 +6,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::Why;
 use super::clock;
 use super::config::{OutlierDetection, WhenNoneHealthy};
-use super::replica::{Admin, ReplicaState, Standing};
+use super::replica::{Admin, ReplicaState};
+use super::standing::Standing;
+use super::standing::Why;
 use super::table::{Row, Table, WHOLE};
 use crate::attempt::{ReplicaId, Tried};
 use crate::rng::{Rng, below, next_local};

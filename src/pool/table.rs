@@ -5,7 +5,7 @@
 //! every 100 ms, or when an ejection or pushback ends); the request path
 //! only reads it.
 
-use super::replica::Standing;
+use super::standing::Standing;
 
 /// Shares are parts per million.
 pub(super) const WHOLE: u32 = 1_000_000;

@@ -1,0 +1,183 @@
+//! What keeps a replica out of traffic: one answer, [`ReplicaState::standing`],
+//! from which routing ([`routable`](ReplicaState::routable)), the routing
+//! table and the snapshots' [`Health`] all derive. A new reason is added
+//! here, once.
+
+use tokio::time::Instant;
+
+use super::replica::{Admin, ReplicaState};
+use crate::sync::Ordering;
+
+/// How a replica stands, in a [`ReplicaSnapshot`](super::ReplicaSnapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// Takes traffic.
+    Healthy,
+    /// Its latest calls failed (`in_a_row` of them) and it is not ejected,
+    /// or not yet: the failure penalty steers traffic away from it, and it
+    /// gets only a probe now and then, until a success clears it or outlier
+    /// detection ejects it.
+    Failing {
+        /// Its failures in a row.
+        in_a_row: u64,
+    },
+    /// Healthy again after trouble, but waiting out the failback time
+    /// before it takes traffic back from a lower tier.
+    Recovering {
+        /// When it counts as healthy again.
+        until: Instant,
+    },
+    /// Ejected by outlier detection.
+    Ejected {
+        /// When the ejection ends.
+        until: Instant,
+    },
+    /// Avoided after the server asked for it (`503` + `Retry-After`).
+    Avoided {
+        /// When it is tried again.
+        until: Instant,
+    },
+    /// Failing its active health checks.
+    FailingChecks,
+    /// Its circuit breaker is open.
+    CircuitOpen,
+    /// Drained by an operator (or removed by discovery): finishing its
+    /// calls, taking no new ones.
+    Draining,
+    /// Disabled by an operator.
+    Disabled,
+}
+
+/// Why a replica was last made unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum Why {
+    /// Nothing yet.
+    None = 0,
+    /// Too many failures in a row.
+    ConsecutiveFailures = 1,
+    /// Too many of its recent calls failed.
+    FailureRate = 2,
+    /// Its success rate was far below the fleet's.
+    SuccessRate = 3,
+    /// Its latency was far above the fleet's.
+    Latency = 4,
+    /// The server asked to be avoided.
+    Pushback = 5,
+    /// Its active health check failed.
+    HealthCheck = 6,
+    /// An operator drained or disabled it.
+    Operator = 7,
+}
+
+impl crate::sync::State for Why {
+    const ALL: &'static [Self] = &[
+        Self::None,
+        Self::ConsecutiveFailures,
+        Self::FailureRate,
+        Self::SuccessRate,
+        Self::Latency,
+        Self::Pushback,
+        Self::HealthCheck,
+        Self::Operator,
+    ];
+
+    fn byte(self) -> u8 {
+        self as u8
+    }
+}
+
+/// What stands between a replica and traffic, at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Standing {
+    /// Takes traffic.
+    Eligible,
+    /// Healthy again, but not yet for long enough to take traffic back from
+    /// a lower tier (failback hysteresis) until this time (ms).
+    Recovering(u64),
+    Ejected(u64),
+    Avoided(u64),
+    FailingChecks,
+    CircuitOpen,
+    Draining,
+    Disabled,
+}
+
+impl ReplicaState {
+    /// Where the replica stands at `now_ms`, with `failback_ms` of
+    /// hysteresis after any recovery.
+    pub(super) fn standing(&self, now_ms: u64, failback_ms: u64) -> Standing {
+        match self.admin.load(Ordering::Acquire) {
+            Admin::Enabled => {}
+            Admin::Disabled => return Standing::Disabled,
+            _ => return Standing::Draining,
+        }
+        if !self.check_healthy.load(Ordering::Acquire) {
+            return Standing::FailingChecks;
+        }
+        let ejected = self.ejected_until.load(Ordering::Acquire);
+        if ejected > now_ms {
+            return Standing::Ejected(ejected);
+        }
+        let avoided = self.avoid_until.load(Ordering::Acquire);
+        if avoided > now_ms {
+            return Standing::Avoided(avoided);
+        }
+        // `breaker()` reads the first cache line's flag before the breaker.
+        if let Some(breaker) = self.breaker() {
+            if matches!(
+                breaker.state(),
+                crate::circuit_breaker::State::Open | crate::circuit_breaker::State::ForcedOpen
+            ) {
+                return Standing::CircuitOpen;
+            }
+        }
+        // Failback hysteresis: counted from the end of the last trouble.
+        let recovered = ejected
+            .max(avoided)
+            .max(self.check_recovered_at.load(Ordering::Acquire))
+            .max(self.admin_enabled_at.load(Ordering::Acquire));
+        let failed_back = recovered.saturating_add(failback_ms);
+        if recovered > 0 && now_ms < failed_back {
+            return Standing::Recovering(failed_back);
+        }
+        Standing::Eligible
+    }
+
+    /// Whether it may take a request now: what [`standing`](Self::standing)
+    /// says, without the failback hysteresis (recovering replicas may take
+    /// requests; only the tier arithmetic holds them back).
+    #[inline]
+    pub(super) fn routable(&self, now_ms: u64) -> bool {
+        matches!(self.standing(now_ms, NO_HYSTERESIS), Standing::Eligible)
+    }
+
+    /// How it stands, as a snapshot shows it; `at` turns the pool's
+    /// moments into `Instant`s.
+    pub(super) fn health(
+        &self,
+        now_ms: u64,
+        failback_ms: u64,
+        at: impl Fn(u64) -> Instant,
+    ) -> Health {
+        match self.standing(now_ms, failback_ms) {
+            // Routable, but shunned for its failures.
+            Standing::Eligible if self.shunned.load(Ordering::Acquire) => Health::Failing {
+                in_a_row: self.consecutive.load(Ordering::Acquire),
+            },
+            Standing::Eligible => Health::Healthy,
+            Standing::Recovering(t) => Health::Recovering { until: at(t) },
+            Standing::Ejected(t) => Health::Ejected { until: at(t) },
+            Standing::Avoided(t) => Health::Avoided { until: at(t) },
+            Standing::FailingChecks => Health::FailingChecks,
+            Standing::CircuitOpen => Health::CircuitOpen,
+            Standing::Draining => Health::Draining,
+            Standing::Disabled => Health::Disabled,
+        }
+    }
+}
+
+/// A failback time of zero: [`ReplicaState::routable`] ignores hysteresis.
+const NO_HYSTERESIS: u64 = 0;
