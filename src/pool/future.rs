@@ -11,8 +11,7 @@ use tower::Service;
 use tower::util::Oneshot;
 
 use super::replica::RATE;
-use super::shared::{Member, Shared};
-use super::standing::Why;
+use super::shared::Member;
 use crate::circuit_breaker::CircuitPermit;
 use crate::classify::{Classify, Verdict};
 use crate::error::{BoxError, NoHealthyReplica};
@@ -176,53 +175,5 @@ fn report<K, S>(tracked: &Tracked<K, S>, verdict: Verdict) {
     let Some(shared) = member.pool.upgrade() else {
         return;
     };
-    let now_ms = Shared::<K, S>::ms_of(now_ns);
-    match verdict.pushback() {
-        // Honoured by avoiding the replica for that long: its latency
-        // estimate is not inflated too, or it would stay out long after.
-        Some(pushback) => {
-            state.latency.observe(now_ns, elapsed, RATE);
-            shared.avoid(state, now_ms, pushback);
-        }
-        // A failure must never make a replica look fast: it counts as at
-        // least the penalty latency.
-        None => {
-            state.latency.observe(
-                now_ns,
-                elapsed.max(shared.settings.failure_penalty.as_nanos() as f64),
-                RATE,
-            );
-            state.shunned.store(true, Ordering::Release);
-        }
-    }
-    let in_a_row = state.record_outcome(true);
-    let outlier = &shared.settings.outlier;
-    let by_consecutive = outlier
-        .consecutive_failures
-        .is_some_and(|n| in_a_row >= u64::from(n));
-    let by_rate = outlier.failure_percentage.is_some_and(|(rate, min_calls)| {
-        let counts = state.window.counts();
-        counts.calls >= u64::from(min_calls) && counts.failures as f64 / counts.calls as f64 >= rate
-    });
-    if by_consecutive || by_rate {
-        let why = if by_consecutive {
-            Why::ConsecutiveFailures
-        } else {
-            Why::FailureRate
-        };
-        // The failure path may take the lock: the current members decide
-        // how many may be ejected at once.
-        let snapshot = shared.current.lock().map(|s| s.clone());
-        if let Ok(snapshot) = snapshot {
-            if shared.eject(&snapshot, state, now_ms, why) {
-                state.consecutive.store(0, Ordering::Release);
-                state.shunned.store(false, Ordering::Release);
-            }
-            shared.sweep(&snapshot, now_ms);
-        }
-    } else if now_ms >= shared.next_sweep_ms.load(Ordering::Acquire) {
-        if let Ok(snapshot) = shared.current.lock().map(|s| s.clone()) {
-            shared.sweep(&snapshot, now_ms);
-        }
-    }
+    shared.on_failure(state, now_ns, elapsed, verdict.pushback());
 }

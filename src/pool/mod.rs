@@ -89,11 +89,14 @@ mod config;
 mod driver;
 pub mod future;
 mod handle;
+mod outlier;
 mod replica;
+mod select;
 mod service;
 mod shared;
 mod standing;
 mod table;
+mod upkeep;
 
 pub use self::config::{Builder, OutlierDetection, WhenNoneHealthy};
 pub use self::handle::{PoolHandle, ReplicaSnapshot};

@@ -1,0 +1,155 @@
+//! Choosing a replica for a request: a tier and a zone by the routing
+//! table's shares, then power of two choices over the candidates' loads,
+//! passing over replicas the request already tried while others exist.
+
+use super::shared::{Shared, Snapshot};
+use super::table::WHOLE;
+use crate::attempt::{ReplicaId, Tried};
+use crate::rng::{below, next_local};
+
+/// Random draws p2c makes when its first two candidates were not both
+/// usable; a list no longer than this is then scanned whole, so an untried
+/// replica is never overlooked.
+const SLOW_PATH_DRAWS: u32 = 8;
+
+impl<K, S> Shared<K, S> {
+    /// Chooses a replica for a request: a tier and zone by the table's
+    /// shares, then the less loaded of two random candidates, avoiding
+    /// replicas the request already tried while others exist.
+    pub(super) fn choose(
+        &self,
+        snapshot: &Snapshot<K, S>,
+        now_ns: u64,
+        now_ms: u64,
+        rng: &mut u64,
+        tried: &Tried,
+    ) -> Option<usize> {
+        let r = next_local(rng);
+        let candidates = snapshot.table.pick(
+            (r % u64::from(WHOLE)) as u32,
+            ((r >> 32) % u64::from(WHOLE)) as u32,
+        )?;
+        if let Some(i) = self.p2c(snapshot, candidates, now_ns, now_ms, rng, tried) {
+            return Some(i);
+        }
+        if !tried.is_empty() {
+            // Every candidate of the chosen tier and zone was tried: a retry
+            // or hedge goes to an untried replica elsewhere in the table
+            // (another zone, the next tier) while one exists...
+            for zone in snapshot.table.tiers.iter().flat_map(|t| &t.zones) {
+                if let Some(i) = self.p2c(snapshot, &zone.candidates, now_ns, now_ms, rng, tried) {
+                    return Some(i);
+                }
+            }
+            // Then the tiers that take no traffic now, lowest first.
+            for tier in snapshot.table.spare.chunk_by(|a, b| {
+                snapshot.members[*a as usize].state.tier == snapshot.members[*b as usize].state.tier
+            }) {
+                if let Some(i) = self.p2c(snapshot, tier, now_ns, now_ms, rng, tried) {
+                    return Some(i);
+                }
+            }
+            // ...and only then to one it tried before.
+            return self.p2c(snapshot, candidates, now_ns, now_ms, rng, &Tried::default());
+        }
+        None
+    }
+
+    /// Power of two choices among `candidates`: two distinct usable ones,
+    /// the cheaper wins. A few more draws if a draw is unusable (it turned
+    /// unhealthy since the table was built, or the request tried it).
+    fn p2c(
+        &self,
+        snapshot: &Snapshot<K, S>,
+        candidates: &[u32],
+        now_ns: u64,
+        now_ms: u64,
+        rng: &mut u64,
+        tried: &Tried,
+    ) -> Option<usize> {
+        let state = |i: u32| &snapshot.members[i as usize].state;
+        let usable = |i: u32| {
+            let member = &snapshot.members[i as usize];
+            (snapshot.table.panic || member.state.routable(now_ms))
+                && (tried.is_empty() || !tried.contains(ReplicaId::of(member)))
+        };
+        let cheaper = |a: u32, b: u32| {
+            let (sa, sb) = (state(a), state(b));
+            // A replica that failed lately and has not been tried for a
+            // while is probed, penalty or not: without traffic, outlier
+            // detection could never see it fail again (and eject it) or
+            // succeed (and clear it).
+            match (sa.wants_probe(now_ms), sb.wants_probe(now_ms)) {
+                (true, false) => return a,
+                (false, true) => return b,
+                _ => {}
+            }
+            if sa.cheaper_than(sb, now_ns) { a } else { b }
+        };
+        let n = u32::try_from(candidates.len()).unwrap_or(u32::MAX);
+        // Two distinct positions from one draw, without a division, and
+        // both candidates read before either is judged: in a large pool
+        // their states are two cache misses, and this way they overlap.
+        let draw = next_local(rng);
+        let p1 = below(draw as u32, n);
+        let p2 = if n > 1 {
+            other_than(p1, (draw >> 32) as u32, n)
+        } else {
+            p1
+        };
+        let (i1, i2) = (*candidates.get(p1 as usize)?, candidates[p2 as usize]);
+        match (usable(i1), n > 1 && usable(i2)) {
+            (true, true) => return Some(cheaper(i1, i2) as usize),
+            (true, false) if n == 1 => return Some(i1 as usize),
+            _ => {}
+        }
+        if tried.is_empty() {
+            // A candidate turned unusable since the table was built.
+            self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        }
+        // The slow path: more draws, then (for small lists) a full scan,
+        // so an untried replica is never overlooked.
+        let mut first: Option<(u32, u32)> =
+            [(p1, i1), (p2, i2)].into_iter().find(|&(_, i)| usable(i));
+        let draws = if n <= SLOW_PATH_DRAWS {
+            SLOW_PATH_DRAWS + n
+        } else {
+            SLOW_PATH_DRAWS
+        };
+        for attempt in 0..draws {
+            let pos = if attempt >= SLOW_PATH_DRAWS {
+                // The full scan of a short list, position by position.
+                attempt - SLOW_PATH_DRAWS
+            } else {
+                let draw = next_local(rng) as u32;
+                match first {
+                    Some((p, _)) if n > 1 => other_than(p, draw, n),
+                    _ => below(draw, n),
+                }
+            };
+            let i = candidates[pos as usize];
+            if !usable(i) {
+                continue;
+            }
+            match first {
+                None => {
+                    first = Some((pos, i));
+                    if n == 1 {
+                        break;
+                    }
+                }
+                Some((_, f)) if f != i => return Some(cheaper(f, i) as usize),
+                Some(_) => {}
+            }
+        }
+        first.map(|(_, i)| i as usize)
+    }
+}
+
+/// A uniform position below `n` (at least 2) other than `p`, from 32
+/// random bits, without a division.
+#[inline]
+fn other_than(p: u32, bits: u32, n: u32) -> u32 {
+    let q = p + 1 + below(bits, n - 1);
+    if q >= n { q - n } else { q }
+}
