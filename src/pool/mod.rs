@@ -98,8 +98,9 @@ mod standing;
 mod table;
 mod upkeep;
 
-pub use self::config::{Builder, OutlierDetection, WhenNoneHealthy};
+pub use self::config::{Builder, WhenNoneHealthy};
 pub use self::handle::{PoolHandle, ReplicaSnapshot};
+pub use self::outlier::OutlierDetection;
 pub use self::replica::Replica;
 pub use self::service::Pool;
 pub use self::standing::{Health, Why};

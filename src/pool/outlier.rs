@@ -1,8 +1,9 @@
-//! Outlier detection's judgements: ejecting a replica (growing periods, a
-//! cap on the share ejected), avoiding one that asked for it, and the
-//! fleet-relative sweep (success rate, latency, ejection decay). The rules'
-//! settings are [`OutlierDetection`](super::OutlierDetection); a failed
-//! call reaches them from the pool's response future.
+//! Passive outlier detection in one place: its rules' settings
+//! ([`OutlierDetection`]), the judgement of a failed call (failures in a
+//! row, the failure rate), ejection (growing periods, a cap on the share
+//! ejected), avoiding a replica that asked for it, and the fleet-relative
+//! sweep (success rate, latency, ejection decay). The reasons a replica is
+//! out are [`Why`](super::Why), in `standing.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,156 @@ use super::clock;
 use super::replica::{RATE, ReplicaState};
 use super::shared::{Member, Shared, Snapshot};
 use super::standing::{Standing, Why};
+use crate::backoff::Backoff;
+use crate::error::ConfigError;
 use crate::sync::Ordering;
+
+/// Passive outlier detection: which live outcomes eject a replica, and for
+/// how long.
+///
+/// | rule | default |
+/// |---|---|
+/// | [`consecutive_failures`](Self::consecutive_failures) | 5 in a row |
+/// | [`failure_percentage`](Self::failure_percentage) | 50% of the last 100 calls, once there are 20 |
+/// | [`success_rate_stdev`](Self::success_rate_stdev) | below the fleet's mean − 1.9 σ, with 3 replicas of 20 calls each among their last 100 |
+/// | [`latency_factor`](Self::latency_factor) | peak-EWMA latency over 5× the fleet median and over 100 ms |
+/// | [`ejection`](Self::ejection) | 10 s doubling to 5 min per ejection in a row; one step back per clean interval |
+/// | [`max_ejected`](Self::max_ejected) | 50% of the replicas (but always at least one may be) |
+/// | [`interval`](Self::interval) | 10 s between sweeps of the fleet rules |
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct OutlierDetection {
+    pub(super) consecutive_failures: Option<u32>,
+    pub(super) failure_percentage: Option<(f64, u32)>,
+    pub(super) success_rate_stdev: Option<(f64, u32, u32)>,
+    pub(super) latency_factor: Option<(f64, Duration)>,
+    pub(super) ejection: Backoff,
+    pub(super) max_ejected: f64,
+    pub(super) interval: Duration,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: Some(5),
+            failure_percentage: Some((0.5, 20)),
+            success_rate_stdev: Some((1.9, 3, 20)),
+            latency_factor: Some((5.0, Duration::from_millis(100))),
+            ejection: Backoff::exponential(Duration::from_secs(10), Duration::from_secs(300)),
+            max_ejected: 0.5,
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl OutlierDetection {
+    /// Ejects after `n` failures in a row (`None` turns the rule off).
+    pub fn consecutive_failures(mut self, n: Option<u32>) -> Self {
+        self.consecutive_failures = n;
+        self
+    }
+
+    /// Ejects when at least `rate` of the last 100 calls failed, once there
+    /// are `min_calls` of them (`None` turns the rule off).
+    pub fn failure_percentage(mut self, rule: Option<(f64, u32)>) -> Self {
+        self.failure_percentage = rule;
+        self
+    }
+
+    /// Ejects a replica whose success rate over its last 100 calls is below
+    /// the fleet's mean − `factor` × σ, when at least `min_hosts` replicas
+    /// had `min_calls` such calls each (`None` turns the rule off). Judged
+    /// once per [`interval`](Self::interval).
+    pub fn success_rate_stdev(mut self, rule: Option<(f64, u32, u32)>) -> Self {
+        self.success_rate_stdev = rule;
+        self
+    }
+
+    /// Ejects a replica whose latency estimate is over `factor` × the
+    /// fleet's median and over `floor` (`None` turns the rule off).
+    pub fn latency_factor(mut self, rule: Option<(f64, Duration)>) -> Self {
+        self.latency_factor = rule;
+        self
+    }
+
+    /// How long an ejection lasts: the n-th ejection in a row waits the
+    /// schedule's n-th delay.
+    pub fn ejection(mut self, backoff: Backoff) -> Self {
+        self.ejection = backoff;
+        self
+    }
+
+    /// The largest share of replicas ejected at once (at least one may be).
+    pub fn max_ejected(mut self, share: f64) -> Self {
+        self.max_ejected = share;
+        self
+    }
+
+    /// How often the fleet-relative rules are evaluated (and ejection
+    /// counts decay).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let within = |e: ConfigError| e.within("outlier");
+        if self.consecutive_failures == Some(0) {
+            return Err(within(ConfigError::new(
+                "consecutive_failures",
+                "must be at least 1",
+            )));
+        }
+        if let Some((rate, _)) = self.failure_percentage {
+            if !(rate > 0.0 && rate <= 1.0) {
+                return Err(within(ConfigError::new(
+                    "failure_percentage",
+                    format!("rate must be in (0, 1], got {rate}"),
+                )));
+            }
+        }
+        if let Some((factor, hosts, _)) = self.success_rate_stdev {
+            if !(factor > 0.0 && factor.is_finite()) || hosts < 2 {
+                return Err(within(ConfigError::new(
+                    "success_rate_stdev",
+                    format!(
+                        "needs a positive factor and at least 2 hosts, got {factor} and {hosts}"
+                    ),
+                )));
+            }
+        }
+        if let Some((factor, _)) = self.latency_factor {
+            if !(factor > 1.0 && factor.is_finite()) {
+                return Err(within(ConfigError::new(
+                    "latency_factor",
+                    format!("must be above 1, got {factor}"),
+                )));
+            }
+        }
+        self.ejection
+            .validate()
+            .map_err(|e| within(e.within("ejection")))?;
+        if self.ejection.base().is_zero() {
+            return Err(within(ConfigError::new(
+                "ejection",
+                "must not give a zero ejection",
+            )));
+        }
+        if !(self.max_ejected >= 0.0 && self.max_ejected <= 1.0) {
+            return Err(within(ConfigError::new(
+                "max_ejected",
+                format!("must be in 0..=1, got {}", self.max_ejected),
+            )));
+        }
+        if self.interval < Duration::from_millis(10) {
+            return Err(within(ConfigError::new(
+                "interval",
+                "must be at least 10 ms",
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// Calls a replica needs in its window to be judged by the latency rule.
 const MIN_LATENCY_SAMPLES: u64 = 3;

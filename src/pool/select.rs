@@ -2,7 +2,7 @@
 //! table's shares, then power of two choices over the candidates' loads,
 //! passing over replicas the request already tried while others exist.
 
-use super::shared::{Shared, Snapshot};
+use super::shared::Snapshot;
 use super::table::WHOLE;
 use crate::attempt::{ReplicaId, Tried};
 use crate::rng::{below, next_local};
@@ -12,24 +12,31 @@ use crate::rng::{below, next_local};
 /// replica is never overlooked.
 const SLOW_PATH_DRAWS: u32 = 8;
 
-impl<K, S> Shared<K, S> {
-    /// Chooses a replica for a request: a tier and zone by the table's
-    /// shares, then the less loaded of two random candidates, avoiding
-    /// replicas the request already tried while others exist.
-    pub(super) fn choose(
-        &self,
-        snapshot: &Snapshot<K, S>,
-        now_ns: u64,
-        now_ms: u64,
-        rng: &mut u64,
-        tried: &Tried,
-    ) -> Option<usize> {
+/// One request's choice of a replica: over a snapshot of the members, at
+/// one time, passing over the replicas it tried. Pure but for `stale`, and
+/// needs no runtime.
+pub(super) struct Pick<'a, K, S> {
+    pub(super) snapshot: &'a Snapshot<K, S>,
+    pub(super) now_ns: u64,
+    pub(super) now_ms: u64,
+    pub(super) tried: &'a Tried,
+    /// Set when a candidate turned unusable since the routing table was
+    /// built: the caller has the table rebuilt.
+    pub(super) stale: bool,
+}
+
+impl<K, S> Pick<'_, K, S> {
+    /// Chooses a replica: a tier and zone by the table's shares, then the
+    /// less loaded of two random candidates, avoiding replicas the request
+    /// already tried while others exist.
+    pub(super) fn choose(&mut self, rng: &mut u64) -> Option<usize> {
+        let (snapshot, tried) = (self.snapshot, self.tried);
         let r = next_local(rng);
         let candidates = snapshot.table.pick(
             (r % u64::from(WHOLE)) as u32,
             ((r >> 32) % u64::from(WHOLE)) as u32,
         )?;
-        if let Some(i) = self.p2c(snapshot, candidates, now_ns, now_ms, rng, tried) {
+        if let Some(i) = self.p2c(candidates, rng, tried) {
             return Some(i);
         }
         if !tried.is_empty() {
@@ -37,7 +44,7 @@ impl<K, S> Shared<K, S> {
             // or hedge goes to an untried replica elsewhere in the table
             // (another zone, the next tier) while one exists...
             for zone in snapshot.table.tiers.iter().flat_map(|t| &t.zones) {
-                if let Some(i) = self.p2c(snapshot, &zone.candidates, now_ns, now_ms, rng, tried) {
+                if let Some(i) = self.p2c(&zone.candidates, rng, tried) {
                     return Some(i);
                 }
             }
@@ -45,12 +52,12 @@ impl<K, S> Shared<K, S> {
             for tier in snapshot.table.spare.chunk_by(|a, b| {
                 snapshot.members[*a as usize].state.tier == snapshot.members[*b as usize].state.tier
             }) {
-                if let Some(i) = self.p2c(snapshot, tier, now_ns, now_ms, rng, tried) {
+                if let Some(i) = self.p2c(tier, rng, tried) {
                     return Some(i);
                 }
             }
             // ...and only then to one it tried before.
-            return self.p2c(snapshot, candidates, now_ns, now_ms, rng, &Tried::default());
+            return self.p2c(candidates, rng, &Tried::default());
         }
         None
     }
@@ -58,15 +65,8 @@ impl<K, S> Shared<K, S> {
     /// Power of two choices among `candidates`: two distinct usable ones,
     /// the cheaper wins. A few more draws if a draw is unusable (it turned
     /// unhealthy since the table was built, or the request tried it).
-    fn p2c(
-        &self,
-        snapshot: &Snapshot<K, S>,
-        candidates: &[u32],
-        now_ns: u64,
-        now_ms: u64,
-        rng: &mut u64,
-        tried: &Tried,
-    ) -> Option<usize> {
+    fn p2c(&mut self, candidates: &[u32], rng: &mut u64, tried: &Tried) -> Option<usize> {
+        let (snapshot, now_ns, now_ms) = (self.snapshot, self.now_ns, self.now_ms);
         let state = |i: u32| &snapshot.members[i as usize].state;
         let usable = |i: u32| {
             let member = &snapshot.members[i as usize];
@@ -105,7 +105,7 @@ impl<K, S> Shared<K, S> {
         }
         if tried.is_empty() {
             // A candidate turned unusable since the table was built.
-            self.dirty.store(true, std::sync::atomic::Ordering::Release);
+            self.stale = true;
         }
         // The slow path: more draws, then (for small lists) a full scan,
         // so an untried replica is never overlooked.
@@ -152,4 +152,98 @@ impl<K, S> Shared<K, S> {
 fn other_than(p: u32, bits: u32, n: u32) -> u32 {
     let q = p + 1 + below(bits, n - 1);
     if q >= n { q - n } else { q }
+}
+
+#[cfg(all(test, not(steadfast_loom)))]
+mod tests {
+    use std::sync::{Arc, Weak};
+
+    use super::*;
+    use crate::pool::replica::ReplicaState;
+    use crate::pool::shared::Member;
+    use crate::pool::standing::Standing;
+    use crate::pool::table::{Row, Table};
+
+    /// A snapshot of `n` healthy replicas of one tier, with no service.
+    fn snapshot(n: usize) -> Snapshot<usize, ()> {
+        let members: Vec<Arc<Member<usize, ()>>> = (0..n)
+            .map(|id| {
+                let label: Arc<str> = Arc::from(id.to_string());
+                Arc::new(Member {
+                    state: ReplicaState::new(&Arc::from("p"), label, 0, None, 1, None, None, 10),
+                    service: (),
+                    id,
+                    pool: Weak::new(),
+                })
+            })
+            .collect();
+        let rows: Vec<Row<'_>> = (0..n)
+            .map(|_| Row {
+                tier: 0,
+                zone: None,
+                standing: Standing::Eligible,
+            })
+            .collect();
+        let table = Table::build(&rows, None, 1.4, 0.5);
+        Snapshot::new(members, table, 1)
+    }
+
+    fn pick<'a>(snapshot: &'a Snapshot<usize, ()>, tried: &'a Tried) -> Pick<'a, usize, ()> {
+        Pick {
+            snapshot,
+            now_ns: 1,
+            now_ms: 1,
+            tried,
+            stale: false,
+        }
+    }
+
+    #[test]
+    fn every_replica_is_chosen_among_equals() {
+        let snapshot = snapshot(3);
+        let tried = Tried::default();
+        let mut rng = 7;
+        let mut seen = [0; 3];
+        for _ in 0..300 {
+            let i = pick(&snapshot, &tried).choose(&mut rng).unwrap();
+            seen[i] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+    }
+
+    #[test]
+    fn a_replica_tried_is_passed_over_while_another_exists() {
+        let snapshot = snapshot(3);
+        let mut rng = 11;
+        let mut tried = Tried::default();
+        tried.record(ReplicaId::of(&snapshot.members[0]));
+        for _ in 0..100 {
+            let i = pick(&snapshot, &tried).choose(&mut rng).unwrap();
+            assert_ne!(i, 0, "an untried replica exists");
+        }
+        // Every one tried: the retry goes to one it tried before.
+        let mut all = Tried::default();
+        for m in &snapshot.members {
+            all.record(ReplicaId::of(m));
+        }
+        assert!(pick(&snapshot, &all).choose(&mut rng).is_some());
+    }
+
+    #[test]
+    fn a_replica_that_turned_unusable_marks_the_table_stale() {
+        let snapshot = snapshot(2);
+        snapshot.members[1].state.admin.store(
+            crate::pool::replica::Admin::Disabled,
+            crate::sync::Ordering::Release,
+        );
+        let tried = Tried::default();
+        let mut rng = 3;
+        let mut stale = false;
+        for _ in 0..20 {
+            let mut p = pick(&snapshot, &tried);
+            assert_eq!(p.choose(&mut rng), Some(0));
+            stale |= p.stale;
+        }
+        assert!(stale, "the table still lists the disabled replica");
+    }
 }

@@ -9,6 +9,7 @@ use tower::Service;
 use super::config::{Builder, WhenNoneHealthy};
 use super::future::{ResponseFuture, Tracked};
 use super::handle::PoolHandle;
+use super::select::Pick;
 use super::shared::{Shared, Snapshot};
 use crate::attempt::{ReplicaId, Tried};
 use crate::classify::{Classify, ErrorsAsFailures};
@@ -197,7 +198,20 @@ where
             // A replica whose breaker refuses is passed over.
             for _ in 0..BREAKER_PASSES {
                 let avoid = tried.as_deref().unwrap_or(&untried);
-                let i = shared.choose(snapshot, now_ns, now_ms, rng, avoid)?;
+                let mut pick = Pick {
+                    snapshot,
+                    now_ns,
+                    now_ms,
+                    tried: avoid,
+                    stale: false,
+                };
+                let chosen = pick.choose(rng);
+                if pick.stale {
+                    shared
+                        .dirty
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
+                let i = chosen?;
                 let member = &snapshot.members[i];
                 let permit = match member.state.breaker() {
                     Some(circuit) => match circuit.try_acquire() {

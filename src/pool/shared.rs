@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::config::{OutlierDetection, WhenNoneHealthy};
+use super::config::WhenNoneHealthy;
+use super::outlier::OutlierDetection;
 use super::replica::ReplicaState;
 use super::table::Table;
 use crate::rng::Rng;
