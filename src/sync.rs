@@ -10,6 +10,26 @@ pub(crate) use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64};
 
 pub(crate) use std::sync::atomic::Ordering;
 
+/// Locks `mutex`, recovering it if a thread panicked while holding it: the
+/// one rule for poisoned locks. The crate's locks guard values replaced
+/// whole (an `Arc` swapped in, a buffer handed on), so what a panicking
+/// holder left is the previous value, still consistent; refusing to go on
+/// would stop health checks, snapshots and updates for good.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Like [`lock`], without waiting: `None` while another thread holds it.
+pub(crate) fn try_lock<T>(mutex: &std::sync::Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
+    match mutex.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// A small enum kept in an atomic byte. Implement it for the enum (its
 /// values in byte order), and [`AtomicState`] stores and loads it: no state
 /// of the crate is an integer with constants beside it.

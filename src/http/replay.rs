@@ -147,7 +147,7 @@ impl<B> Drop for ReplayBody<B> {
     fn drop(&mut self) {
         if let Some(state) = self.state.take() {
             // Hand the state to the next attempt.
-            let mut slot = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = crate::sync::lock(&self.shared.state);
             *slot = Some(state);
             self.shared.held.store(false, Ordering::Release);
         }
@@ -180,7 +180,7 @@ where
         if this.state.is_none() {
             // Take the state once, not per frame: the lock is never held
             // across polls and is taken twice per attempt at most.
-            let mut slot = this.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = crate::sync::lock(&this.shared.state);
             this.state = slot.take();
             if this.state.is_some() {
                 this.shared.held.store(true, Ordering::Release);

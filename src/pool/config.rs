@@ -300,11 +300,7 @@ impl<C> Builder<C> {
             return Err(error);
         }
         shared.rebuild(shared.now_ms());
-        let cached = shared
-            .current
-            .lock()
-            .map_err(|_| ConfigError::new("replicas", "state poisoned"))?
-            .clone();
+        let cached = crate::sync::lock(&shared.current).clone();
         Ok(Pool::from_parts(
             shared,
             cached,

@@ -20,7 +20,7 @@ use super::standing::Why;
 use crate::error::BoxError;
 use crate::health::HealthChecks;
 use crate::rng::Rng;
-use crate::sync::Ordering;
+use crate::sync::{Ordering, lock};
 
 /// A replica's check history.
 #[derive(Debug)]
@@ -49,9 +49,7 @@ where
             let mut tracks: HashMap<Arc<str>, Track> = HashMap::new();
             loop {
                 let Some(shared) = weak.upgrade() else { return };
-                let Ok(snapshot) = shared.current.lock().map(|s| s.clone()) else {
-                    return;
-                };
+                let snapshot = lock(&shared.current).clone();
                 let now = Instant::now();
                 let due: Vec<_> = snapshot
                     .members
@@ -208,9 +206,7 @@ where
 
 fn update_members<K, S>(shared: &Shared<K, S>, change: impl FnOnce(&mut Vec<Arc<Member<K, S>>>)) {
     {
-        let Ok(mut current) = shared.current.lock() else {
-            return;
-        };
+        let mut current = lock(&shared.current);
         let mut members: Vec<Arc<Member<K, S>>> = current.members.clone();
         change(&mut members);
         let version = shared.version.load(Ordering::Acquire) + 1;

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use super::replica::Admin;
 use super::shared::{Member, Shared};
 use super::standing::{Health, Why};
-use crate::sync::Ordering;
+use crate::sync::{Ordering, lock};
 
 /// Watches and steers a [`Pool`](super::Pool)'s replicas; cheap to clone.
 #[derive(Debug)]
@@ -52,9 +52,7 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
         let shared = &self.shared;
         let now_ms = shared.now_ms();
         let at = |ms: u64| super::clock::instant(shared.base, ms);
-        let Ok(current) = shared.current.lock().map(|c| c.clone()) else {
-            return Vec::new();
-        };
+        let current = lock(&shared.current).clone();
         current
             .members
             .iter()
@@ -127,7 +125,7 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
     }
 
     fn find(&self, id: &K) -> Option<Arc<Member<K, S>>> {
-        let current = self.shared.current.lock().ok()?.clone();
+        let current = lock(&self.shared.current).clone();
         current.members.iter().find(|m| m.id == *id).cloned()
     }
 }

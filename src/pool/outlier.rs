@@ -16,7 +16,7 @@ use super::shared::{Member, Shared, Snapshot};
 use super::standing::{Standing, Why};
 use crate::backoff::Backoff;
 use crate::error::ConfigError;
-use crate::sync::Ordering;
+use crate::sync::{Ordering, lock};
 
 /// Passive outlier detection: which live outcomes eject a replica, and for
 /// how long.
@@ -382,18 +382,15 @@ impl<K, S> Shared<K, S> {
             };
             // The failure path may take the lock: the current members decide
             // how many may be ejected at once.
-            let snapshot = self.current.lock().map(|s| s.clone());
-            if let Ok(snapshot) = snapshot {
-                if self.eject(&snapshot, state, now_ms, why) {
-                    state.consecutive.store(0, Ordering::Release);
-                    state.shunned.store(false, Ordering::Release);
-                }
-                self.sweep(&snapshot, now_ms);
+            let snapshot = lock(&self.current).clone();
+            if self.eject(&snapshot, state, now_ms, why) {
+                state.consecutive.store(0, Ordering::Release);
+                state.shunned.store(false, Ordering::Release);
             }
+            self.sweep(&snapshot, now_ms);
         } else if now_ms >= self.next_sweep_ms.load(Ordering::Acquire) {
-            if let Ok(snapshot) = self.current.lock().map(|s| s.clone()) {
-                self.sweep(&snapshot, now_ms);
-            }
+            let snapshot = lock(&self.current).clone();
+            self.sweep(&snapshot, now_ms);
         }
     }
 }

@@ -9,7 +9,7 @@ use super::replica::Admin;
 use super::shared::{Member, Shared, Snapshot};
 use super::standing::Standing;
 use super::table::{Row, Table};
-use crate::sync::Ordering;
+use crate::sync::{Ordering, lock, try_lock};
 
 /// How long a routing table is trusted without events.
 const TABLE_TTL_MS: u64 = 100;
@@ -40,15 +40,13 @@ impl<K, S> Shared<K, S> {
             self.rebuild(now_ms);
         }
         if self.version.load(Ordering::Acquire) != cached.version {
-            if let Ok(current) = self.current.lock() {
-                *cached = current.clone();
-            }
+            *cached = lock(&self.current).clone();
         }
     }
 
     /// Rebuilds the routing table from the replicas' standings now.
     pub(super) fn rebuild(&self, now_ms: u64) {
-        let Ok(mut current) = self.current.try_lock() else {
+        let Some(mut current) = try_lock(&self.current) else {
             return;
         };
         self.dirty
@@ -101,5 +99,30 @@ impl<K, S> Shared<K, S> {
         let version = self.version.load(Ordering::Acquire) + 1;
         *current = Arc::new(Snapshot::new(members, table, version));
         self.version.store(version, Ordering::Release);
+    }
+}
+
+#[cfg(all(test, not(steadfast_loom)))]
+mod tests {
+    use crate::pool::{Pool, Replica};
+
+    #[test]
+    fn a_lock_poisoned_by_a_panic_is_recovered() {
+        let service = tower::service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
+        let pool = Pool::builder()
+            .build([("a", Replica::new(service)), ("b", Replica::new(service))])
+            .unwrap();
+        let shared = pool.shared.clone();
+        let poisoned = std::thread::spawn(move || {
+            let _held = shared.current.lock().unwrap();
+            panic!("a thread panics while holding the pool's lock");
+        })
+        .join();
+        assert!(poisoned.is_err() && pool.shared.current.is_poisoned());
+        let handle = pool.handle();
+        assert_eq!(handle.snapshot().len(), 2, "snapshots go on");
+        assert!(handle.disable(&"a"), "operator controls go on");
+        pool.shared.rebuild(pool.shared.now_ms());
+        assert_eq!(handle.snapshot().len(), 2);
     }
 }
