@@ -347,3 +347,139 @@ async fn chaos_latencies_up_to_duration_max_do_not_overflow() {
         assert!(out.is_err(), "{latency:?}");
     }
 }
+
+/// A service that always fails, counting its calls.
+fn failing(
+    calls: &Arc<std::sync::atomic::AtomicU32>,
+) -> impl Service<u32, Response = (), Error = BoxError, Future: Send> + Clone + use<> {
+    let calls = calls.clone();
+    tower::service_fn(move |_: u32| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), BoxError>("down".into()) }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_settings_at_both_ends() {
+    use steadfast::budget::RetryBudget;
+    use steadfast::retry::RetryLayer;
+
+    let roomy = || {
+        Arc::new(
+            RetryBudget::builder()
+                .ratio(1000.0)
+                .min_per_sec(u32::MAX)
+                .build()
+                .unwrap(),
+        )
+    };
+    // A backoff of `Duration::MAX` waits "forever" before the retry.
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut svc = RetryLayer::builder()
+        .backoff(Backoff::constant(Duration::MAX))
+        .budget(roomy())
+        .build()
+        .unwrap()
+        .layer(failing(&calls));
+    let call = svc.ready().await.unwrap().call(0);
+    assert!(
+        tokio::time::timeout(YEAR, call).await.is_err(),
+        "waiting out the backoff"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The smallest and the largest deadline, and pushback caps at both ends.
+    for (deadline, max_pushback, attempts) in [
+        (Duration::from_nanos(1), Duration::ZERO, 1),
+        (Duration::MAX, Duration::MAX, 3),
+    ] {
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut svc = RetryLayer::builder()
+            .backoff(Backoff::constant(MS))
+            .deadline(deadline)
+            .max_pushback(max_pushback)
+            .budget(roomy())
+            .build()
+            .unwrap()
+            .layer(failing(&calls));
+        // Time moves on between the call and its first poll, so the 1 ns
+        // deadline has passed when the retry is decided.
+        let call = svc.ready().await.unwrap().call(0);
+        tokio::time::advance(MS).await;
+        assert!(call.await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), attempts, "{deadline:?}");
+    }
+    // The extremes of the attempt cap.
+    for max in [1, steadfast::retry::MAX_ATTEMPTS] {
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut svc = RetryLayer::builder()
+            .max_attempts(max)
+            .backoff(Backoff::constant(MS))
+            .budget(roomy())
+            .build()
+            .unwrap()
+            .layer(failing(&calls));
+        assert!(svc.ready().await.unwrap().call(0).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), max);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedge_delays_at_both_ends() {
+    use steadfast::hedge::{HedgeDelay, HedgeLayer};
+
+    for delay in [
+        HedgeDelay::Fixed(Duration::from_nanos(1)),
+        HedgeDelay::Fixed(Duration::MAX),
+        HedgeDelay::adaptive()
+            .floor(Duration::from_nanos(1))
+            .ceiling(Duration::MAX)
+            .window(Duration::MAX)
+            .initial(Duration::MAX)
+            .min_samples(u64::MAX)
+            .build(),
+        HedgeDelay::adaptive()
+            .window(Duration::from_millis(10))
+            .min_samples(0)
+            .build(),
+    ] {
+        let mut svc = HedgeLayer::builder()
+            .delay(delay)
+            .build()
+            .unwrap()
+            .layer(tower::service_fn(|x: u32| async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, BoxError>(x)
+            }));
+        for i in 0..3 {
+            let out = svc.ready().await.unwrap().call(i).await.unwrap();
+            assert_eq!(out, i, "{delay:?}");
+        }
+    }
+}
+
+#[test]
+fn budgets_at_both_ends() {
+    use steadfast::budget::RetryBudget;
+
+    for (ttl, min_per_sec, ratio) in [
+        (Duration::from_secs(1), 0, 0.001),
+        (Duration::from_secs(3600), u32::MAX, 1000.0),
+        (Duration::from_secs(1), 1, 0.0),
+    ] {
+        let budget = RetryBudget::builder()
+            .ttl(ttl)
+            .min_per_sec(min_per_sec)
+            .ratio(ratio)
+            .build()
+            .unwrap();
+        for _ in 0..1000 {
+            budget.deposit();
+        }
+        let mut withdrawn = 0u64;
+        while withdrawn < 10_000 && budget.withdraw() {
+            withdrawn += 1;
+        }
+        assert!(withdrawn <= 10_000);
+        let _ = budget.available();
+    }
+}
