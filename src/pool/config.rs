@@ -290,7 +290,7 @@ impl<C> Builder<C> {
                     .map_or_else(Rng::from_entropy, |s| Rng::new(s ^ EJECTION_SEED_SALT)),
                 current: Mutex::new(Arc::new(Snapshot::new(members, Table::default(), 0))),
                 version: AtomicU64::new(0),
-                dirty: std::sync::atomic::AtomicBool::new(true),
+                dirty: crate::sync::AtomicBool::new(true),
                 rebuild_at_ms: AtomicU64::new(0),
                 next_sweep_ms: AtomicU64::new(0),
                 events,

@@ -124,7 +124,7 @@ where
         // The clock is read in `call`, which routes; here only a table that
         // is empty, or known to be stale, needs a fresh look.
         if !self.cached.table.tiers.is_empty()
-            && !shared.dirty.load(std::sync::atomic::Ordering::Acquire)
+            && !shared.dirty.load(crate::sync::Ordering::Acquire)
         {
             self.waiting = None;
             return Poll::Ready(Ok(()));
@@ -209,7 +209,7 @@ where
                 if pick.stale {
                     shared
                         .dirty
-                        .store(true, std::sync::atomic::Ordering::Release);
+                        .store(true, crate::sync::Ordering::Release);
                 }
                 let i = chosen?;
                 let member = &snapshot.members[i];

@@ -80,7 +80,7 @@ pub(super) struct Shared<K, S> {
     pub(super) version: AtomicU64,
     /// Set when the table must be rebuilt (an ejection, a pushback, a
     /// check result, an operator's change), and when it next must be.
-    pub(super) dirty: std::sync::atomic::AtomicBool,
+    pub(super) dirty: crate::sync::AtomicBool,
     pub(super) rebuild_at_ms: AtomicU64,
     pub(super) next_sweep_ms: AtomicU64,
     pub(super) events: watch::Sender<u64>,

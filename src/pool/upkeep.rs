@@ -26,7 +26,7 @@ impl<K, S> Shared<K, S> {
     /// Something about health changed: rebuild the table and tell
     /// subscribers.
     pub(super) fn changed(&self) {
-        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        self.dirty.store(true, crate::sync::Ordering::Release);
         self.events.send_modify(|n| *n += 1);
     }
 
@@ -34,7 +34,7 @@ impl<K, S> Shared<K, S> {
     /// is stale (one thread rebuilds; the others keep the old one).
     #[inline]
     pub(super) fn refresh(&self, cached: &mut Arc<Snapshot<K, S>>, now_ms: u64) {
-        let stale = self.dirty.load(std::sync::atomic::Ordering::Acquire)
+        let stale = self.dirty.load(crate::sync::Ordering::Acquire)
             || now_ms >= self.rebuild_at_ms.load(Ordering::Acquire);
         if stale {
             self.rebuild(now_ms);
@@ -50,7 +50,7 @@ impl<K, S> Shared<K, S> {
             return;
         };
         self.dirty
-            .store(false, std::sync::atomic::Ordering::Release);
+            .store(false, crate::sync::Ordering::Release);
         let old = current.clone();
         // Removed replicas whose calls have all finished leave the pool.
         let members: Vec<Arc<Member<K, S>>> = old
