@@ -123,8 +123,7 @@ where
         self.rejected = None;
         // The clock is read in `call`, which routes; here only a table that
         // is empty, or known to be stale, needs a fresh look.
-        if !self.cached.table.tiers.is_empty()
-            && !shared.dirty.load(crate::sync::Ordering::Acquire)
+        if !self.cached.table.tiers.is_empty() && !shared.dirty.load(crate::sync::Ordering::Acquire)
         {
             self.waiting = None;
             return Poll::Ready(Ok(()));
@@ -207,9 +206,7 @@ where
                 };
                 let chosen = pick.choose(rng);
                 if pick.stale {
-                    shared
-                        .dirty
-                        .store(true, crate::sync::Ordering::Release);
+                    shared.dirty.store(true, crate::sync::Ordering::Release);
                 }
                 let i = chosen?;
                 let member = &snapshot.members[i];

@@ -49,8 +49,7 @@ impl<K, S> Shared<K, S> {
         let Some(mut current) = try_lock(&self.current) else {
             return;
         };
-        self.dirty
-            .store(false, crate::sync::Ordering::Release);
+        self.dirty.store(false, crate::sync::Ordering::Release);
         let old = current.clone();
         // Removed replicas whose calls have all finished leave the pool.
         let members: Vec<Arc<Member<K, S>>> = old
