@@ -272,10 +272,9 @@ impl Settings {
         let delay = match kind {
             LatencyKind::Fixed => a,
             // Saturating: a span up to `Duration::MAX` must not overflow.
-            LatencyKind::Uniform => a.saturating_add(
-                Duration::try_from_secs_f64((b - a).as_secs_f64() * self.rng.next_f64())
-                    .unwrap_or(Duration::MAX),
-            ),
+            LatencyKind::Uniform => {
+                a.saturating_add(crate::stats::scaled(b - a, self.rng.next_f64()))
+            }
             LatencyKind::HeavyTail if self.rng.next_f64() < Self::rate(&self.latency_p) => b,
             LatencyKind::HeavyTail => a,
             LatencyKind::None => Duration::ZERO,

@@ -248,13 +248,8 @@ impl Circuit {
             consecutive_trips: shared.trips.load(Ordering::Acquire),
             open_until: (word.phase == Phase::Open
                 && matches!(word.mode, Mode::Auto | Mode::MetricsOnly))
-            .then(|| {
-                shared
-                    .base
-                    .checked_add(Duration::from_millis(word.open_until_ms()))
-                    // Open for good: shown 30 years out, as tokio does.
-                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(30 * 365 * 24 * 3600))
-            }),
+            // Open for good: shown 30 years out, as tokio does.
+            .then(|| crate::stats::later(shared.base, Duration::from_millis(word.open_until_ms()))),
         }
     }
 

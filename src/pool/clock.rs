@@ -15,10 +15,6 @@ use tokio::time::Instant;
 /// reaches.
 pub(super) const FOREVER: u64 = u64::MAX;
 
-/// How far in the future an `Instant` is taken to be "forever" when one
-/// must be shown (tokio arms its own "forever" timers about 30 years out).
-const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
-
 /// A duration in the clock's milliseconds, saturating.
 pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(FOREVER)
@@ -32,15 +28,7 @@ pub(super) fn after(now: u64, d: Duration) -> u64 {
 /// The `Instant` of moment `ms` on the clock that starts at `base`; a
 /// moment too far to be an `Instant` (a "forever") is shown 30 years out.
 pub(super) fn instant(base: Instant, ms: u64) -> Instant {
-    let since = Duration::from_millis(ms.saturating_sub(1));
-    base.checked_add(since)
-        .unwrap_or_else(|| Instant::now() + FAR_FUTURE)
-}
-
-/// `now + d` for a timer: a deadline past what an `Instant` can hold is
-/// 30 years out (tokio's own "forever").
-pub(super) fn deadline(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d).unwrap_or_else(|| now + FAR_FUTURE)
+    crate::stats::later(base, Duration::from_millis(ms.saturating_sub(1)))
 }
 
 #[cfg(all(test, not(steadfast_loom)))]
@@ -55,6 +43,6 @@ mod tests {
         let base = Instant::now();
         assert!(instant(base, FOREVER) > base + Duration::from_secs(365 * 24 * 3600));
         assert_eq!(instant(base, 1), base);
-        assert!(deadline(base, Duration::MAX) > base);
+        assert!(crate::stats::later(base, Duration::MAX) > base);
     }
 }

@@ -11,7 +11,6 @@ use futures::future::join_all;
 use tokio::time::Instant;
 use tower::discover::{Change, Discover};
 
-use super::clock;
 use super::config::member;
 use super::replica::{Admin, Replica};
 use super::service::Pool;
@@ -106,7 +105,7 @@ where
                         shared.changed();
                     }
                     let down = !state.check_healthy.load(Ordering::Acquire);
-                    track.next_at = clock::deadline(now, jittered(&config, down, &rng));
+                    track.next_at = crate::stats::later(now, jittered(&config, down, &rng));
                 }
                 // Forget replicas that left the pool.
                 tracks.retain(|label, _| snapshot.members.iter().any(|m| m.state.label == *label));
@@ -114,7 +113,7 @@ where
                     .values()
                     .map(|t| t.next_at)
                     .min()
-                    .unwrap_or_else(|| clock::deadline(now, config.interval));
+                    .unwrap_or_else(|| crate::stats::later(now, config.interval));
                 drop(snapshot);
                 drop(shared);
                 // Wake at least once a second to notice the pool is gone.
@@ -132,7 +131,7 @@ fn jittered(config: &HealthChecks, down: bool, rng: &Rng) -> Duration {
     };
     let spread = (rng.next_f64() * 2.0 - 1.0) * config.jitter;
     // Saturating: an interval of `Duration::MAX` stays "never again".
-    Duration::try_from_secs_f64(base.as_secs_f64() * (1.0 + spread)).unwrap_or(Duration::MAX)
+    crate::stats::scaled(base, 1.0 + spread)
 }
 
 impl<K, S, C> Pool<K, S, C>

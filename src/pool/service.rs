@@ -162,7 +162,7 @@ where
                     .retry_after(&self.cached, now_ms)
                     .unwrap_or(WAIT_LOOK_AGAIN)
                     .clamp(std::time::Duration::from_millis(1), bound - waited);
-                sleep.as_mut().reset(super::clock::deadline(now, next));
+                sleep.as_mut().reset(crate::stats::later(now, next));
                 match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         cx.waker().wake_by_ref();

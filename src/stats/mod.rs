@@ -14,7 +14,28 @@ pub(crate) mod histogram;
 pub(crate) mod shard;
 pub(crate) mod window;
 
+use std::time::Duration;
+
 use tokio::time::Instant;
+
+/// How far ahead an `Instant` stands for "forever" where one must exist
+/// (a snapshot's `until`, a timer): tokio arms its own "forever" timers
+/// about 30 years out.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `at + d`, saturating: a moment past what an `Instant` can hold (a
+/// duration up to `Duration::MAX`, which validation accepts) is "forever",
+/// 30 years from now.
+pub(crate) fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .unwrap_or_else(|| Instant::now() + FAR_FUTURE)
+}
+
+/// `d × factor` for a factor of zero or more, saturating at
+/// `Duration::MAX` (where `Duration::mul_f64` panics).
+pub(crate) fn scaled(d: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+}
 
 /// Nanoseconds from `base` to `now` (zero if `now` is earlier), in u64
 /// arithmetic: 584 years fit, and a 128-bit conversion on every call costs
