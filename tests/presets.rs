@@ -117,3 +117,41 @@ fn the_replica_stack_takes_a_budget_and_gives_it_back() {
         .unwrap();
     assert_eq!(own.budget.name(), "other", "a budget of its own by default");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_replica_stack_takes_durations_up_to_duration_max() {
+    // Ejections and failback "forever": the failing replica is ejected
+    // for good (no overflow wraps it back in) and callers never see it.
+    let parts = ReplicaStack::new("forever")
+        .failback_after(Duration::MAX)
+        .outlier(
+            steadfast::pool::OutlierDetection::default()
+                .consecutive_failures(Some(1))
+                .ejection(steadfast::backoff::Backoff::constant(Duration::MAX)),
+        )
+        .build([
+            ("a", Replica::new(client(200))),
+            ("b", Replica::new(client(503))),
+            ("c", Replica::new(client(200))),
+        ])
+        .unwrap();
+    let mut svc = parts.service;
+    for _ in 0..50 {
+        let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+    let b = parts
+        .handle
+        .snapshot()
+        .into_iter()
+        .find(|r| r.id == "b")
+        .unwrap();
+    assert!(
+        matches!(b.health, steadfast::pool::Health::Ejected { .. }),
+        "{:?}",
+        b.health
+    );
+    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.status(), 200);
+}

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::clock;
 use super::replica::{RATE, ReplicaState};
 use super::shared::{Member, Shared, Snapshot};
-use super::standing::{Standing, Why};
+use super::standing::Why;
 use crate::backoff::Backoff;
 use crate::error::ConfigError;
 use crate::sync::{Ordering, lock};
@@ -264,7 +264,7 @@ impl<K, S> Shared<K, S> {
         let live: Vec<&Arc<Member<K, S>>> = snapshot
             .members
             .iter()
-            .filter(|m| matches!(m.state.standing(now_ms, 0), Standing::Eligible))
+            .filter(|m| m.state.routable(now_ms))
             .collect();
         if let Some((factor, min_hosts, min_calls)) = outlier.success_rate_stdev {
             let rates: Vec<(&Arc<Member<K, S>>, f64)> = live
@@ -325,7 +325,7 @@ impl<K, S> Shared<K, S> {
             // Decay: a replica not ejected for a whole interval steps back
             // one ejection.
             let until = s.ejected_until.load(Ordering::Acquire);
-            if until + interval_ms <= now_ms && s.ejections.load(Ordering::Acquire) > 0 {
+            if until.saturating_add(interval_ms) <= now_ms && s.ejections.load(Ordering::Acquire) > 0 {
                 let _ = s
                     .ejections
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
