@@ -325,7 +325,9 @@ impl<K, S> Shared<K, S> {
             // Decay: a replica not ejected for a whole interval steps back
             // one ejection.
             let until = s.ejected_until.load(Ordering::Acquire);
-            if until.saturating_add(interval_ms) <= now_ms && s.ejections.load(Ordering::Acquire) > 0 {
+            if until.saturating_add(interval_ms) <= now_ms
+                && s.ejections.load(Ordering::Acquire) > 0
+            {
                 let _ = s
                     .ejections
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
