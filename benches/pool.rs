@@ -43,17 +43,22 @@
 //!   request in all. `Balance` is not `Clone`: many callers share it
 //!   behind a `Buffer` (a channel hop and a task), not measured here.
 //!
-//! Group `pool/upkeep` (`rebuild/N`, `sweep/N`): the requests that also
-//! keep the fleet's state, the slowest a caller sees. Each iteration times
-//! one request and nothing else: for `rebuild`, a request made right after
-//! an operator's change (a replica disabled, or enabled again, outside the
-//! timed span), which rebuilds the routing table (an O(replicas) pass, as
-//! every ejection, pushback, check result or 100 ms without events also
-//! causes); for `sweep`, a request made once the outlier interval (10 ms
-//! here) is over, which runs the fleet-relative rules (success rate and
-//! latency: a pass over the replicas and a sort of their latencies). The
-//! iterations of `sweep` wait out the interval outside the timed span, so
-//! it runs slowly.
+//! Group `pool/upkeep` (`rebuild-{inline,kept}/N`, `sweep-{inline,kept}/N`):
+//! the requests that come when the fleet's state needs keeping, the
+//! slowest a caller sees. Each iteration times one request and nothing
+//! else: for `rebuild`, a request made right after an operator's change (a
+//! replica disabled, or enabled again, outside the timed span), which makes
+//! the routing table stale (an O(replicas) rebuild, as every ejection,
+//! pushback, check result or 100 ms without events also causes); for
+//! `sweep`, a request made once the outlier interval (10 ms here) is over,
+//! when the fleet-relative rules (success rate and latency: a pass over the
+//! replicas and a sort of their latencies) are due. The iterations of
+//! `sweep` wait out the interval outside the timed span, so it runs slowly.
+//! `inline`: no upkeep future, so that request does the work in its `call`.
+//! `kept`: `Pool::upkeep()` runs on a thread of its own (a current-thread
+//! runtime), so the request only routes; for `rebuild` it comes 2 ms after
+//! the change, time for the keeper to have rebuilt. After the group, the
+//! single slowest request of each is printed.
 //!
 //! Group `pool/clock`: one clock reading, through tokio's `Instant` (with
 //! the `test-util` feature this crate's tests need) and through `std`'s.
@@ -206,68 +211,138 @@ fn clock(c: &mut Criterion) {
 }
 
 /// The slowest requests: those that rebuild the routing table, and those
-/// that run the fleet-wide outlier sweep (see the module docs).
+/// that run the fleet-wide outlier sweep (see the module docs), with the
+/// upkeep in the request (`inline`) and with `Pool::upkeep` running on a
+/// thread of its own (`kept`). After the group, the single slowest request
+/// of each is printed.
 #[allow(clippy::disallowed_types)] // a wall-clock span around one request
 fn upkeep(c: &mut Criterion) {
-    use std::time::Instant;
-
     let mut group = c.benchmark_group("pool/upkeep");
     group
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .sample_size(10);
+    let mut slowest: Vec<(String, Duration)> = Vec::new();
     for n in [100, 10_000] {
-        let pool = Pool::builder()
-            .name(format!("upkeep-{n}"))
-            .seed(7)
-            .build((0..n).map(|i| (i, Replica::new(Echo))))
-            .expect("valid pool");
-        let handle = pool.handle();
-        let mut pool = warmed(pool, n);
-        let last = n - 1;
-        let mut disabled = false;
-        group.bench_function(BenchmarkId::new("rebuild", n), |b| {
-            b.iter_custom(|iters| {
-                let mut spent = Duration::ZERO;
-                for i in 0..iters {
-                    // Outside the span: a change that makes the table stale.
-                    disabled = !disabled;
-                    if disabled {
-                        handle.disable(&last);
-                    } else {
-                        handle.enable(&last);
-                    }
-                    let start = Instant::now();
-                    black_box(drive(&mut pool, i));
-                    spent += start.elapsed();
-                }
-                spent
-            })
-        });
+        for kept in [false, true] {
+            let how = if kept { "kept" } else { "inline" };
+            let pool = Pool::builder()
+                .name(format!("upkeep-{how}-{n}"))
+                .seed(7)
+                .build((0..n).map(|i| (i, Replica::new(Echo))))
+                .expect("valid pool");
+            let handle = pool.handle();
+            let keeper = kept.then(|| Keeper::run(pool.upkeep()));
+            let mut pool = warmed(pool, n);
+            let last = n - 1;
+            let mut disabled = false;
+            let mut worst = Duration::ZERO;
+            group.bench_function(BenchmarkId::new(format!("rebuild-{how}"), n), |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, &mut pool, &mut worst, || {
+                        // A change that makes the table stale.
+                        disabled = !disabled;
+                        if disabled {
+                            handle.disable(&last);
+                        } else {
+                            handle.enable(&last);
+                        }
+                        if kept {
+                            // Time for the keeper to rebuild: the request
+                            // meets the new table, as it would at any rate
+                            // below one change per few milliseconds.
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                    })
+                })
+            });
+            slowest.push((format!("rebuild-{how}/{n}"), worst));
+            drop(keeper);
 
-        let interval = Duration::from_millis(10);
-        let pool = Pool::builder()
-            .name(format!("sweep-{n}"))
-            .seed(7)
-            .outlier(OutlierDetection::default().interval(interval))
-            .build((0..n).map(|i| (i, Replica::new(Echo))))
-            .expect("valid pool");
-        let mut pool = warmed(pool, n);
-        group.bench_function(BenchmarkId::new("sweep", n), |b| {
-            b.iter_custom(|iters| {
-                let mut spent = Duration::ZERO;
-                for i in 0..iters {
-                    // Outside the span: the interval runs out.
-                    std::thread::sleep(interval + Duration::from_millis(1));
-                    let start = Instant::now();
-                    black_box(drive(&mut pool, i));
-                    spent += start.elapsed();
-                }
-                spent
-            })
-        });
+            let interval = Duration::from_millis(10);
+            let pool = Pool::builder()
+                .name(format!("sweep-{how}-{n}"))
+                .seed(7)
+                .outlier(OutlierDetection::default().interval(interval))
+                .build((0..n).map(|i| (i, Replica::new(Echo))))
+                .expect("valid pool");
+            let keeper = kept.then(|| Keeper::run(pool.upkeep()));
+            let mut pool = warmed(pool, n);
+            let mut worst = Duration::ZERO;
+            group.bench_function(BenchmarkId::new(format!("sweep-{how}"), n), |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, &mut pool, &mut worst, || {
+                        // The interval runs out.
+                        std::thread::sleep(interval + Duration::from_millis(1));
+                    })
+                })
+            });
+            slowest.push((format!("sweep-{how}/{n}"), worst));
+            drop(keeper);
+        }
     }
     group.finish();
+    for (name, worst) in slowest {
+        println!("pool/upkeep/{name}: slowest request {worst:?}");
+    }
+}
+
+/// `iters` requests, each after `before` (outside the span): their total
+/// time, and the slowest of them kept in `worst`.
+#[allow(clippy::disallowed_types)] // a wall-clock span around one request
+fn timed<S>(iters: u64, pool: &mut S, worst: &mut Duration, mut before: impl FnMut()) -> Duration
+where
+    S: Service<u64, Response = u64, Error: std::fmt::Debug>,
+{
+    let mut spent = Duration::ZERO;
+    for i in 0..iters {
+        before();
+        let start = std::time::Instant::now();
+        black_box(drive(pool, i));
+        let took = start.elapsed();
+        spent += took;
+        *worst = (*worst).max(took);
+    }
+    spent
+}
+
+/// A pool's upkeep future, run on a thread of its own until dropped.
+struct Keeper {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Keeper {
+    fn run(upkeep: impl Future<Output = ()> + Send + 'static) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = upkeep => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        // Until it has counted itself, requests would do the upkeep.
+        std::thread::sleep(Duration::from_millis(20));
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 criterion_group!(benches, pick, upkeep, clock);

@@ -3,10 +3,14 @@
 //! (a crate-specific cfg: the global `--cfg loom` also changes how tokio builds).
 
 #[cfg(steadfast_loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, AtomicUsize};
+#[cfg(steadfast_loom)]
+pub(crate) use loom::sync::{Mutex, MutexGuard};
 
 #[cfg(not(steadfast_loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, AtomicUsize};
+#[cfg(not(steadfast_loom))]
+pub(crate) use std::sync::{Mutex, MutexGuard};
 
 pub(crate) use std::sync::atomic::Ordering;
 
@@ -15,14 +19,14 @@ pub(crate) use std::sync::atomic::Ordering;
 /// whole (an `Arc` swapped in, a buffer handed on), so what a panicking
 /// holder left is the previous value, still consistent; refusing to go on
 /// would stop health checks, snapshots and updates for good.
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Like [`lock`], without waiting: `None` while another thread holds it.
-pub(crate) fn try_lock<T>(mutex: &std::sync::Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
+pub(crate) fn try_lock<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     match mutex.try_lock() {
         Ok(guard) => Some(guard),
         Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),

@@ -716,3 +716,52 @@ async fn a_call_outlives_the_pool_it_was_made_through() {
     assert_eq!(bad.unwrap_err().to_string(), "replica failed");
     assert_eq!((fleet.hits("ok"), fleet.hits("bad")), (1, 1));
 }
+
+/// The fleet rules run once per interval: in the request that finds the
+/// interval over, or, while `Pool::upkeep` runs, in it and on time even
+/// when no request comes.
+#[tokio::test(start_paused = true)]
+async fn with_the_upkeep_future_the_fleet_rules_run_on_time_without_requests() {
+    for kept in [false, true] {
+        let fleet = Fleet::default();
+        let outlier = OutlierDetection::default()
+            .consecutive_failures(None)
+            .failure_percentage(None)
+            .success_rate_stdev(Some((1.0, 3, 20)))
+            .latency_factor(None)
+            .interval(SEC)
+            .max_ejected(1.0);
+        let mut pool = builder()
+            .failure_penalty(Duration::ZERO)
+            .outlier(outlier)
+            .build(["a", "b", "c", "d"].map(|n| fleet.replica(n)))
+            .unwrap();
+        let handle = pool.handle();
+        let upkeep = kept.then(|| tokio::spawn(pool.upkeep()));
+        // "a" fails one call in four, all within the first interval.
+        let script = fleet.script("a");
+        for _ in 0..300 {
+            let hits = fleet.hits("a");
+            script.fail.store(hits % 4 == 0, Ordering::SeqCst);
+            let _ = call(&mut pool).await;
+            tokio::time::advance(3 * MS).await;
+        }
+        let ejected = |h: Health| matches!(h, Health::Ejected { .. });
+        assert!(!ejected(health_of(&handle, "a")), "judged too early");
+        // The interval ends with no request.
+        tokio::time::sleep(SEC).await;
+        let a = health_of(&handle, "a");
+        if kept {
+            assert!(ejected(a), "{a:?}");
+        } else {
+            assert!(!ejected(a), "nothing ran the rules: {a:?}");
+            // The next request runs them.
+            let _ = call(&mut pool).await;
+            assert!(ejected(health_of(&handle, "a")));
+        }
+        drop((pool, handle));
+        if let Some(upkeep) = upkeep {
+            upkeep.await.unwrap();
+        }
+    }
+}

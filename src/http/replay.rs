@@ -1,8 +1,8 @@
 //! A request body that can be sent again.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -10,6 +10,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::error::BoxError;
+use crate::sync::Mutex;
 
 /// The default cap on what a [`ReplayBody`] buffers: 64 KiB.
 pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;

@@ -2,10 +2,10 @@
 
 use std::fmt;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::outlier::OutlierDetection;
@@ -14,7 +14,7 @@ use super::service::Pool;
 use super::shared::{Member, Settings, Shared, Snapshot};
 use super::table::Table;
 use crate::rng::Rng;
-use crate::sync::AtomicU64;
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex};
 
 use crate::circuit_breaker;
 use crate::classify::ErrorsAsFailures;
@@ -290,10 +290,13 @@ impl<C> Builder<C> {
                     .map_or_else(Rng::from_entropy, |s| Rng::new(s ^ EJECTION_SEED_SALT)),
                 current: Mutex::new(Arc::new(Snapshot::new(members, Table::default(), 0))),
                 version: AtomicU64::new(0),
-                dirty: crate::sync::AtomicBool::new(true),
+                building: Mutex::new(()),
+                dirty: AtomicBool::new(true),
                 rebuild_at_ms: AtomicU64::new(0),
                 next_sweep_ms: AtomicU64::new(0),
                 events,
+                keepers: AtomicUsize::new(0),
+                upkeep_due: Arc::new(Notify::new()),
             }
         });
         if let Some(error) = error {

@@ -389,8 +389,10 @@ impl<K, S> Shared<K, S> {
                 state.consecutive.store(0, Ordering::Release);
                 state.shunned.store(false, Ordering::Release);
             }
-            self.sweep(&snapshot, now_ms);
-        } else if now_ms >= self.next_sweep_ms.load(Ordering::Acquire) {
+            if self.request_sweeps(now_ms) {
+                self.sweep(&snapshot, now_ms);
+            }
+        } else if self.request_sweeps(now_ms) {
             let snapshot = lock(&self.current).clone();
             self.sweep(&snapshot, now_ms);
         }

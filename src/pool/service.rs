@@ -185,8 +185,9 @@ where
         let now_ms = Shared::<K, S>::ms_of(now_ns);
         shared.refresh(&mut self.cached, now_ms);
         let snapshot = &self.cached;
-        // The fleet rules (success rate, latency) run once per interval.
-        if now_ms >= shared.next_sweep_ms.load(crate::sync::Ordering::Acquire) {
+        // The fleet rules (success rate, latency) run once per interval,
+        // here unless an upkeep future runs them.
+        if shared.request_sweeps(now_ms) {
             shared.sweep(snapshot, now_ms);
         }
         let rng = &mut self.rng;
@@ -206,7 +207,7 @@ where
                 };
                 let chosen = pick.choose(rng);
                 if pick.stale {
-                    shared.dirty.store(true, crate::sync::Ordering::Release);
+                    shared.stale();
                 }
                 let i = chosen?;
                 let member = &snapshot.members[i];

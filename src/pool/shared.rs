@@ -3,10 +3,10 @@
 //! `select.rs`, outlier detection in `outlier.rs`, keeping the snapshot
 //! current in `upkeep.rs`.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::config::WhenNoneHealthy;
@@ -14,7 +14,7 @@ use super::outlier::OutlierDetection;
 use super::replica::ReplicaState;
 use super::table::Table;
 use crate::rng::Rng;
-use crate::sync::AtomicU64;
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex};
 
 /// One member: its state, the service calls go to, and its id.
 ///
@@ -75,15 +75,36 @@ pub(super) struct Shared<K, S> {
     pub(super) rng: Rng,
     pub(super) ejection_rng: Rng,
     /// The current snapshot; the request path reads it through a cached
-    /// `Arc` and takes this lock only when `version` moved.
+    /// `Arc` and takes this lock only when `version` moved. It is held only
+    /// to copy the `Arc` out or to put a new one in, never while one is
+    /// built.
     pub(super) current: Mutex<Arc<Snapshot<K, S>>>,
     pub(super) version: AtomicU64,
+    /// Held by whoever builds the next snapshot (a rebuild, a membership
+    /// change), so that no two build from the same old one and the later
+    /// overwrites the earlier.
+    pub(super) building: Mutex<()>,
     /// Set when the table must be rebuilt (an ejection, a pushback, a
     /// check result, an operator's change), and when it next must be.
-    pub(super) dirty: crate::sync::AtomicBool,
+    pub(super) dirty: AtomicBool,
     pub(super) rebuild_at_ms: AtomicU64,
     pub(super) next_sweep_ms: AtomicU64,
     pub(super) events: watch::Sender<u64>,
+    /// How many [`Pool::upkeep`](super::Pool::upkeep) futures run: while
+    /// one does, requests leave the table rebuilds and the fleet sweeps to
+    /// it.
+    pub(super) keepers: AtomicUsize,
+    /// Wakes the upkeep future when the table went stale (shared with it,
+    /// so that it can wait without keeping the pool alive).
+    pub(super) upkeep_due: Arc<Notify>,
+}
+
+impl<K, S> Drop for Shared<K, S> {
+    fn drop(&mut self) {
+        // The upkeep future waits on this: it wakes, finds the pool gone
+        // and ends.
+        self.upkeep_due.notify_one();
+    }
 }
 
 impl<K, S> Shared<K, S> {

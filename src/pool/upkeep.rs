@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::clock;
 use super::replica::Admin;
 use super::shared::{Member, Shared, Snapshot};
 use super::standing::Standing;
@@ -12,7 +13,7 @@ use super::table::{Row, Table};
 use crate::sync::{Ordering, lock, try_lock};
 
 /// How long a routing table is trusted without events.
-const TABLE_TTL_MS: u64 = 100;
+const TABLE_TTL: Duration = Duration::from_millis(100);
 
 impl<K, S> Shared<K, S> {
     /// The soonest a replica comes back, as a hint for callers.
@@ -26,31 +27,68 @@ impl<K, S> Shared<K, S> {
     /// Something about health changed: rebuild the table and tell
     /// subscribers.
     pub(super) fn changed(&self) {
-        self.dirty.store(true, crate::sync::Ordering::Release);
+        self.dirty.store(true, Ordering::Release);
         self.events.send_modify(|n| *n += 1);
+        self.upkeep_due.notify_one();
+    }
+
+    /// A request found the table behind the replicas' states: it is rebuilt
+    /// (by the next request, or by the upkeep future).
+    pub(super) fn stale(&self) {
+        self.dirty.store(true, Ordering::Release);
+        self.upkeep_due.notify_one();
+    }
+
+    /// Whether a [`Pool::upkeep`](super::Pool::upkeep) future runs, and so
+    /// requests leave the upkeep to it.
+    pub(super) fn kept(&self) -> bool {
+        self.keepers.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether the table must be rebuilt at `now_ms`.
+    pub(super) fn table_due(&self, now_ms: u64) -> bool {
+        self.dirty.load(Ordering::Acquire) || now_ms >= self.rebuild_at_ms.load(Ordering::Acquire)
+    }
+
+    /// Whether a request at `now_ms` runs the fleet sweep itself: when it
+    /// is due and no upkeep future does it.
+    pub(super) fn request_sweeps(&self, now_ms: u64) -> bool {
+        now_ms >= self.next_sweep_ms.load(Ordering::Acquire) && !self.kept()
     }
 
     /// The snapshot to route with at `now_ms`, rebuilding the table if it
-    /// is stale (one thread rebuilds; the others keep the old one).
+    /// is stale (one thread rebuilds; the others keep the old one). While
+    /// an upkeep future runs, a request rebuilds only a table with nothing
+    /// in it: it would fail otherwise, and a replica may be back.
     #[inline]
     pub(super) fn refresh(&self, cached: &mut Arc<Snapshot<K, S>>, now_ms: u64) {
-        let stale = self.dirty.load(crate::sync::Ordering::Acquire)
-            || now_ms >= self.rebuild_at_ms.load(Ordering::Acquire);
-        if stale {
+        self.catch_up(cached);
+        if self.table_due(now_ms) && (!self.kept() || cached.table.tiers.is_empty()) {
             self.rebuild(now_ms);
+            self.catch_up(cached);
         }
+    }
+
+    /// Replaces `cached` with the current snapshot if it is older.
+    #[inline]
+    fn catch_up(&self, cached: &mut Arc<Snapshot<K, S>>) {
         if self.version.load(Ordering::Acquire) != cached.version {
             *cached = lock(&self.current).clone();
         }
     }
 
-    /// Rebuilds the routing table from the replicas' standings now.
+    /// Rebuilds the routing table from the replicas' standings now, unless
+    /// another thread is building a snapshot (its snapshot will do).
     pub(super) fn rebuild(&self, now_ms: u64) {
-        let Some(mut current) = try_lock(&self.current) else {
+        let Some(_building) = try_lock(&self.building) else {
             return;
         };
-        self.dirty.store(false, crate::sync::Ordering::Release);
-        let old = current.clone();
+        // Taken with a read-modify-write before the standings are read: a
+        // change marked after this is either seen below or leaves the flag
+        // set for the next rebuild (a plain store could be ordered before
+        // a change's flag and lose it).
+        self.dirty.swap(false, Ordering::AcqRel);
+        let old = lock(&self.current).clone();
         // Removed replicas whose calls have all finished leave the pool.
         let members: Vec<Arc<Member<K, S>>> = old
             .members
@@ -90,20 +128,30 @@ impl<K, S> Shared<K, S> {
                     0.0
                 });
         }
-        let next = table
-            .next_change_ms
-            .map_or(now_ms + TABLE_TTL_MS, |t| t.min(now_ms + TABLE_TTL_MS));
+        let expires = clock::after(now_ms, TABLE_TTL);
+        let next = table.next_change_ms.map_or(expires, |t| t.min(expires));
         self.rebuild_at_ms
-            .store(next.max(now_ms + 1), Ordering::Release);
+            .store(next.max(now_ms.saturating_add(1)), Ordering::Release);
+        self.publish(members, table);
+    }
+
+    /// Makes `members` and `table` the current snapshot, at the next
+    /// version. The caller holds `building`.
+    pub(super) fn publish(&self, members: Vec<Arc<Member<K, S>>>, table: Table) {
         let version = self.version.load(Ordering::Acquire) + 1;
-        *current = Arc::new(Snapshot::new(members, table, version));
+        let next = Arc::new(Snapshot::new(members, table, version));
+        let replaced = std::mem::replace(&mut *lock(&self.current), next);
         self.version.store(version, Ordering::Release);
+        // Dropped outside the lock: the last copy of a snapshot lets go of
+        // every member.
+        drop(replaced);
     }
 }
 
 #[cfg(all(test, not(steadfast_loom)))]
 mod tests {
     use crate::pool::{Pool, Replica};
+    use crate::sync::{Ordering, lock};
 
     #[test]
     fn a_lock_poisoned_by_a_panic_is_recovered() {
@@ -123,5 +171,74 @@ mod tests {
         assert!(handle.disable(&"a"), "operator controls go on");
         pool.shared.rebuild(pool.shared.now_ms());
         assert_eq!(handle.snapshot().len(), 2);
+    }
+
+    type Echo = tower::util::ServiceFn<fn(u32) -> std::future::Ready<Result<u32, std::io::Error>>>;
+
+    fn echo_pool() -> Pool<&'static str, Echo> {
+        let echo: Echo = tower::service_fn(|x| std::future::ready(Ok(x)));
+        Pool::builder()
+            .build([("a", Replica::new(echo)), ("b", Replica::new(echo))])
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_the_upkeep_future_requests_leave_rebuilds_to_it() {
+        use tower::{Service, ServiceExt};
+
+        let mut pool = echo_pool();
+        let shared = pool.shared.clone();
+        let upkeep = tokio::spawn(pool.upkeep());
+        tokio::task::yield_now().await;
+        assert!(shared.kept(), "the upkeep future counts itself");
+
+        let before = shared.version.load(Ordering::Acquire);
+        assert!(pool.handle().disable(&"a"));
+        // No other task runs between these calls (one thread, no await
+        // that yields): the requests route with the table they have...
+        for _ in 0..10 {
+            let ready = futures::FutureExt::now_or_never(pool.ready())
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                futures::FutureExt::now_or_never(ready.call(1))
+                    .unwrap()
+                    .unwrap(),
+                1
+            );
+        }
+        assert_eq!(
+            shared.version.load(Ordering::Acquire),
+            before,
+            "a request rebuilt"
+        );
+        assert!(shared.dirty.load(Ordering::Acquire));
+        // ...and the upkeep future, woken, rebuilds.
+        tokio::task::yield_now().await;
+        assert_eq!(shared.version.load(Ordering::Acquire), before + 1);
+        assert!(!shared.dirty.load(Ordering::Acquire));
+
+        // A table with nothing in it is rebuilt by the request that finds
+        // it so, rather than failing while a replica is back.
+        assert!(pool.handle().disable(&"b"));
+        tokio::task::yield_now().await;
+        assert!(lock(&shared.current).table.tiers.is_empty());
+        assert!(pool.handle().enable(&"a"));
+        let ready = futures::FutureExt::now_or_never(pool.ready())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            futures::FutureExt::now_or_never(ready.call(2))
+                .unwrap()
+                .unwrap(),
+            2
+        );
+
+        // With the pool gone, the upkeep future ends (and stops counting).
+        drop((pool, shared));
+        tokio::time::timeout(std::time::Duration::from_secs(1), upkeep)
+            .await
+            .expect("the upkeep future ends with its pool")
+            .unwrap();
     }
 }
