@@ -58,7 +58,7 @@
 //! `kept`: `Pool::upkeep()` runs on a thread of its own (a current-thread
 //! runtime), so the request only routes; for `rebuild` it comes 2 ms after
 //! the change, time for the keeper to have rebuilt. After the group, the
-//! single slowest request of each is printed.
+//! median, p99 and single slowest request of each are printed.
 //!
 //! Group `pool/clock`: one clock reading, through tokio's `Instant` (with
 //! the `test-util` feature this crate's tests need) and through `std`'s.
@@ -213,8 +213,8 @@ fn clock(c: &mut Criterion) {
 /// The slowest requests: those that rebuild the routing table, and those
 /// that run the fleet-wide outlier sweep (see the module docs), with the
 /// upkeep in the request (`inline`) and with `Pool::upkeep` running on a
-/// thread of its own (`kept`). After the group, the single slowest request
-/// of each is printed.
+/// thread of its own (`kept`). After the group, the median, p99 and slowest request
+/// of each are printed.
 #[allow(clippy::disallowed_types)] // a wall-clock span around one request
 fn upkeep(c: &mut Criterion) {
     let mut group = c.benchmark_group("pool/upkeep");
@@ -222,7 +222,7 @@ fn upkeep(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .sample_size(10);
-    let mut slowest: Vec<(String, Duration)> = Vec::new();
+    let mut slowest: Vec<(String, Vec<Duration>)> = Vec::new();
     for n in [100, 10_000] {
         for kept in [false, true] {
             let how = if kept { "kept" } else { "inline" };
@@ -236,7 +236,7 @@ fn upkeep(c: &mut Criterion) {
             let mut pool = warmed(pool, n);
             let last = n - 1;
             let mut disabled = false;
-            let mut worst = Duration::ZERO;
+            let mut worst = Vec::new();
             group.bench_function(BenchmarkId::new(format!("rebuild-{how}"), n), |b| {
                 b.iter_custom(|iters| {
                     timed(iters, &mut pool, &mut worst, || {
@@ -268,7 +268,7 @@ fn upkeep(c: &mut Criterion) {
                 .expect("valid pool");
             let keeper = kept.then(|| Keeper::run(pool.upkeep()));
             let mut pool = warmed(pool, n);
-            let mut worst = Duration::ZERO;
+            let mut worst = Vec::new();
             group.bench_function(BenchmarkId::new(format!("sweep-{how}"), n), |b| {
                 b.iter_custom(|iters| {
                     timed(iters, &mut pool, &mut worst, || {
@@ -282,15 +282,31 @@ fn upkeep(c: &mut Criterion) {
         }
     }
     group.finish();
-    for (name, worst) in slowest {
-        println!("pool/upkeep/{name}: slowest request {worst:?}");
+    for (name, mut took) in slowest {
+        if took.is_empty() {
+            continue; // listed, not run
+        }
+        took.sort_unstable();
+        let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
+        println!(
+            "pool/upkeep/{name}: {} requests, median {:?}, p99 {:?}, slowest {:?}",
+            took.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
     }
 }
 
 /// `iters` requests, each after `before` (outside the span): their total
-/// time, and the slowest of them kept in `worst`.
+/// time, and each one's kept in `took`.
 #[allow(clippy::disallowed_types)] // a wall-clock span around one request
-fn timed<S>(iters: u64, pool: &mut S, worst: &mut Duration, mut before: impl FnMut()) -> Duration
+fn timed<S>(
+    iters: u64,
+    pool: &mut S,
+    took: &mut Vec<Duration>,
+    mut before: impl FnMut(),
+) -> Duration
 where
     S: Service<u64, Response = u64, Error: std::fmt::Debug>,
 {
@@ -299,9 +315,9 @@ where
         before();
         let start = std::time::Instant::now();
         black_box(drive(pool, i));
-        let took = start.elapsed();
-        spent += took;
-        *worst = (*worst).max(took);
+        let elapsed = start.elapsed();
+        spent += elapsed;
+        took.push(elapsed);
     }
     spent
 }

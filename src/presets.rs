@@ -266,7 +266,7 @@ pub struct ReplicaStack {
 }
 
 /// What [`ReplicaStack::build`] gives: the service, the pool's handle, and
-/// the health-check future to spawn.
+/// the futures to spawn (health checks, and for large fleets the upkeep).
 pub struct ReplicaStackParts<K, S> {
     /// The stack, to call.
     pub service: ReplicaStackService<K, S>,
@@ -274,6 +274,10 @@ pub struct ReplicaStackParts<K, S> {
     pub handle: PoolHandle<K, Timeout<S>>,
     /// The active health checks: spawn it (a no-op without checks).
     pub health_checks: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The pool's upkeep ([`Pool::upkeep`](crate::pool::Pool::upkeep)):
+    /// spawn it to keep table rebuilds and the fleet rules out of requests,
+    /// worth it from a few hundred replicas.
+    pub upkeep: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// The budget retries and hedges share.
     pub budget: Arc<RetryBudget>,
 }
@@ -406,6 +410,7 @@ impl ReplicaStack {
         let pool = pool.build(replicas)?;
         let handle = pool.handle();
         let health_checks = Box::pin(pool.health_checks());
+        let upkeep = Box::pin(pool.upkeep());
         let hedge = HedgeLayer::builder()
             .name(&*self.name)
             .classify(ServerErrorsAsFailures::new())
@@ -434,6 +439,7 @@ impl ReplicaStack {
             service,
             handle,
             health_checks,
+            upkeep,
             budget,
         })
     }

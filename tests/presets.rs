@@ -85,6 +85,32 @@ async fn the_replica_stack_routes_around_a_failing_replica() {
     checks.abort();
 }
 
+#[tokio::test]
+async fn the_replica_stack_with_its_upkeep_spawned_routes_the_same() {
+    let parts = ReplicaStack::new("search")
+        .build([
+            ("a", Replica::new(client(200))),
+            ("b", Replica::new(client(503))),
+            ("c", Replica::new(client(200))),
+        ])
+        .unwrap();
+    let upkeep = tokio::spawn(parts.upkeep);
+    let mut svc = parts.service;
+    for _ in 0..50 {
+        let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+        assert_eq!(res.status(), 200, "retried on another replica");
+    }
+    let b = parts
+        .handle
+        .snapshot()
+        .into_iter()
+        .find(|r| r.id == "b")
+        .unwrap();
+    assert_ne!(b.health, steadfast::pool::Health::Healthy, "{b:?}");
+    drop((svc, parts.handle));
+    upkeep.await.expect("the upkeep ends with its pool");
+}
+
 #[test]
 fn invalid_replica_stacks_are_rejected() {
     let err =

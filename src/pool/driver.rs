@@ -204,15 +204,18 @@ where
     }
 }
 
-fn update_members<K, S>(shared: &Shared<K, S>, change: impl FnOnce(&mut Vec<Arc<Member<K, S>>>)) {
+pub(super) fn update_members<K, S>(
+    shared: &Shared<K, S>,
+    change: impl FnOnce(&mut Vec<Arc<Member<K, S>>>),
+) {
     {
         let _building = lock(&shared.building);
         let old = lock(&shared.current).clone();
-        let mut members: Vec<Arc<Member<K, S>>> = old.members.clone();
+        let mut members: Vec<Arc<Member<K, S>>> = old.members.to_vec();
         change(&mut members);
         // Members are only added here (removed ones leave in a rebuild), so
         // the old table's indexes still point at the same replicas.
-        shared.publish(members, old.table.clone());
+        shared.publish(members.into(), old.table.clone());
     }
     // The table does not know the new replicas: rebuild it now.
     shared.changed();

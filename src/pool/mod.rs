@@ -89,6 +89,8 @@ mod config;
 mod driver;
 pub mod future;
 mod handle;
+#[cfg(all(test, steadfast_loom))]
+mod loom_tests;
 mod outlier;
 mod replica;
 mod select;

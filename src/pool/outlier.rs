@@ -320,7 +320,7 @@ impl<K, S> Shared<K, S> {
                 }
             }
         }
-        for m in &snapshot.members {
+        for m in snapshot.members.iter() {
             let s = &m.state;
             // Decay: a replica not ejected for a whole interval steps back
             // one ejection.

@@ -223,7 +223,7 @@ mod tests {
         }
         // Every one tried: the retry goes to one it tried before.
         let mut all = Tried::default();
-        for m in &snapshot.members {
+        for m in snapshot.members.iter() {
             all.record(ReplicaId::of(m));
         }
         assert!(pick(&snapshot, &all).choose(&mut rng).is_some());

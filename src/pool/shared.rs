@@ -32,18 +32,24 @@ pub(super) struct Member<K, S> {
     pub(super) pool: Weak<Shared<K, S>>,
 }
 
+/// A pool's members, in one list that snapshots share while membership
+/// does not change: a new snapshot copies one pointer, not one per member,
+/// and the last holder of an old snapshot frees one list, not thousands of
+/// references.
+pub(super) type Members<K, S> = Arc<[Arc<Member<K, S>>]>;
+
 /// The members at one membership version, with the table built for them.
 #[derive(Debug)]
 pub(super) struct Snapshot<K, S> {
-    pub(super) members: Vec<Arc<Member<K, S>>>,
+    pub(super) members: Members<K, S>,
     pub(super) table: Table,
     pub(super) version: u64,
 }
 
 impl<K, S> Snapshot<K, S> {
-    pub(super) fn new(members: Vec<Arc<Member<K, S>>>, table: Table, version: u64) -> Self {
+    pub(super) fn new(members: impl Into<Members<K, S>>, table: Table, version: u64) -> Self {
         Self {
-            members,
+            members: members.into(),
             table,
             version,
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::clock;
 use super::replica::Admin;
-use super::shared::{Member, Shared, Snapshot};
+use super::shared::{Member, Members, Shared, Snapshot};
 use super::standing::Standing;
 use super::table::{Row, Table};
 use crate::sync::{Ordering, lock, try_lock};
@@ -89,16 +89,7 @@ impl<K, S> Shared<K, S> {
         // a change's flag and lose it).
         self.dirty.swap(false, Ordering::AcqRel);
         let old = lock(&self.current).clone();
-        // Removed replicas whose calls have all finished leave the pool.
-        let members: Vec<Arc<Member<K, S>>> = old
-            .members
-            .iter()
-            .filter(|m| {
-                m.state.admin.load(Ordering::Acquire) != Admin::Removed
-                    || m.state.in_flight.load(Ordering::Acquire) > 0
-            })
-            .cloned()
-            .collect();
+        let members = staying(&old.members);
         let standings: Vec<Standing> = members
             .iter()
             .map(|m| m.state.standing(now_ms, self.settings.failback_ms))
@@ -137,7 +128,7 @@ impl<K, S> Shared<K, S> {
 
     /// Makes `members` and `table` the current snapshot, at the next
     /// version. The caller holds `building`.
-    pub(super) fn publish(&self, members: Vec<Arc<Member<K, S>>>, table: Table) {
+    pub(super) fn publish(&self, members: Members<K, S>, table: Table) {
         let version = self.version.load(Ordering::Acquire) + 1;
         let next = Arc::new(Snapshot::new(members, table, version));
         let replaced = std::mem::replace(&mut *lock(&self.current), next);
@@ -146,6 +137,19 @@ impl<K, S> Shared<K, S> {
         // every member.
         drop(replaced);
     }
+}
+
+/// The members that stay: all of them (the same list) unless a removed
+/// replica has finished its calls and leaves.
+fn staying<K, S>(members: &Members<K, S>) -> Members<K, S> {
+    let leaves = |m: &Arc<Member<K, S>>| {
+        m.state.admin.load(Ordering::Acquire) == Admin::Removed
+            && m.state.in_flight.load(Ordering::Acquire) == 0
+    };
+    if !members.iter().any(leaves) {
+        return members.clone();
+    }
+    members.iter().filter(|m| !leaves(m)).cloned().collect()
 }
 
 #[cfg(all(test, not(steadfast_loom)))]
