@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::clock::{AtomicMoment, Moment};
 use super::outlier::OutlierDetection;
 use super::replica::{Replica, ReplicaState};
 use super::service::Pool;
@@ -252,7 +253,7 @@ impl<C> Builder<C> {
             local_zone: self.local_zone.clone(),
             overprovisioning: self.overprovisioning,
             panic_threshold: self.panic_threshold,
-            failback_ms: super::clock::millis(self.failback_after),
+            failback: self.failback_after,
             when_none_healthy: self.when_none_healthy,
             outlier: self.outlier.clone(),
             max_pushback: self.max_pushback,
@@ -292,8 +293,8 @@ impl<C> Builder<C> {
                 version: AtomicU64::new(0),
                 building: Mutex::new(()),
                 dirty: AtomicBool::new(true),
-                rebuild_at_ms: AtomicU64::new(0),
-                next_sweep_ms: AtomicU64::new(0),
+                rebuild_at: AtomicMoment::new(Moment::NEVER),
+                next_sweep: AtomicMoment::new(Moment::NEVER),
                 events,
                 keepers: AtomicUsize::new(0),
                 upkeep_due: Arc::new(Notify::new()),
@@ -302,7 +303,7 @@ impl<C> Builder<C> {
         if let Some(error) = error {
             return Err(error);
         }
-        shared.rebuild(shared.now_ms());
+        shared.rebuild(shared.now());
         let cached = crate::sync::lock(&shared.current).clone();
         Ok(Pool::from_parts(
             shared,

@@ -11,7 +11,7 @@ use futures::future::join_all;
 use tokio::time::Instant;
 use tower::discover::{Change, Discover};
 
-use super::clock;
+use super::clock::Moment;
 use super::config::member;
 use super::replica::{Admin, Replica};
 use super::service::Pool;
@@ -95,7 +95,7 @@ where
                     } else if !healthy && track.passes >= config.healthy_threshold {
                         state
                             .check_recovered_at
-                            .store(shared.ms(now), Ordering::Release);
+                            .store(shared.moment(now), Ordering::Release);
                         state.check_healthy.store(true, Ordering::Release);
                         #[cfg(feature = "tracing")]
                         tracing::info!(
@@ -219,7 +219,7 @@ pub(super) fn update_members<K, S>(
     }
     // The table does not know the new replicas: rebuild it now.
     shared.changed();
-    shared.rebuild(shared.now_ms());
+    shared.rebuild(shared.now());
 }
 
 impl<K, S, C> Pool<K, S, C>
@@ -259,8 +259,8 @@ where
                 let woken = due.notified();
                 let Some(shared) = weak.upgrade() else { return };
                 let now = Instant::now();
-                let next = shared.keep(shared.ms(now));
-                let wake = clock::instant(shared.base, next).max(now + UPKEEP_MIN_WAIT);
+                let next = shared.keep(shared.moment(now));
+                let wake = next.instant(shared.base).max(now + UPKEEP_MIN_WAIT);
                 drop(shared);
                 let sleep = tokio::time::sleep_until(wake);
                 futures::future::select(std::pin::pin!(woken), std::pin::pin!(sleep)).await;
@@ -275,19 +275,19 @@ where
 const UPKEEP_MIN_WAIT: Duration = Duration::from_millis(1);
 
 impl<K, S> Shared<K, S> {
-    /// One round of upkeep at `now_ms`: the table if it is due, the fleet
-    /// rules if their interval is over. Returns when the next round is due.
-    fn keep(&self, now_ms: u64) -> u64 {
-        if self.table_due(now_ms) {
-            self.rebuild(now_ms);
+    /// One round of upkeep `now`: the table if it is due, the fleet rules
+    /// if their interval is over. Returns when the next round is due.
+    fn keep(&self, now: Moment) -> Moment {
+        if self.table_due(now) {
+            self.rebuild(now);
         }
-        if now_ms >= self.next_sweep_ms.load(Ordering::Acquire) {
+        if now >= self.next_sweep.load(Ordering::Acquire) {
             let snapshot = lock(&self.current).clone();
-            self.sweep(&snapshot, now_ms);
+            self.sweep(&snapshot, now);
         }
-        self.rebuild_at_ms
+        self.rebuild_at
             .load(Ordering::Acquire)
-            .min(self.next_sweep_ms.load(Ordering::Acquire))
+            .min(self.next_sweep.load(Ordering::Acquire))
     }
 }
 

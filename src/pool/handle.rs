@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::clock::Moment;
 use super::replica::Admin;
 use super::shared::{Member, Shared};
 use super::standing::{Health, Why};
@@ -50,15 +51,15 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
     /// Every replica's state now.
     pub fn snapshot(&self) -> Vec<ReplicaSnapshot<K>> {
         let shared = &self.shared;
-        let now_ms = shared.now_ms();
-        let at = |ms: u64| super::clock::instant(shared.base, ms);
+        let now = shared.now();
+        let at = |moment: Moment| moment.instant(shared.base);
         let current = lock(&shared.current).clone();
         current
             .members
             .iter()
             .map(|m| {
                 let s = &m.state;
-                let health = s.health(now_ms, shared.settings.failback_ms, at);
+                let health = s.health(now, shared.settings.failback, at);
                 ReplicaSnapshot {
                     id: m.id.clone(),
                     tier: s.tier,
@@ -108,7 +109,7 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
         if admin == Admin::Enabled && before != Admin::Enabled {
             state
                 .admin_enabled_at
-                .store(shared.now_ms(), Ordering::Release);
+                .store(shared.now(), Ordering::Release);
         }
         if admin != Admin::Enabled {
             state.why.store(Why::Operator, Ordering::Release);

@@ -49,7 +49,7 @@ fn routed(snapshot: &Snapshot<&'static str, Echo>) -> Vec<&'static str> {
 /// What the next request would route with, after the race.
 fn settled(shared: &Shared<&'static str, Echo>) -> Arc<Snapshot<&'static str, Echo>> {
     let mut cached = lock(&shared.current).clone();
-    shared.refresh(&mut cached, shared.now_ms());
+    shared.refresh(&mut cached, shared.now());
     cached
 }
 
@@ -65,7 +65,7 @@ fn a_change_racing_a_rebuild_is_not_lost() {
         let operator = thread::spawn(move || assert!(handle.disable(&"a")));
         let rebuilder = {
             let shared = shared.clone();
-            thread::spawn(move || shared.rebuild(shared.now_ms()))
+            thread::spawn(move || shared.rebuild(shared.now()))
         };
         operator.join().unwrap();
         rebuilder.join().unwrap();
@@ -98,7 +98,7 @@ fn a_replica_joining_during_a_rebuild_stays() {
             let shared = shared.clone();
             thread::spawn(move || {
                 let before = lock(&shared.current).version;
-                shared.rebuild(shared.now_ms());
+                shared.rebuild(shared.now());
                 assert!(lock(&shared.current).version >= before);
             })
         };
@@ -136,7 +136,7 @@ fn a_removed_replica_leaves_after_its_last_call() {
         let rebuilder = {
             let shared = shared.clone();
             thread::spawn(move || {
-                shared.rebuild(shared.now_ms());
+                shared.rebuild(shared.now());
                 let current = lock(&shared.current).clone();
                 let listed = current.members.iter().any(|m| m.id == "a");
                 assert!(
@@ -149,7 +149,7 @@ fn a_removed_replica_leaves_after_its_last_call() {
         caller.join().unwrap();
         let a = rebuilder.join().unwrap();
         assert_eq!(a.state.in_flight.load(Ordering::Acquire), 0);
-        shared.rebuild(shared.now_ms());
+        shared.rebuild(shared.now());
         let snapshot = settled(&shared);
         assert!(
             snapshot.members.iter().all(|m| m.id != "a"),

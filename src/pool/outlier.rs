@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::clock;
+use super::clock::Moment;
 use super::replica::{RATE, ReplicaState};
 use super::shared::{Member, Shared, Snapshot};
 use super::standing::Why;
@@ -178,17 +178,17 @@ impl<K, S> Shared<K, S> {
         &self,
         snapshot: &Snapshot<K, S>,
         state: &ReplicaState,
-        now_ms: u64,
+        now: Moment,
         why: Why,
     ) -> bool {
-        if state.ejected_until.load(Ordering::Acquire) > now_ms {
+        if state.ejected_until.load(Ordering::Acquire) > now {
             return false;
         }
         let n = snapshot.members.len();
         let ejected = snapshot
             .members
             .iter()
-            .filter(|m| m.state.ejected_until.load(Ordering::Acquire) > now_ms)
+            .filter(|m| m.state.ejected_until.load(Ordering::Acquire) > now)
             .count();
         let allowed = ((n as f64 * self.settings.outlier.max_ejected).floor() as usize).max(1);
         if ejected + 1 > allowed {
@@ -201,8 +201,9 @@ impl<K, S> Shared<K, S> {
             backoff.base(),
             &self.ejection_rng,
         );
-        let until = clock::after(now_ms, period);
-        state.ejected_until.store(until, Ordering::Release);
+        state
+            .ejected_until
+            .store(now.after(period), Ordering::Release);
         state.why.store(why, Ordering::Release);
         // It comes back with a clean load estimate: the failures that got it
         // ejected must not keep it out after the ejection (nothing updates
@@ -222,12 +223,12 @@ impl<K, S> Shared<K, S> {
     }
 
     /// Avoids a replica that asked for it (`503` + `Retry-After`).
-    pub(super) fn avoid(&self, state: &ReplicaState, now_ms: u64, pushback: Duration) {
+    pub(super) fn avoid(&self, state: &ReplicaState, now: Moment, pushback: Duration) {
         let pushback = pushback.min(self.settings.max_pushback);
         if pushback.is_zero() {
             return;
         }
-        let until = clock::after(now_ms, pushback);
+        let until = now.after(pushback);
         if state.avoid_until.fetch_max(until, Ordering::AcqRel) < until {
             state.why.store(Why::Pushback, Ordering::Release);
             state.latency.reset(self.ns(Instant::now()), 0.0);
@@ -244,16 +245,15 @@ impl<K, S> Shared<K, S> {
 
     /// The fleet-relative rules (success rate, latency), and ejection
     /// decay, once per interval.
-    pub(super) fn sweep(&self, snapshot: &Snapshot<K, S>, now_ms: u64) {
+    pub(super) fn sweep(&self, snapshot: &Snapshot<K, S>, now: Moment) {
         let outlier = &self.settings.outlier;
-        let next = self.next_sweep_ms.load(Ordering::Acquire);
-        let interval_ms = clock::millis(outlier.interval);
-        if now_ms < next
+        let next = self.next_sweep.load(Ordering::Acquire);
+        if now < next
             || self
-                .next_sweep_ms
+                .next_sweep
                 .compare_exchange(
                     next,
-                    now_ms.saturating_add(interval_ms),
+                    now.after(outlier.interval),
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 )
@@ -264,7 +264,7 @@ impl<K, S> Shared<K, S> {
         let live: Vec<&Arc<Member<K, S>>> = snapshot
             .members
             .iter()
-            .filter(|m| m.state.routable(now_ms))
+            .filter(|m| m.state.routable(now))
             .collect();
         if let Some((factor, min_hosts, min_calls)) = outlier.success_rate_stdev {
             let rates: Vec<(&Arc<Member<K, S>>, f64)> = live
@@ -288,7 +288,7 @@ impl<K, S> Shared<K, S> {
                 let floor = mean - factor * var.sqrt();
                 for (m, rate) in &rates {
                     if *rate < floor {
-                        self.eject(snapshot, &m.state, now_ms, Why::SuccessRate);
+                        self.eject(snapshot, &m.state, now, Why::SuccessRate);
                     }
                 }
             }
@@ -298,7 +298,7 @@ impl<K, S> Shared<K, S> {
             // that answered during this interval and have a history: a
             // replica that got no traffic (ejected, avoided) is not judged
             // on old data.
-            let now_ns = now_ms.saturating_sub(1) * 1_000_000;
+            let now_ns = now.nanos();
             let interval_ns = u64::try_from(outlier.interval.as_nanos()).unwrap_or(u64::MAX);
             let judged: Vec<(&Arc<Member<K, S>>, f64)> = live
                 .iter()
@@ -315,7 +315,7 @@ impl<K, S> Shared<K, S> {
                 let floor = floor.as_nanos() as f64;
                 for (m, l) in &judged {
                     if *l > factor * median && *l > floor {
-                        self.eject(snapshot, &m.state, now_ms, Why::Latency);
+                        self.eject(snapshot, &m.state, now, Why::Latency);
                     }
                 }
             }
@@ -325,9 +325,7 @@ impl<K, S> Shared<K, S> {
             // Decay: a replica not ejected for a whole interval steps back
             // one ejection.
             let until = s.ejected_until.load(Ordering::Acquire);
-            if until.saturating_add(interval_ms) <= now_ms
-                && s.ejections.load(Ordering::Acquire) > 0
-            {
+            if until.after(outlier.interval) <= now && s.ejections.load(Ordering::Acquire) > 0 {
                 let _ = s
                     .ejections
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
@@ -347,13 +345,13 @@ impl<K, S> Shared<K, S> {
         elapsed: f64,
         pushback: Option<Duration>,
     ) {
-        let now_ms = Self::ms_of(now_ns);
+        let now = Moment::from_nanos(now_ns);
         match pushback {
             // Honoured by avoiding the replica for that long: its latency
             // estimate is not inflated too, or it would stay out long after.
             Some(pushback) => {
                 state.latency.observe(now_ns, elapsed, RATE);
-                self.avoid(state, now_ms, pushback);
+                self.avoid(state, now, pushback);
             }
             // A failure must never make a replica look fast: it counts as at
             // least the penalty latency.
@@ -385,16 +383,16 @@ impl<K, S> Shared<K, S> {
             // The failure path may take the lock: the current members decide
             // how many may be ejected at once.
             let snapshot = lock(&self.current).clone();
-            if self.eject(&snapshot, state, now_ms, why) {
+            if self.eject(&snapshot, state, now, why) {
                 state.consecutive.store(0, Ordering::Release);
                 state.shunned.store(false, Ordering::Release);
             }
-            if self.request_sweeps(now_ms) {
-                self.sweep(&snapshot, now_ms);
+            if self.request_sweeps(now) {
+                self.sweep(&snapshot, now);
             }
-        } else if self.request_sweeps(now_ms) {
+        } else if self.request_sweeps(now) {
             let snapshot = lock(&self.current).clone();
-            self.sweep(&snapshot, now_ms);
+            self.sweep(&snapshot, now);
         }
     }
 }

@@ -1,9 +1,11 @@
 //! A replica as the pool is given it, and its live state.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use metrics::{Counter, Gauge};
 
+use super::clock::{AtomicMoment, Moment};
 use super::standing::Why;
 use crate::circuit_breaker::Circuit;
 use crate::health::HealthCheck;
@@ -91,7 +93,7 @@ impl<S> Replica<S> {
 pub(super) const RATE: f64 = 1.0 / 10e9;
 
 /// How often a replica that failed lately is probed despite its penalty.
-pub(super) const PROBE_MS: u64 = 1_000;
+pub(super) const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// What an operator (or discovery) made of a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,12 +134,12 @@ pub(super) struct ReplicaState {
     pub(super) latency: PeakEwma,
     /// Failures in a row.
     pub(super) consecutive: AtomicU64,
-    /// When it was last chosen (ms): a penalised replica is probed again
-    /// when it has not been for a while.
-    pub(super) last_pick_ms: AtomicU64,
-    /// Milliseconds since the pool's base; zero means "not".
-    pub(super) ejected_until: AtomicU64,
-    pub(super) avoid_until: AtomicU64,
+    /// When it was last chosen: a penalised replica is probed again when
+    /// it has not been for a while.
+    pub(super) last_pick: AtomicMoment,
+    /// Until when it is ejected, or avoided ([`Moment::NEVER`]: not).
+    pub(super) ejected_until: AtomicMoment,
+    pub(super) avoid_until: AtomicMoment,
     pub(super) weight: u32,
     pub(super) admin: AtomicState<Admin>,
     /// The active check's verdict: passing (or no check) or failing.
@@ -162,9 +164,10 @@ pub(super) struct ReplicaState {
     pub(super) check: Option<Arc<dyn HealthCheck>>,
     breaker: Option<Circuit>,
     pub(super) ejections: AtomicU64,
-    /// Since when the active check says healthy again (ms + 1).
-    pub(super) check_recovered_at: AtomicU64,
-    pub(super) admin_enabled_at: AtomicU64,
+    /// Since when the active check says healthy again.
+    pub(super) check_recovered_at: AtomicMoment,
+    /// Since when an operator enabled it again.
+    pub(super) admin_enabled_at: AtomicMoment,
     /// Why it was last made unhealthy.
     pub(super) why: AtomicState<Why>,
     /// Whether its latest calls failed and were counted at the failure
@@ -212,14 +215,14 @@ impl ReplicaState {
             answer_latency: PeakEwma::new(0.0),
             consecutive: AtomicU64::new(0),
             window: CountWindow::new(window),
-            ejected_until: AtomicU64::new(0),
+            ejected_until: AtomicMoment::new(Moment::NEVER),
             ejections: AtomicU64::new(0),
-            avoid_until: AtomicU64::new(0),
+            avoid_until: AtomicMoment::new(Moment::NEVER),
             check_healthy: AtomicBool::new(true),
-            check_recovered_at: AtomicU64::new(0),
+            check_recovered_at: AtomicMoment::new(Moment::NEVER),
             admin: AtomicState::new(Admin::Enabled),
-            last_pick_ms: AtomicU64::new(0),
-            admin_enabled_at: AtomicU64::new(0),
+            last_pick: AtomicMoment::new(Moment::NEVER),
+            admin_enabled_at: AtomicMoment::new(Moment::NEVER),
             why: AtomicState::new(Why::None),
             shunned: AtomicBool::new(false),
             selections: metrics::counter!(s, "name" => p2, "replica" => r2),
@@ -257,11 +260,11 @@ impl ReplicaState {
     }
 
     /// Whether it failed lately (failures in a row, not yet ejected) and
-    /// has not been chosen for [`PROBE_MS`]: p2c then picks it as a probe.
+    /// has not been chosen for [`PROBE_EVERY`]: p2c then picks it as a probe.
     #[inline]
-    pub(super) fn wants_probe(&self, now_ms: u64) -> bool {
+    pub(super) fn wants_probe(&self, now: Moment) -> bool {
         self.consecutive.load(Ordering::Relaxed) > 0
-            && now_ms.saturating_sub(self.last_pick_ms.load(Ordering::Relaxed)) >= PROBE_MS
+            && self.last_pick.load(Ordering::Relaxed).until(now) >= PROBE_EVERY
     }
 
     pub(super) fn record_outcome(&self, failure: bool) -> u64 {
@@ -296,7 +299,7 @@ mod tests {
             offset_of!(ReplicaState, in_flight) + size_of_val(&s.in_flight),
             offset_of!(ReplicaState, latency) + size_of_val(&s.latency),
             offset_of!(ReplicaState, consecutive) + size_of_val(&s.consecutive),
-            offset_of!(ReplicaState, last_pick_ms) + size_of_val(&s.last_pick_ms),
+            offset_of!(ReplicaState, last_pick) + size_of_val(&s.last_pick),
             offset_of!(ReplicaState, ejected_until) + size_of_val(&s.ejected_until),
             offset_of!(ReplicaState, avoid_until) + size_of_val(&s.avoid_until),
             offset_of!(ReplicaState, weight) + size_of_val(&s.weight),

@@ -2,6 +2,7 @@
 //! table's shares, then power of two choices over the candidates' loads,
 //! passing over replicas the request already tried while others exist.
 
+use super::clock::Moment;
 use super::shared::Snapshot;
 use super::table::WHOLE;
 use crate::attempt::{ReplicaId, Tried};
@@ -18,7 +19,7 @@ const SLOW_PATH_DRAWS: u32 = 8;
 pub(super) struct Pick<'a, K, S> {
     pub(super) snapshot: &'a Snapshot<K, S>,
     pub(super) now_ns: u64,
-    pub(super) now_ms: u64,
+    pub(super) now: Moment,
     pub(super) tried: &'a Tried,
     /// Set when a candidate turned unusable since the routing table was
     /// built: the caller has the table rebuilt.
@@ -66,11 +67,11 @@ impl<K, S> Pick<'_, K, S> {
     /// the cheaper wins. A few more draws if a draw is unusable (it turned
     /// unhealthy since the table was built, or the request tried it).
     fn p2c(&mut self, candidates: &[u32], rng: &mut u64, tried: &Tried) -> Option<usize> {
-        let (snapshot, now_ns, now_ms) = (self.snapshot, self.now_ns, self.now_ms);
+        let (snapshot, now_ns, now) = (self.snapshot, self.now_ns, self.now);
         let state = |i: u32| &snapshot.members[i as usize].state;
         let usable = |i: u32| {
             let member = &snapshot.members[i as usize];
-            (snapshot.table.panic || member.state.routable(now_ms))
+            (snapshot.table.panic || member.state.routable(now))
                 && (tried.is_empty() || !tried.contains(ReplicaId::of(member)))
         };
         let cheaper = |a: u32, b: u32| {
@@ -79,7 +80,7 @@ impl<K, S> Pick<'_, K, S> {
             // while is probed, penalty or not: without traffic, outlier
             // detection could never see it fail again (and eject it) or
             // succeed (and clear it).
-            match (sa.wants_probe(now_ms), sb.wants_probe(now_ms)) {
+            match (sa.wants_probe(now), sb.wants_probe(now)) {
                 (true, false) => return a,
                 (false, true) => return b,
                 _ => {}
@@ -192,7 +193,7 @@ mod tests {
         Pick {
             snapshot,
             now_ns: 1,
-            now_ms: 1,
+            now: Moment::at(1),
             tried,
             stale: false,
         }

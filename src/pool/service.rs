@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
+use super::clock::Moment;
 use super::config::{Builder, WhenNoneHealthy};
 use super::future::{ResponseFuture, Tracked};
 use super::handle::PoolHandle;
@@ -128,8 +129,8 @@ where
             self.waiting = None;
             return Poll::Ready(Ok(()));
         }
-        let now_ms = shared.now_ms();
-        shared.refresh(&mut self.cached, now_ms);
+        let moment = shared.now();
+        shared.refresh(&mut self.cached, moment);
         if !self.cached.table.tiers.is_empty() {
             self.waiting = None;
             // Each request waits only on its own replica's readiness.
@@ -138,7 +139,7 @@ where
         let reject = || {
             NoHealthyReplica::new(
                 shared.settings.name.clone(),
-                shared.retry_after(&self.cached, now_ms),
+                shared.retry_after(&self.cached, moment),
             )
         };
         match shared.settings.when_none_healthy {
@@ -159,7 +160,7 @@ where
                 }
                 // Look again when a replica may be back, or at the bound.
                 let next = shared
-                    .retry_after(&self.cached, now_ms)
+                    .retry_after(&self.cached, moment)
                     .unwrap_or(WAIT_LOOK_AGAIN)
                     .clamp(std::time::Duration::from_millis(1), bound - waited);
                 sleep.as_mut().reset(crate::stats::later(now, next));
@@ -182,13 +183,13 @@ where
         // The clock, read once for the pick (and once more when the call
         // ends), turned into the pool's time once.
         let now_ns = shared.ns(Instant::now());
-        let now_ms = Shared::<K, S>::ms_of(now_ns);
-        shared.refresh(&mut self.cached, now_ms);
+        let now = Moment::from_nanos(now_ns);
+        shared.refresh(&mut self.cached, now);
         let snapshot = &self.cached;
         // The fleet rules (success rate, latency) run once per interval,
         // here unless an upkeep future runs them.
-        if shared.request_sweeps(now_ms) {
-            shared.sweep(snapshot, now_ms);
+        if shared.request_sweeps(now) {
+            shared.sweep(snapshot, now);
         }
         let rng = &mut self.rng;
         // Under retry and hedge layers, the request's attempt record: the
@@ -201,7 +202,7 @@ where
                 let mut pick = Pick {
                     snapshot,
                     now_ns,
-                    now_ms,
+                    now,
                     tried: avoid,
                     stale: false,
                 };
@@ -232,15 +233,15 @@ where
             member.state.selections.increment(1);
             member
                 .state
-                .last_pick_ms
-                .store(now_ms, crate::sync::Ordering::Relaxed);
+                .last_pick
+                .store(now, crate::sync::Ordering::Relaxed);
             let tracked = Tracked::new(member.clone(), permit, shared.base, now_ns);
             let service = member.service.clone();
             return ResponseFuture::called(service, req, tracked, self.classifier.clone());
         }
         ResponseFuture::rejected(NoHealthyReplica::new(
             shared.settings.name.clone(),
-            shared.retry_after(snapshot, now_ms),
+            shared.retry_after(snapshot, now),
         ))
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::clock::{AtomicMoment, Moment};
 use super::config::WhenNoneHealthy;
 use super::outlier::OutlierDetection;
 use super::replica::ReplicaState;
@@ -63,7 +64,7 @@ pub(super) struct Settings {
     pub(super) local_zone: Option<Arc<str>>,
     pub(super) overprovisioning: f64,
     pub(super) panic_threshold: f64,
-    pub(super) failback_ms: u64,
+    pub(super) failback: Duration,
     pub(super) when_none_healthy: WhenNoneHealthy,
     pub(super) outlier: OutlierDetection,
     pub(super) max_pushback: Duration,
@@ -93,8 +94,9 @@ pub(super) struct Shared<K, S> {
     /// Set when the table must be rebuilt (an ejection, a pushback, a
     /// check result, an operator's change), and when it next must be.
     pub(super) dirty: AtomicBool,
-    pub(super) rebuild_at_ms: AtomicU64,
-    pub(super) next_sweep_ms: AtomicU64,
+    pub(super) rebuild_at: AtomicMoment,
+    /// When the fleet rules are next due.
+    pub(super) next_sweep: AtomicMoment,
     pub(super) events: watch::Sender<u64>,
     /// How many [`Pool::upkeep`](super::Pool::upkeep) futures run: while
     /// one does, requests leave the table rebuilds and the fleet sweeps to
@@ -114,12 +116,14 @@ impl<K, S> Drop for Shared<K, S> {
 }
 
 impl<K, S> Shared<K, S> {
-    pub(super) fn now_ms(&self) -> u64 {
-        self.ms(Instant::now())
+    /// The pool's moment now.
+    pub(super) fn now(&self) -> Moment {
+        self.moment(Instant::now())
     }
 
-    pub(super) fn ms(&self, at: Instant) -> u64 {
-        Self::ms_of(self.ns(at))
+    /// The pool's moment at `at`.
+    pub(super) fn moment(&self, at: Instant) -> Moment {
+        Moment::from_nanos(self.ns(at))
     }
 
     /// Nanoseconds since the pool's base: the clock of the latency
@@ -127,11 +131,5 @@ impl<K, S> Shared<K, S> {
     #[inline]
     pub(super) fn ns(&self, at: Instant) -> u64 {
         crate::stats::nanos_since(self.base, at)
-    }
-
-    /// The millisecond clock (zero means "never") at `ns`.
-    #[inline]
-    pub(super) fn ms_of(ns: u64) -> u64 {
-        ns / 1_000_000 + 1
     }
 }

@@ -3,8 +3,11 @@
 //! table and the snapshots' [`Health`] all derive. A new reason is added
 //! here, once.
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
+use super::clock::Moment;
 use super::replica::{Admin, ReplicaState};
 use crate::sync::Ordering;
 
@@ -95,10 +98,10 @@ pub(super) enum Standing {
     /// Takes traffic.
     Eligible,
     /// Healthy again, but not yet for long enough to take traffic back from
-    /// a lower tier (failback hysteresis) until this time (ms).
-    Recovering(u64),
-    Ejected(u64),
-    Avoided(u64),
+    /// a lower tier (failback hysteresis) until then.
+    Recovering(Moment),
+    Ejected(Moment),
+    Avoided(Moment),
     FailingChecks,
     CircuitOpen,
     Draining,
@@ -106,9 +109,9 @@ pub(super) enum Standing {
 }
 
 impl ReplicaState {
-    /// Where the replica stands at `now_ms`, with `failback_ms` of
-    /// hysteresis after any recovery.
-    pub(super) fn standing(&self, now_ms: u64, failback_ms: u64) -> Standing {
+    /// Where the replica stands `now`, with `failback` of hysteresis after
+    /// any recovery.
+    pub(super) fn standing(&self, now: Moment, failback: Duration) -> Standing {
         match self.admin.load(Ordering::Acquire) {
             Admin::Enabled => {}
             Admin::Disabled => return Standing::Disabled,
@@ -118,11 +121,11 @@ impl ReplicaState {
             return Standing::FailingChecks;
         }
         let ejected = self.ejected_until.load(Ordering::Acquire);
-        if ejected > now_ms {
+        if ejected > now {
             return Standing::Ejected(ejected);
         }
         let avoided = self.avoid_until.load(Ordering::Acquire);
-        if avoided > now_ms {
+        if avoided > now {
             return Standing::Avoided(avoided);
         }
         // `breaker()` reads the first cache line's flag before the breaker.
@@ -139,8 +142,8 @@ impl ReplicaState {
             .max(avoided)
             .max(self.check_recovered_at.load(Ordering::Acquire))
             .max(self.admin_enabled_at.load(Ordering::Acquire));
-        let failed_back = recovered.saturating_add(failback_ms);
-        if recovered > 0 && now_ms < failed_back {
+        let failed_back = recovered.after(failback);
+        if recovered.is_set() && now < failed_back {
             return Standing::Recovering(failed_back);
         }
         Standing::Eligible
@@ -150,19 +153,19 @@ impl ReplicaState {
     /// says, without the failback hysteresis (recovering replicas may take
     /// requests; only the tier arithmetic holds them back).
     #[inline]
-    pub(super) fn routable(&self, now_ms: u64) -> bool {
-        matches!(self.standing(now_ms, NO_HYSTERESIS), Standing::Eligible)
+    pub(super) fn routable(&self, now: Moment) -> bool {
+        matches!(self.standing(now, NO_HYSTERESIS), Standing::Eligible)
     }
 
     /// How it stands, as a snapshot shows it; `at` turns the pool's
     /// moments into `Instant`s.
     pub(super) fn health(
         &self,
-        now_ms: u64,
-        failback_ms: u64,
-        at: impl Fn(u64) -> Instant,
+        now: Moment,
+        failback: Duration,
+        at: impl Fn(Moment) -> Instant,
     ) -> Health {
-        match self.standing(now_ms, failback_ms) {
+        match self.standing(now, failback) {
             // Routable, but shunned for its failures.
             Standing::Eligible if self.shunned.load(Ordering::Acquire) => Health::Failing {
                 in_a_row: self.consecutive.load(Ordering::Acquire),
@@ -180,4 +183,4 @@ impl ReplicaState {
 }
 
 /// A failback time of zero: [`ReplicaState::routable`] ignores hysteresis.
-const NO_HYSTERESIS: u64 = 0;
+const NO_HYSTERESIS: Duration = Duration::ZERO;

@@ -5,6 +5,7 @@
 //! every 100 ms, or when an ejection or pushback ends); the request path
 //! only reads it.
 
+use super::clock::Moment;
 use super::standing::Standing;
 
 /// Shares are parts per million.
@@ -24,8 +25,8 @@ pub(super) struct Table {
     pub(super) tiers: Vec<Route>,
     /// Everything is spread over all enabled replicas: too few are healthy.
     pub(super) panic: bool,
-    /// The soonest time (ms) a replica's standing changes by itself.
-    pub(super) next_change_ms: Option<u64>,
+    /// The soonest a replica's standing changes by itself.
+    pub(super) next_change: Option<Moment>,
     /// Every replica that may take traffic, in every tier (ordered by
     /// tier): where a retry goes when the routes hold only tried replicas.
     pub(super) spare: Vec<u32>,
@@ -79,7 +80,7 @@ impl Table {
         overprovisioning: f64,
         panic_threshold: f64,
     ) -> Self {
-        let next_change_ms = rows
+        let next_change = rows
             .iter()
             .filter_map(|r| match r.standing {
                 Standing::Recovering(t) | Standing::Ejected(t) | Standing::Avoided(t) => Some(t),
@@ -133,7 +134,7 @@ impl Table {
             return Self {
                 tiers,
                 panic: true,
-                next_change_ms,
+                next_change,
                 spare,
             };
         }
@@ -142,7 +143,7 @@ impl Table {
             return Self {
                 tiers: Vec::new(),
                 panic: false,
-                next_change_ms,
+                next_change,
                 spare,
             };
         }
@@ -173,7 +174,7 @@ impl Table {
         Self {
             tiers: routes,
             panic: false,
-            next_change_ms,
+            next_change,
             spare,
         }
     }
@@ -265,7 +266,7 @@ mod tests {
     }
 
     const OK: Standing = Standing::Eligible;
-    const DOWN: Standing = Standing::Ejected(1_000);
+    const DOWN: Standing = Standing::Ejected(Moment::at(1_000));
 
     #[test]
     fn a_primary_60_percent_healthy_keeps_84_percent_of_the_traffic() {
@@ -285,7 +286,7 @@ mod tests {
         assert!((t.tier_share(1) - 0.16).abs() < 1e-6);
         assert_eq!(t.tiers[0].zones[0].candidates, [0, 1, 2]);
         assert_eq!(t.tiers[1].zones[0].candidates, [5, 6]);
-        assert_eq!(t.next_change_ms, Some(1_000));
+        assert_eq!(t.next_change, Some(Moment::at(1_000)));
     }
 
     #[test]
@@ -316,8 +317,8 @@ mod tests {
     #[test]
     fn recovering_replicas_wait_out_the_hysteresis() {
         let spec = [
-            (0, "a", Standing::Recovering(500)),
-            (0, "a", Standing::Recovering(500)),
+            (0, "a", Standing::Recovering(Moment::at(500))),
+            (0, "a", Standing::Recovering(Moment::at(500))),
             (1, "a", OK),
             (1, "a", OK),
         ];
@@ -327,7 +328,7 @@ mod tests {
             [2, 3],
             "the standby keeps the traffic"
         );
-        assert_eq!(t.next_change_ms, Some(500));
+        assert_eq!(t.next_change, Some(Moment::at(500)));
     }
 
     #[test]

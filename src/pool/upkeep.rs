@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::clock;
+use super::clock::Moment;
 use super::replica::Admin;
 use super::shared::{Member, Members, Shared, Snapshot};
 use super::standing::Standing;
@@ -15,13 +15,14 @@ use crate::sync::{Ordering, lock, try_lock};
 /// How long a routing table is trusted without events.
 const TABLE_TTL: Duration = Duration::from_millis(100);
 
+/// The pool clock's step: a table is never due again within the moment it
+/// was built.
+const CLOCK_TICK: Duration = Duration::from_millis(1);
+
 impl<K, S> Shared<K, S> {
     /// The soonest a replica comes back, as a hint for callers.
-    pub(super) fn retry_after(&self, snapshot: &Snapshot<K, S>, now_ms: u64) -> Option<Duration> {
-        snapshot
-            .table
-            .next_change_ms
-            .map(|t| Duration::from_millis(t.saturating_sub(now_ms)))
+    pub(super) fn retry_after(&self, snapshot: &Snapshot<K, S>, now: Moment) -> Option<Duration> {
+        snapshot.table.next_change.map(|t| now.until(t))
     }
 
     /// Something about health changed: rebuild the table and tell
@@ -45,26 +46,26 @@ impl<K, S> Shared<K, S> {
         self.keepers.load(Ordering::Acquire) > 0
     }
 
-    /// Whether the table must be rebuilt at `now_ms`.
-    pub(super) fn table_due(&self, now_ms: u64) -> bool {
-        self.dirty.load(Ordering::Acquire) || now_ms >= self.rebuild_at_ms.load(Ordering::Acquire)
+    /// Whether the table must be rebuilt `now`.
+    pub(super) fn table_due(&self, now: Moment) -> bool {
+        self.dirty.load(Ordering::Acquire) || now >= self.rebuild_at.load(Ordering::Acquire)
     }
 
-    /// Whether a request at `now_ms` runs the fleet sweep itself: when it
-    /// is due and no upkeep future does it.
-    pub(super) fn request_sweeps(&self, now_ms: u64) -> bool {
-        now_ms >= self.next_sweep_ms.load(Ordering::Acquire) && !self.kept()
+    /// Whether a request `now` runs the fleet sweep itself: when it is due
+    /// and no upkeep future does it.
+    pub(super) fn request_sweeps(&self, now: Moment) -> bool {
+        now >= self.next_sweep.load(Ordering::Acquire) && !self.kept()
     }
 
-    /// The snapshot to route with at `now_ms`, rebuilding the table if it
+    /// The snapshot to route with `now`, rebuilding the table if it
     /// is stale (one thread rebuilds; the others keep the old one). While
     /// an upkeep future runs, a request rebuilds only a table with nothing
     /// in it: it would fail otherwise, and a replica may be back.
     #[inline]
-    pub(super) fn refresh(&self, cached: &mut Arc<Snapshot<K, S>>, now_ms: u64) {
+    pub(super) fn refresh(&self, cached: &mut Arc<Snapshot<K, S>>, now: Moment) {
         self.catch_up(cached);
-        if self.table_due(now_ms) && (!self.kept() || cached.table.tiers.is_empty()) {
-            self.rebuild(now_ms);
+        if self.table_due(now) && (!self.kept() || cached.table.tiers.is_empty()) {
+            self.rebuild(now);
             self.catch_up(cached);
         }
     }
@@ -79,7 +80,7 @@ impl<K, S> Shared<K, S> {
 
     /// Rebuilds the routing table from the replicas' standings now, unless
     /// another thread is building a snapshot (its snapshot will do).
-    pub(super) fn rebuild(&self, now_ms: u64) {
+    pub(super) fn rebuild(&self, now: Moment) {
         let Some(_building) = try_lock(&self.building) else {
             return;
         };
@@ -92,7 +93,7 @@ impl<K, S> Shared<K, S> {
         let members = staying(&old.members);
         let standings: Vec<Standing> = members
             .iter()
-            .map(|m| m.state.standing(now_ms, self.settings.failback_ms))
+            .map(|m| m.state.standing(now, self.settings.failback))
             .collect();
         let rows: Vec<Row<'_>> = members
             .iter()
@@ -119,10 +120,10 @@ impl<K, S> Shared<K, S> {
                     0.0
                 });
         }
-        let expires = clock::after(now_ms, TABLE_TTL);
-        let next = table.next_change_ms.map_or(expires, |t| t.min(expires));
-        self.rebuild_at_ms
-            .store(next.max(now_ms.saturating_add(1)), Ordering::Release);
+        let expires = now.after(TABLE_TTL);
+        let next = table.next_change.map_or(expires, |t| t.min(expires));
+        self.rebuild_at
+            .store(next.max(now.after(CLOCK_TICK)), Ordering::Release);
         self.publish(members, table);
     }
 
@@ -173,7 +174,7 @@ mod tests {
         let handle = pool.handle();
         assert_eq!(handle.snapshot().len(), 2, "snapshots go on");
         assert!(handle.disable(&"a"), "operator controls go on");
-        pool.shared.rebuild(pool.shared.now_ms());
+        pool.shared.rebuild(pool.shared.now());
         assert_eq!(handle.snapshot().len(), 2);
     }
 
