@@ -5,7 +5,9 @@
 //! loom explores their interleavings (and the stale values weak orderings
 //! allow). Each model ends with every thread joined and one more
 //! `refresh`, as the next request would do, and checks that nothing done
-//! during the race was lost.
+//! during the race was lost. Each model fails without the rule it guards
+//! (the rebuild's flag taken with a plain store; a membership change made
+//! without holding `building`).
 
 use std::sync::Arc;
 

@@ -28,7 +28,7 @@ impl<K, S> Shared<K, S> {
     /// Something about health changed: rebuild the table and tell
     /// subscribers.
     pub(super) fn changed(&self) {
-        self.dirty.store(true, Ordering::Release);
+        self.mark_stale();
         self.events.send_modify(|n| *n += 1);
         self.upkeep_due.notify_one();
     }
@@ -36,8 +36,16 @@ impl<K, S> Shared<K, S> {
     /// A request found the table behind the replicas' states: it is rebuilt
     /// (by the next request, or by the upkeep future).
     pub(super) fn stale(&self) {
-        self.dirty.store(true, Ordering::Release);
+        self.mark_stale();
         self.upkeep_due.notify_one();
+    }
+
+    /// Sets the flag a rebuild takes. A read-modify-write, as the rebuild's
+    /// is: of two that race, one reads the other, so the flag is left set
+    /// or the rebuild sees the change (loom's partial modification order
+    /// could let a plain store and the rebuild's swap both seem last).
+    fn mark_stale(&self) {
+        self.dirty.swap(true, Ordering::AcqRel);
     }
 
     /// Whether a [`Pool::upkeep`](super::Pool::upkeep) future runs, and so
