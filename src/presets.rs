@@ -263,6 +263,7 @@ pub struct ReplicaStack {
     local_zone: Option<Arc<str>>,
     failback_after: Option<Duration>,
     budget: Option<Arc<RetryBudget>>,
+    breaker: Option<crate::circuit_breaker::Builder>,
 }
 
 /// What [`ReplicaStack::build`] gives: the service, the pool's handle, and
@@ -311,7 +312,27 @@ impl ReplicaStack {
             local_zone: None,
             failback_after: None,
             budget: None,
+            breaker: None,
         }
+    }
+
+    /// Gives every replica a circuit breaker built from `breaker` (named
+    /// `<stack>/<replica>`), judging each attempt on that replica with the
+    /// stack's classifier (5xx are failures): a replica whose breaker is
+    /// open takes no traffic until its probes pass. Off by default, as
+    /// outlier detection already takes a failing replica out.
+    ///
+    /// ```
+    /// use steadfast::circuit_breaker::CircuitBreakerLayer;
+    /// use steadfast::presets::ReplicaStack;
+    ///
+    /// let stack = ReplicaStack::new("search")
+    ///     .circuit_breaker(CircuitBreakerLayer::builder().consecutive_failures(3));
+    /// # let _ = stack;
+    /// ```
+    pub fn circuit_breaker(mut self, breaker: crate::circuit_breaker::Builder) -> Self {
+        self.breaker = Some(breaker);
+        self
     }
 
     /// Draws retries and hedges from a shared budget (by default the stack
@@ -403,6 +424,9 @@ impl ReplicaStack {
         }
         if let Some(wait) = self.failback_after {
             pool = pool.failback_after(wait);
+        }
+        if let Some(breaker) = self.breaker {
+            pool = pool.circuit_breaker(breaker);
         }
         let replicas = replicas
             .into_iter()

@@ -765,3 +765,79 @@ async fn with_the_upkeep_future_the_fleet_rules_run_on_time_without_requests() {
         }
     }
 }
+
+/// A health check that passes while its switch is on.
+#[derive(Debug)]
+struct Switch(Arc<AtomicBool>);
+
+impl steadfast::health::HealthCheck for Switch {
+    fn check(&self) -> futures::future::BoxFuture<'static, Result<(), BoxError>> {
+        let up = self.0.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if up {
+                Ok(())
+            } else {
+                Err::<(), BoxError>("down".into())
+            }
+        })
+    }
+}
+
+/// A replica ejected for its failures and failing its checks shows both;
+/// once its checks pass again it is back long before its ejection would
+/// have ended (as Envoy unejects a host on a passing active check).
+#[tokio::test(start_paused = true)]
+async fn a_passing_check_ends_an_ejection_and_the_snapshot_shows_every_reason() {
+    let fleet = Fleet::default();
+    let up = Arc::new(AtomicBool::new(true));
+    let (a, replica) = fleet.replica("a");
+    let mut pool = builder()
+        .health_checks(steadfast::health::HealthChecks::default().interval(2 * SEC))
+        .build([
+            (a, replica.health_check(Switch(up.clone()))),
+            fleet.replica("b"),
+            fleet.replica("c"),
+        ])
+        .unwrap();
+    let handle = pool.handle();
+    let checks = tokio::spawn(pool.health_checks());
+    let reasons = |handle: &steadfast::pool::PoolHandle<&'static str, Svc>| {
+        let snapshot = handle.snapshot();
+        snapshot.into_iter().find(|r| r.id == "a").unwrap().reasons
+    };
+
+    // The fault: "a" fails its calls and its checks, for 5 s of traffic.
+    fleet.failing("a", true);
+    up.store(false, Ordering::SeqCst);
+    for _ in 0..2_500 {
+        let _ = call(&mut pool).await;
+        tokio::time::advance(2 * MS).await;
+    }
+    let out = reasons(&handle);
+    assert_eq!(out[0], Health::FailingChecks, "{out:?}");
+    assert!(
+        matches!(out.get(1), Some(Health::Ejected { .. })),
+        "the ejection under the failing checks is shown: {out:?}"
+    );
+
+    // Restored: back within two checks at the faster pace (1 s each),
+    // though the ejection had 10 s to run.
+    fleet.failing("a", false);
+    up.store(true, Ordering::SeqCst);
+    fleet.reset_hits();
+    let restored = Instant::now();
+    while fleet.hits("a") == 0 && restored.elapsed() < 10 * SEC {
+        let _ = call(&mut pool).await;
+        tokio::time::advance(2 * MS).await;
+    }
+    let back = restored.elapsed();
+    assert!(back <= 2 * SEC + 300 * MS, "back after {back:?}");
+    assert!(
+        !reasons(&handle)
+            .iter()
+            .any(|h| matches!(h, Health::Ejected { .. })),
+        "{:?}",
+        reasons(&handle)
+    );
+    checks.abort();
+}

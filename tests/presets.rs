@@ -111,6 +111,46 @@ async fn the_replica_stack_with_its_upkeep_spawned_routes_the_same() {
     upkeep.await.expect("the upkeep ends with its pool");
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_replica_stack_can_give_each_replica_a_breaker() {
+    use steadfast::circuit_breaker::CircuitBreakerLayer;
+    use steadfast::pool::{Health, OutlierDetection};
+
+    let parts = ReplicaStack::new("breakers")
+        // Outlier detection off: only the breaker can take "b" out.
+        .outlier(
+            OutlierDetection::default()
+                .consecutive_failures(None)
+                .failure_percentage(None)
+                .success_rate_stdev(None)
+                .latency_factor(None),
+        )
+        .circuit_breaker(CircuitBreakerLayer::builder().consecutive_failures(2))
+        .build([
+            ("a", Replica::new(client(200))),
+            ("b", Replica::new(client(503))),
+        ])
+        .unwrap();
+    let mut svc = parts.service;
+    for _ in 0..100 {
+        let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+        assert_eq!(res.status(), 200, "retried on the other replica");
+        tokio::time::advance(Duration::from_millis(2)).await;
+    }
+    let health = |id: &str| {
+        let snapshot = parts.handle.snapshot();
+        snapshot.into_iter().find(|r| r.id == id).unwrap().health
+    };
+    assert_eq!(health("b"), Health::CircuitOpen);
+    assert_eq!(health("a"), Health::Healthy);
+
+    let err = ReplicaStack::new("x")
+        .circuit_breaker(CircuitBreakerLayer::builder().failure_rate(2.0))
+        .build([("a", Replica::new(client(200)))])
+        .unwrap_err();
+    assert!(err.to_string().contains("circuit_breaker"), "{err}");
+}
+
 #[test]
 fn invalid_replica_stacks_are_rejected() {
     let err =

@@ -105,7 +105,14 @@ where
                         );
                         shared.changed();
                     }
-                    let down = !state.check_healthy.load(Ordering::Acquire);
+                    if passed && state.check_healthy.load(Ordering::Acquire) {
+                        // As Envoy does: a passing check ends an ejection.
+                        shared.uneject(state, shared.moment(now));
+                    }
+                    // A replica out of traffic is checked at the faster pace,
+                    // so that its recovery is seen soon.
+                    let down = !state.check_healthy.load(Ordering::Acquire)
+                        || state.ejected_until.load(Ordering::Acquire) > shared.moment(now);
                     track.next_at = crate::stats::later(now, jittered(&config, down, &rng));
                 }
                 // Forget replicas that left the pool.

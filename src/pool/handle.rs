@@ -35,8 +35,12 @@ pub struct ReplicaSnapshot<K> {
     pub tier: u32,
     /// Its zone, if it has one.
     pub zone: Option<Arc<str>>,
-    /// How it stands.
+    /// How it stands: the first of `reasons`.
     pub health: Health,
+    /// Every reason it is out of traffic, the most lasting first (an
+    /// ejection under failing checks shows both); `[health]` when it is
+    /// healthy or failing.
+    pub reasons: Vec<Health>,
     /// Why it was last made unhealthy.
     pub why: Why,
     /// How fast it answers successfully (a peak-EWMA estimate).
@@ -59,12 +63,13 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
             .iter()
             .map(|m| {
                 let s = &m.state;
-                let health = s.health(now, shared.settings.failback, at);
+                let reasons = s.health(now, shared.settings.failback, at);
                 ReplicaSnapshot {
                     id: m.id.clone(),
                     tier: s.tier,
                     zone: s.zone.clone(),
-                    health,
+                    health: reasons[0],
+                    reasons,
                     why: s.why.load(Ordering::Acquire),
                     latency: Duration::from_nanos(s.answer_latency.get() as u64),
                     in_flight: s.in_flight.load(Ordering::Acquire),

@@ -222,6 +222,27 @@ impl<K, S> Shared<K, S> {
         true
     }
 
+    /// Ends `state`'s ejection `now`, if it is ejected: its active check
+    /// passes, which says more than the failures that ejected it did. Its
+    /// failures in a row are forgotten, and the next ejection still lasts
+    /// longer (the count decays as usual).
+    pub(super) fn uneject(&self, state: &ReplicaState, now: Moment) {
+        if state.ejected_until.load(Ordering::Acquire) <= now {
+            return;
+        }
+        state.ejected_until.store(now, Ordering::Release);
+        state.consecutive.store(0, Ordering::Release);
+        state.shunned.store(false, Ordering::Release);
+        state.metrics.unejections.increment(1);
+        #[cfg(feature = "tracing")]
+        tracing::info!(
+            pool = &*self.settings.name,
+            replica = &*state.label,
+            "replica back from its ejection: its health check passes"
+        );
+        self.changed();
+    }
+
     /// Avoids a replica that asked for it (`503` + `Retry-After`).
     pub(super) fn avoid(&self, state: &ReplicaState, now: Moment, pushback: Duration) {
         let pushback = pushback.min(self.settings.max_pushback);

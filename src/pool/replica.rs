@@ -93,7 +93,19 @@ impl<S> Replica<S> {
 pub(super) const RATE: f64 = 1.0 / 10e9;
 
 /// How often a replica that failed lately is probed despite its penalty.
-pub(super) const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How often a replica that failed lately is probed despite its penalty,
+/// for its first [`FAST_PROBES`] failures in a row: fast enough that a
+/// replica failing every call meets the default ejection rule (5 in a row)
+/// within 100 ms.
+pub(super) const FAST_PROBE_EVERY: Duration = Duration::from_millis(20);
+
+/// Failures in a row probed at the fast pace; after them (when outlier
+/// detection did not eject it) the pace halves per failure, down to
+/// [`SLOW_PROBE_EVERY`], so a replica that keeps failing costs little.
+pub(super) const FAST_PROBES: u64 = 5;
+
+/// The slowest probing of a replica that keeps failing.
+pub(super) const SLOW_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// What an operator (or discovery) made of a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +192,7 @@ pub(super) struct ReplicaState {
 pub(super) struct ReplicaMetrics {
     pub(super) healthy: Gauge,
     pub(super) ejections: Counter,
+    pub(super) unejections: Counter,
 }
 
 impl ReplicaState {
@@ -200,6 +213,7 @@ impl ReplicaState {
         healthy.set(1.0);
         let (e, p, r) = labels("steadfast_replica_ejections_total");
         let (s, p2, r2) = labels("steadfast_replica_selections_total");
+        let (u, p3, r3) = labels("steadfast_replica_unejections_total");
         Self {
             label,
             tier,
@@ -229,6 +243,7 @@ impl ReplicaState {
             metrics: ReplicaMetrics {
                 healthy,
                 ejections: metrics::counter!(e, "name" => p, "replica" => r),
+                unejections: metrics::counter!(u, "name" => p3, "replica" => r3),
             },
         }
     }
@@ -260,11 +275,12 @@ impl ReplicaState {
     }
 
     /// Whether it failed lately (failures in a row, not yet ejected) and
-    /// has not been chosen for [`PROBE_EVERY`]: p2c then picks it as a probe.
+    /// has not been chosen for its [`probe_every`] pace: p2c then picks it
+    /// as a probe.
     #[inline]
     pub(super) fn wants_probe(&self, now: Moment) -> bool {
-        self.consecutive.load(Ordering::Relaxed) > 0
-            && self.last_pick.load(Ordering::Relaxed).until(now) >= PROBE_EVERY
+        let in_a_row = self.consecutive.load(Ordering::Relaxed);
+        in_a_row > 0 && self.last_pick.load(Ordering::Relaxed).until(now) >= probe_every(in_a_row)
     }
 
     pub(super) fn record_outcome(&self, failure: bool) -> u64 {
@@ -284,11 +300,29 @@ impl ReplicaState {
     }
 }
 
+/// How long a replica with `in_a_row` failures waits between probes.
+fn probe_every(in_a_row: u64) -> Duration {
+    let slower = u32::try_from(in_a_row.saturating_sub(FAST_PROBES)).unwrap_or(u32::MAX);
+    FAST_PROBE_EVERY
+        .checked_mul(1 << slower.min(8))
+        .map_or(SLOW_PROBE_EVERY, |pace| pace.min(SLOW_PROBE_EVERY))
+}
+
 #[cfg(all(test, not(steadfast_loom)))]
 mod tests {
     use std::mem::{offset_of, size_of_val};
 
     use super::*;
+
+    #[test]
+    fn a_failing_replica_is_probed_fast_then_ever_slower() {
+        let paces: Vec<Duration> = (1..=12).map(probe_every).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(paces[..5], [FAST_PROBE_EVERY; 5]);
+        assert_eq!(paces[5..8], [ms(40), ms(80), ms(160)]);
+        assert_eq!(paces[11], SLOW_PROBE_EVERY);
+        assert_eq!(probe_every(u64::MAX), SLOW_PROBE_EVERY);
+    }
 
     /// What a pick reads and a finished call writes sits in the first cache
     /// line of the state.

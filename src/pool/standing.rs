@@ -110,43 +110,25 @@ pub(super) enum Standing {
 
 impl ReplicaState {
     /// Where the replica stands `now`, with `failback` of hysteresis after
-    /// any recovery.
+    /// any recovery: the first of its [`reasons`](Self::reasons) to be out
+    /// of traffic, or eligible.
+    #[inline]
     pub(super) fn standing(&self, now: Moment, failback: Duration) -> Standing {
-        match self.admin.load(Ordering::Acquire) {
-            Admin::Enabled => {}
-            Admin::Disabled => return Standing::Disabled,
-            _ => return Standing::Draining,
+        self.reasons(now, failback)
+            .next()
+            .unwrap_or(Standing::Eligible)
+    }
+
+    /// Every reason it is out of traffic `now`, the most lasting first (an
+    /// operator's choice, then failing checks, an ejection, a pushback, an
+    /// open breaker, the failback wait). The one place a reason is added.
+    pub(super) fn reasons(&self, now: Moment, failback: Duration) -> Reasons<'_> {
+        Reasons {
+            state: self,
+            now,
+            failback,
+            next: Reason::Admin,
         }
-        if !self.check_healthy.load(Ordering::Acquire) {
-            return Standing::FailingChecks;
-        }
-        let ejected = self.ejected_until.load(Ordering::Acquire);
-        if ejected > now {
-            return Standing::Ejected(ejected);
-        }
-        let avoided = self.avoid_until.load(Ordering::Acquire);
-        if avoided > now {
-            return Standing::Avoided(avoided);
-        }
-        // `breaker()` reads the first cache line's flag before the breaker.
-        if let Some(breaker) = self.breaker() {
-            if matches!(
-                breaker.state(),
-                crate::circuit_breaker::State::Open | crate::circuit_breaker::State::ForcedOpen
-            ) {
-                return Standing::CircuitOpen;
-            }
-        }
-        // Failback hysteresis: counted from the end of the last trouble.
-        let recovered = ejected
-            .max(avoided)
-            .max(self.check_recovered_at.load(Ordering::Acquire))
-            .max(self.admin_enabled_at.load(Ordering::Acquire));
-        let failed_back = recovered.after(failback);
-        if recovered.is_set() && now < failed_back {
-            return Standing::Recovering(failed_back);
-        }
-        Standing::Eligible
     }
 
     /// Whether it may take a request now: what [`standing`](Self::standing)
@@ -157,27 +139,126 @@ impl ReplicaState {
         matches!(self.standing(now, NO_HYSTERESIS), Standing::Eligible)
     }
 
-    /// How it stands, as a snapshot shows it; `at` turns the pool's
-    /// moments into `Instant`s.
+    /// How it stands, as a snapshot shows it, the first reason it is out
+    /// first; `at` turns the pool's moments into `Instant`s.
     pub(super) fn health(
         &self,
         now: Moment,
         failback: Duration,
         at: impl Fn(Moment) -> Instant,
-    ) -> Health {
-        match self.standing(now, failback) {
-            // Routable, but shunned for its failures.
-            Standing::Eligible if self.shunned.load(Ordering::Acquire) => Health::Failing {
+    ) -> Vec<Health> {
+        let out: Vec<Health> = self
+            .reasons(now, failback)
+            .map(|reason| match reason {
+                Standing::Eligible => Health::Healthy,
+                Standing::Recovering(t) => Health::Recovering { until: at(t) },
+                Standing::Ejected(t) => Health::Ejected { until: at(t) },
+                Standing::Avoided(t) => Health::Avoided { until: at(t) },
+                Standing::FailingChecks => Health::FailingChecks,
+                Standing::CircuitOpen => Health::CircuitOpen,
+                Standing::Draining => Health::Draining,
+                Standing::Disabled => Health::Disabled,
+            })
+            .collect();
+        if !out.is_empty() {
+            return out;
+        }
+        // Routable, but shunned for its failures?
+        if self.shunned.load(Ordering::Acquire) {
+            return vec![Health::Failing {
                 in_a_row: self.consecutive.load(Ordering::Acquire),
-            },
-            Standing::Eligible => Health::Healthy,
-            Standing::Recovering(t) => Health::Recovering { until: at(t) },
-            Standing::Ejected(t) => Health::Ejected { until: at(t) },
-            Standing::Avoided(t) => Health::Avoided { until: at(t) },
-            Standing::FailingChecks => Health::FailingChecks,
-            Standing::CircuitOpen => Health::CircuitOpen,
-            Standing::Draining => Health::Draining,
-            Standing::Disabled => Health::Disabled,
+            }];
+        }
+        vec![Health::Healthy]
+    }
+}
+
+/// The reasons [`ReplicaState::reasons`] looks at, in its order.
+#[derive(Debug, Clone, Copy)]
+enum Reason {
+    Admin,
+    Checks,
+    Ejection,
+    Pushback,
+    Breaker,
+    Failback,
+    Done,
+}
+
+/// The reasons a replica is out of traffic, found one at a time: routing
+/// needs only the first.
+pub(super) struct Reasons<'a> {
+    state: &'a ReplicaState,
+    now: Moment,
+    failback: Duration,
+    next: Reason,
+}
+
+impl Iterator for Reasons<'_> {
+    type Item = Standing;
+
+    #[inline]
+    fn next(&mut self) -> Option<Standing> {
+        let (state, now) = (self.state, self.now);
+        loop {
+            let reason = self.next;
+            let found = match reason {
+                Reason::Admin => {
+                    self.next = Reason::Checks;
+                    match state.admin.load(Ordering::Acquire) {
+                        Admin::Enabled => None,
+                        Admin::Disabled => Some(Standing::Disabled),
+                        _ => Some(Standing::Draining),
+                    }
+                }
+                Reason::Checks => {
+                    self.next = Reason::Ejection;
+                    (!state.check_healthy.load(Ordering::Acquire))
+                        .then_some(Standing::FailingChecks)
+                }
+                Reason::Ejection => {
+                    self.next = Reason::Pushback;
+                    let until = state.ejected_until.load(Ordering::Acquire);
+                    (until > now).then_some(Standing::Ejected(until))
+                }
+                Reason::Pushback => {
+                    self.next = Reason::Breaker;
+                    let until = state.avoid_until.load(Ordering::Acquire);
+                    (until > now).then_some(Standing::Avoided(until))
+                }
+                Reason::Breaker => {
+                    self.next = Reason::Failback;
+                    // `breaker()` reads the first cache line's flag first.
+                    state
+                        .breaker()
+                        .is_some_and(|breaker| {
+                            matches!(
+                                breaker.state(),
+                                crate::circuit_breaker::State::Open
+                                    | crate::circuit_breaker::State::ForcedOpen
+                            )
+                        })
+                        .then_some(Standing::CircuitOpen)
+                }
+                Reason::Failback => {
+                    self.next = Reason::Done;
+                    // Failback hysteresis: counted from the end of the last
+                    // trouble.
+                    let recovered = state
+                        .ejected_until
+                        .load(Ordering::Acquire)
+                        .max(state.avoid_until.load(Ordering::Acquire))
+                        .max(state.check_recovered_at.load(Ordering::Acquire))
+                        .max(state.admin_enabled_at.load(Ordering::Acquire));
+                    let failed_back = recovered.after(self.failback);
+                    (recovered.is_set() && now < failed_back && recovered <= now)
+                        .then_some(Standing::Recovering(failed_back))
+                }
+                Reason::Done => return None,
+            };
+            if found.is_some() {
+                return found;
+            }
         }
     }
 }
