@@ -104,6 +104,10 @@ pub(super) const FAST_PROBE_EVERY: Duration = Duration::from_millis(20);
 /// [`SLOW_PROBE_EVERY`], so a replica that keeps failing costs little.
 pub(super) const FAST_PROBES: u64 = 5;
 
+/// How close two costs must be for p2c to count the replicas as equally
+/// loaded: see [`ReplicaState::preferred_to`].
+pub(super) const EVEN_WITHIN: f64 = 2.0;
+
 /// The slowest probing of a replica that keeps failing.
 pub(super) const SLOW_PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -148,7 +152,7 @@ pub(super) struct ReplicaState {
     pub(super) consecutive: AtomicU64,
     /// When it was last chosen: a penalised replica is probed again when
     /// it has not been for a while.
-    pub(super) last_pick: AtomicMoment,
+    pub(super) last_pick_ns: AtomicU64,
     /// Until when it is ejected, or avoided ([`Moment::NEVER`]: not).
     pub(super) ejected_until: AtomicMoment,
     pub(super) avoid_until: AtomicMoment,
@@ -235,7 +239,7 @@ impl ReplicaState {
             check_healthy: AtomicBool::new(true),
             check_recovered_at: AtomicMoment::new(Moment::NEVER),
             admin: AtomicState::new(Admin::Enabled),
-            last_pick: AtomicMoment::new(Moment::NEVER),
+            last_pick_ns: AtomicU64::new(0),
             admin_enabled_at: AtomicMoment::new(Moment::NEVER),
             why: AtomicState::new(Why::None),
             shunned: AtomicBool::new(false),
@@ -266,21 +270,40 @@ impl ReplicaState {
         self.latency.get_at(now_ns, RATE) * (in_flight + 1.0)
     }
 
-    /// Whether its cost, latency × (in flight + 1) / weight, is at most
-    /// `other`'s: compared cross-multiplied by the weights (positive), so
-    /// a pick divides nothing.
+    /// Whether p2c prefers it to `other`: the lower cost, latency × (in
+    /// flight + 1) / weight, unless the two costs are within
+    /// [`EVEN_WITHIN`] of each other; then they count as equally loaded
+    /// and the one that has waited longer since it was last chosen, times
+    /// its weight, goes. So equals take turns (a replica of weight 2 twice
+    /// as often) rather than the one with the luckiest estimate taking
+    /// every request: at low load the estimates of identical replicas
+    /// differ by their noise alone. Costs are compared cross-multiplied by
+    /// the weights (positive), so a pick divides nothing.
     #[inline]
-    pub(super) fn cheaper_than(&self, other: &Self, now_ns: u64) -> bool {
-        self.load(now_ns) * f64::from(other.weight) <= other.load(now_ns) * f64::from(self.weight)
+    pub(super) fn preferred_to(&self, other: &Self, now_ns: u64) -> bool {
+        let mine = self.load(now_ns) * f64::from(other.weight);
+        let theirs = other.load(now_ns) * f64::from(self.weight);
+        if mine <= theirs * EVEN_WITHIN && theirs <= mine * EVEN_WITHIN {
+            return self.waited(now_ns) * f64::from(self.weight)
+                >= other.waited(now_ns) * f64::from(other.weight);
+        }
+        mine <= theirs
+    }
+
+    /// Nanoseconds since it was last chosen.
+    #[inline]
+    fn waited(&self, now_ns: u64) -> f64 {
+        now_ns.saturating_sub(self.last_pick_ns.load(Ordering::Relaxed)) as f64
     }
 
     /// Whether it failed lately (failures in a row, not yet ejected) and
     /// has not been chosen for its [`probe_every`] pace: p2c then picks it
     /// as a probe.
     #[inline]
-    pub(super) fn wants_probe(&self, now: Moment) -> bool {
+    pub(super) fn wants_probe(&self, now_ns: u64) -> bool {
         let in_a_row = self.consecutive.load(Ordering::Relaxed);
-        in_a_row > 0 && self.last_pick.load(Ordering::Relaxed).until(now) >= probe_every(in_a_row)
+        let idle = now_ns.saturating_sub(self.last_pick_ns.load(Ordering::Relaxed));
+        in_a_row > 0 && Duration::from_nanos(idle) >= probe_every(in_a_row)
     }
 
     pub(super) fn record_outcome(&self, failure: bool) -> u64 {
@@ -333,7 +356,7 @@ mod tests {
             offset_of!(ReplicaState, in_flight) + size_of_val(&s.in_flight),
             offset_of!(ReplicaState, latency) + size_of_val(&s.latency),
             offset_of!(ReplicaState, consecutive) + size_of_val(&s.consecutive),
-            offset_of!(ReplicaState, last_pick) + size_of_val(&s.last_pick),
+            offset_of!(ReplicaState, last_pick_ns) + size_of_val(&s.last_pick_ns),
             offset_of!(ReplicaState, ejected_until) + size_of_val(&s.ejected_until),
             offset_of!(ReplicaState, avoid_until) + size_of_val(&s.avoid_until),
             offset_of!(ReplicaState, weight) + size_of_val(&s.weight),

@@ -80,12 +80,12 @@ impl<K, S> Pick<'_, K, S> {
             // while is probed, penalty or not: without traffic, outlier
             // detection could never see it fail again (and eject it) or
             // succeed (and clear it).
-            match (sa.wants_probe(now), sb.wants_probe(now)) {
+            match (sa.wants_probe(now_ns), sb.wants_probe(now_ns)) {
                 (true, false) => return a,
                 (false, true) => return b,
                 _ => {}
             }
-            if sa.cheaper_than(sb, now_ns) { a } else { b }
+            if sa.preferred_to(sb, now_ns) { a } else { b }
         };
         let n = u32::try_from(candidates.len()).unwrap_or(u32::MAX);
         // Two distinct positions from one draw, without a division, and

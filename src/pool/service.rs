@@ -233,8 +233,8 @@ where
             member.state.selections.increment(1);
             member
                 .state
-                .last_pick
-                .store(now, crate::sync::Ordering::Relaxed);
+                .last_pick_ns
+                .store(now_ns, crate::sync::Ordering::Relaxed);
             let tracked = Tracked::new(member.clone(), permit, shared.base, now_ns);
             let service = member.service.clone();
             return ResponseFuture::called(service, req, tracked, self.classifier.clone());
