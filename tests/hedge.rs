@@ -655,3 +655,51 @@ fn the_adaptive_delay_is_built_one_setting_at_a_time() {
         .unwrap_err();
     assert_eq!(err.field(), "delay.floor");
 }
+
+/// With every other request's first attempt hanging (a replica that hangs
+/// behind a balancer), the adaptive delay stays where it was while all
+/// answered: a loser's wait is not its latency, so the delay does not
+/// climb after the hedges, and the missing slowest calls do not drag it
+/// down either.
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_delay_does_not_chase_a_hang() {
+    const HEALTHY_CALLS: usize = 2_000;
+    // Calls after the healthy ones: those numbered 3k hang for an hour
+    // (their hedge, the next call, answers).
+    let latency = |n: usize| if n % 20 == 0 { 20 * MS } else { 10 * MS };
+    let script: Vec<Step> = (0..HEALTHY_CALLS + 20_000)
+        .map(|n| {
+            if n >= HEALTHY_CALLS && n % 3 == 0 {
+                step(3_600 * SEC, Outcome::Ok)
+            } else {
+                step(latency(n), Outcome::Ok)
+            }
+        })
+        .collect();
+    let backend = Backend::new(script);
+    let layer = fixed(MS)
+        .delay(HedgeDelay::adaptive().quantile(0.9).window(2 * SEC).build())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(backend.service());
+    while backend.calls() < HEALTHY_CALLS {
+        call(&mut svc).await.unwrap();
+    }
+    let healthy = layer.current_delay();
+    let mut delays = Vec::new();
+    for round in 0..10 {
+        // Two seconds of the hang, a window each.
+        let until = Instant::now() + 2 * SEC;
+        while Instant::now() < until {
+            call(&mut svc).await.unwrap();
+        }
+        delays.push((round, layer.current_delay()));
+    }
+    for &(round, delay) in &delays {
+        let ratio = delay.as_secs_f64() / healthy.as_secs_f64();
+        assert!(
+            (1.0 / 1.5..=1.5).contains(&ratio),
+            "round {round}: delay {delay:?} against {healthy:?} healthy: {delays:?}"
+        );
+    }
+}

@@ -350,11 +350,19 @@ impl<C, R> Builder<C, R> {
 }
 
 impl<C, R> Policy<C, R> {
-    /// Records one attempt's latency (or how long a cancelled loser ran).
+    /// Records one finished attempt's latency.
     #[inline]
     pub(super) fn record(&self, latency: Duration) {
         if let Some(h) = &self.latencies {
             h.record(latency);
+        }
+    }
+
+    /// Records an attempt dropped unfinished (a loser): longer than it ran.
+    #[inline]
+    pub(super) fn record_cut_short(&self) {
+        if let Some(h) = &self.latencies {
+            h.record_censored();
         }
     }
 

@@ -189,11 +189,12 @@ where
                         if done.extra_started.is_some() {
                             policy.metrics.won.increment(1);
                         }
-                        // The other attempts are dropped at once; their time
-                        // so far still counts as latency (or the quantile
-                        // would be biased low).
+                        // The other attempts are dropped at once, counted as
+                        // cut short: longer than they ran (leaving them out
+                        // would bias the quantile low; counting their time
+                        // as latency would make it chase a hang).
                         if this.first.is_some() {
-                            policy.record(this.started.map_or(Duration::ZERO, |s| s.elapsed()));
+                            policy.record_cut_short();
                             this.first.set(None);
                         }
                         cancel(policy, this.extras);
@@ -288,9 +289,9 @@ where
     }
 }
 
-/// Drops the losers, counting how long they ran.
+/// Drops the losers, counted as cut short.
 fn cancel<C, R, F>(policy: &Policy<C, R>, extras: &mut Vec<Extra<F>>) {
-    for extra in extras.drain(..) {
-        policy.record(extra.started.elapsed());
+    for _ in extras.drain(..) {
+        policy.record_cut_short();
     }
 }

@@ -22,6 +22,11 @@ const SUB: u64 = 1 << SUB_BITS;
 const MAX_EXP: u32 = 40;
 /// Buckets per window.
 const BUCKETS: usize = ((MAX_EXP - SUB_BITS + 1) as usize + 1) * SUB as usize;
+/// The counter after the buckets, per window: samples cut short, known
+/// only to be longer than they ran (see [`Histogram::record_censored`]).
+const CENSORED: usize = BUCKETS;
+/// Counters per window: the buckets and the censored count.
+const PER_WINDOW: usize = BUCKETS + 1;
 /// Nanoseconds per unit (about a microsecond; a shift, not a division).
 const UNIT_SHIFT: u32 = 10;
 /// The most shards: 8 × 2 × 608 counters is 78 KB.
@@ -39,7 +44,8 @@ pub(crate) struct Histogram {
 #[derive(Debug)]
 #[repr(align(128))]
 struct Shard {
-    /// Two windows of buckets, `[window % 2][bucket]`.
+    /// Two windows of buckets and their censored count,
+    /// `[window % 2][bucket]`.
     counts: Box<[EpochCounter]>,
 }
 
@@ -83,7 +89,7 @@ impl Histogram {
             epoch: AtomicU64::new(0),
             shards: (0..shard::count(MAX_SHARDS))
                 .map(|_| Shard {
-                    counts: (0..2 * BUCKETS).map(|_| EpochCounter::new()).collect(),
+                    counts: (0..2 * PER_WINDOW).map(|_| EpochCounter::new()).collect(),
                 })
                 .collect(),
         }
@@ -108,34 +114,66 @@ impl Histogram {
 
     fn record_at(&self, idx: u64, latency: Duration) {
         let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        let b = bucket(nanos >> UNIT_SHIFT);
+        self.count(idx, bucket(nanos >> UNIT_SHIFT));
+    }
+
+    /// Records a sample cut short (a hedge's loser, dropped unfinished): it
+    /// took longer than it ran, by an unknown amount. It counts toward the
+    /// total and lies above every finished sample, so it is never taken
+    /// for a latency.
+    #[inline]
+    pub(crate) fn record_censored(&self) {
+        let idx = self.epoch.load(Ordering::Relaxed);
+        self.count(idx, CENSORED);
+    }
+
+    fn count(&self, idx: u64, slot: usize) {
         let shard = &self.shards[shard::index() & (self.shards.len() - 1)];
-        shard.counts[(idx % 2) as usize * BUCKETS + b].add(epoch::tag(idx), 1);
+        shard.counts[(idx % 2) as usize * PER_WINDOW + slot].add(epoch::tag(idx), 1);
     }
 
     /// The `q` quantile (0..=1) of the current and previous windows, if
     /// they hold at least `min_samples` samples.
+    ///
+    /// Censored samples count as longer than every finished one. When they
+    /// are more than `1 - q` of all, the quantile lies among them, unknown
+    /// (a replica that hangs cuts short every call it takes): the `q`
+    /// quantile of the finished samples is given instead, the latency of
+    /// the calls that do finish. It is biased low (the slowest calls are
+    /// among those cut short), where taking the time a hedge waited for a
+    /// latency would make it climb with every hedge sent.
     pub(crate) fn quantile(&self, now: Instant, q: f64, min_samples: u64) -> Option<Duration> {
         let tag = epoch::tag(self.tick(now));
-        let mut counts = vec![0u64; BUCKETS];
-        let mut total = 0u64;
+        let mut counts = vec![0u64; PER_WINDOW];
         for shard in self.shards.iter() {
             for (i, c) in shard.counts.iter().enumerate() {
-                let n = c.read(tag, 2);
-                counts[i % BUCKETS] += n;
-                total += n;
+                counts[i % PER_WINDOW] += c.read(tag, 2);
             }
         }
-        if total == 0 || total < min_samples {
+        let censored = counts[CENSORED];
+        let finished: u64 = counts[..BUCKETS].iter().sum();
+        let total = finished + censored;
+        if finished == 0 || total < min_samples {
             return None;
         }
+        let q = q.clamp(0.0, 1.0);
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        let rank = if rank > finished {
+            ((q * finished as f64).ceil() as u64).max(1)
+        } else {
+            rank
+        };
+        Self::at_rank(&counts[..BUCKETS], rank)
+    }
+
+    /// The upper edge of the bucket where the count reaches `rank`.
+    fn at_rank(counts: &[u64], rank: u64) -> Option<Duration> {
         // The smallest value with at least q of the samples at or below it
         // lies in the bucket where the count reaches the rank: its upper
         // edge is returned, so at least q of the samples are below it (late
         // by less than a bucket, 6.25%). A lower estimate could sit under a
         // tight cluster of samples (timer-driven latencies bunch on ticks)
         // and hedge every call of the cluster, not the slowest 1 - q.
-        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut seen = 0;
         for (i, &n) in counts.iter().enumerate() {
             seen += n;
@@ -189,6 +227,34 @@ mod tests {
         assert!(close(p99, MS), "{p99:?}");
         assert!(close(p999, 50 * MS), "{p999:?}");
         assert_eq!(h.quantile(now, 0.5, 1_001), None, "too few samples");
+    }
+
+    /// Samples cut short count above every finished one; when they hold
+    /// the quantile, the finished samples' quantile is given.
+    #[tokio::test(start_paused = true)]
+    async fn censored_samples_count_above_the_finished_ones() {
+        let now = Instant::now();
+        let h = Histogram::new(now, Duration::from_secs(10));
+        h.tick(now);
+        for i in 0..100u64 {
+            h.record(if i % 20 == 0 { 20 * MS } else { 10 * MS });
+        }
+        // 5% cut short: the p90 is among the finished samples.
+        for _ in 0..5 {
+            h.record_censored();
+        }
+        let p90 = h.quantile(now, 0.9, 1).unwrap();
+        assert!(p90 < 11 * MS, "{p90:?}");
+        // The p97 is among the censored ones, longer than every finished.
+        let p97 = h.quantile(now, 0.97, 1).unwrap();
+        assert!(p97 > 20 * MS, "{p97:?}");
+        // A third cut short: the p90 lies among them.
+        for _ in 0..45 {
+            h.record_censored();
+        }
+        let p90 = h.quantile(now, 0.9, 1).unwrap();
+        assert!(p90 < 11 * MS, "{p90:?}");
+        assert_eq!(h.quantile(now, 0.9, 151), None, "too few samples");
     }
 
     #[tokio::test(start_paused = true)]
