@@ -841,3 +841,91 @@ async fn a_passing_check_ends_an_ejection_and_the_snapshot_shows_every_reason() 
     );
     checks.abort();
 }
+
+/// A replica that hangs fails nothing: its calls lose to hedges and are
+/// dropped. Each loser still tells the pool the replica took at least that
+/// long, so it loses its traffic at once, and a few unanswered probes in a
+/// row eject it, without active checks.
+#[tokio::test(start_paused = true)]
+async fn a_hung_replica_loses_its_traffic_and_is_ejected_without_checks() {
+    use steadfast::hedge::{HedgeDelay, HedgeLayer};
+    use tower::Layer;
+
+    let fleet = Fleet::default();
+    for n in ["a", "b", "c"] {
+        fleet.script(n).delay_ms.store(1, Ordering::SeqCst);
+    }
+    let pool = Pool::builder()
+        .name("hang")
+        .classify(ByError)
+        .seed(7)
+        .build(["a", "b", "c"].map(|n| fleet.replica(n)))
+        .unwrap();
+    let handle = pool.handle();
+    let budget = steadfast::budget::RetryBudget::builder()
+        .min_per_sec(1_000)
+        .build()
+        .unwrap();
+    let mut svc = HedgeLayer::builder()
+        .name("hang")
+        .delay(HedgeDelay::Fixed(5 * MS))
+        .budget(Arc::new(budget))
+        .build()
+        .unwrap()
+        .layer(pool);
+    for _ in 0..300 {
+        svc.ready().await.unwrap().call(0).await.unwrap();
+    }
+
+    // "c" hangs: its calls never end.
+    fleet
+        .script("c")
+        .delay_ms
+        .store(3_600_000, Ordering::SeqCst);
+    fleet.reset_hits();
+    let hung_at = Instant::now();
+    let mut ejected_at = None;
+    while hung_at.elapsed() < 2 * SEC {
+        svc.ready().await.unwrap().call(0).await.unwrap();
+        if ejected_at.is_none() && matches!(health_of(&handle, "c"), Health::Ejected { .. }) {
+            ejected_at = Some(hung_at.elapsed());
+        }
+    }
+    let c = handle.snapshot().into_iter().find(|r| r.id == "c").unwrap();
+    let ejected_at = ejected_at.unwrap_or_else(|| panic!("never ejected: {c:?}"));
+    assert_eq!(c.why, Why::Unanswered);
+    assert!(
+        ejected_at <= 500 * MS,
+        "ejected {ejected_at:?} after the hang"
+    );
+    assert!(
+        fleet.hits("c") <= 10,
+        "{} attempts on the hung replica",
+        fleet.hits("c")
+    );
+}
+
+/// Callers that give up on every replica alike (their deadline is shorter
+/// than any replica takes) say nothing about one of them: nothing is
+/// ejected for it.
+#[tokio::test(start_paused = true)]
+async fn callers_giving_up_on_every_replica_eject_none() {
+    let fleet = Fleet::default();
+    for n in ["a", "b", "c"] {
+        fleet.script(n).delay_ms.store(10, Ordering::SeqCst);
+    }
+    let mut pool = Pool::builder()
+        .name("impatient")
+        .classify(ByError)
+        .seed(7)
+        .build(["a", "b", "c"].map(|n| fleet.replica(n)))
+        .unwrap();
+    let handle = pool.handle();
+    for _ in 0..300 {
+        let call = pool.ready().await.unwrap().call(0);
+        assert!(tokio::time::timeout(5 * MS, call).await.is_err());
+    }
+    for r in handle.snapshot() {
+        assert!(!matches!(r.health, Health::Ejected { .. }), "{r:?}");
+    }
+}

@@ -23,7 +23,9 @@ pin_project! {
     /// # Cancel safety
     ///
     /// Dropping it drops the call; the replica's in-flight count and its
-    /// breaker's probe slot (if any) are given back.
+    /// breaker's probe slot (if any) are given back, and the time the call
+    /// ran counts as a lower bound of the replica's latency (see
+    /// [`Pool`](super::Pool)).
     pub struct ResponseFuture<K, S, Req, C>
     where
         S: Service<Req>,
@@ -95,6 +97,36 @@ impl<K, S> Drop for Tracked<K, S> {
             if let (Some(circuit), Some(permit)) = (state.breaker(), self.permit) {
                 circuit.release(permit);
             }
+            self.cut_short();
+        }
+    }
+}
+
+/// How much of the time a replica usually takes (its load estimate) a
+/// call must have run, unanswered, before it is dropped, to count as
+/// unanswered: one dropped sooner says nothing about the replica.
+const UNANSWERED_AFTER: f64 = 0.5;
+
+impl<K, S> Tracked<K, S> {
+    /// The call was dropped unfinished (a hedge won elsewhere, the caller
+    /// gave up, a timeout above the pool): it would have taken at least as
+    /// long as it ran. That lower bound feeds the load estimate and the
+    /// answer latency when it is above them, so a replica that hangs loses
+    /// its traffic after a few hedges; and a call that ran about as long
+    /// as the replica usually takes counts as unanswered, toward ejection.
+    fn cut_short(&self) {
+        let member = &self.member;
+        let state = &member.state;
+        let now_ns = crate::stats::nanos_since(self.base, Instant::now());
+        let ran = now_ns.saturating_sub(self.started_ns) as f64;
+        let expected = state.latency.get_at(now_ns, RATE);
+        state.latency.observe_at_least(now_ns, ran, RATE);
+        state.answer_latency.raise_to(ran);
+        if ran < expected * UNANSWERED_AFTER {
+            return;
+        }
+        if let Some(shared) = member.pool.upgrade() {
+            shared.on_unanswered(state, now_ns);
         }
     }
 }

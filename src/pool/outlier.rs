@@ -354,6 +354,42 @@ impl<K, S> Shared<K, S> {
         }
     }
 
+    /// A call of `state`'s replica dropped unanswered at `now_ns` after it
+    /// ran about as long as the replica usually takes. A replica that hangs
+    /// fails nothing, it never answers: such calls count with its failures
+    /// in a row, for the same rule ([`consecutive_failures`]), and steer
+    /// traffic away and probe it as failures do. It is ejected only while
+    /// another replica answers: callers giving up on every replica at once
+    /// (their own deadline, a storm of cancellations) say nothing about
+    /// one of them.
+    ///
+    /// [`consecutive_failures`]: OutlierDetection::consecutive_failures
+    pub(super) fn on_unanswered(&self, state: &ReplicaState, now_ns: u64) {
+        let in_a_row = state.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
+        state.shunned.store(true, Ordering::Release);
+        let due = self
+            .settings
+            .outlier
+            .consecutive_failures
+            .is_some_and(|n| in_a_row >= u64::from(n));
+        if !due {
+            return;
+        }
+        let snapshot = lock(&self.current).clone();
+        if !others_answer(&snapshot, state, now_ns) {
+            return;
+        }
+        if self.eject(
+            &snapshot,
+            state,
+            Moment::from_nanos(now_ns),
+            Why::Unanswered,
+        ) {
+            state.consecutive.store(0, Ordering::Release);
+            state.shunned.store(false, Ordering::Release);
+        }
+    }
+
     /// A failed call of `state`'s replica, `elapsed` nanoseconds long,
     /// ending at `now_ns`: its load estimate (at least the penalty, unless
     /// the server asked for a pause, which is honoured by avoiding it), its
@@ -416,4 +452,20 @@ impl<K, S> Shared<K, S> {
             self.sweep(&snapshot, now);
         }
     }
+}
+
+/// How recent another replica's answer must be for an unanswered replica
+/// to be ejected.
+const ANSWERED_WITHIN: Duration = Duration::from_secs(1);
+
+/// Whether a replica of `snapshot` other than `state`'s answered within
+/// [`ANSWERED_WITHIN`] of `now_ns` and has no call unanswered or failed
+/// since.
+fn others_answer<K, S>(snapshot: &Snapshot<K, S>, state: &ReplicaState, now_ns: u64) -> bool {
+    let within = u64::try_from(ANSWERED_WITHIN.as_nanos()).unwrap_or(u64::MAX);
+    snapshot.members.iter().any(|m| {
+        !std::ptr::eq(&m.state, state)
+            && m.state.consecutive.load(Ordering::Acquire) == 0
+            && m.state.answer_latency.updated_within(now_ns, within)
+    })
 }

@@ -73,6 +73,10 @@ pub enum Why {
     HealthCheck = 6,
     /// An operator drained or disabled it.
     Operator = 7,
+    /// Its calls went unanswered, dropped unfinished one after another
+    /// (losing to hedges, or given up on) while other replicas answered:
+    /// it hangs, or accepts calls and never answers them.
+    Unanswered = 8,
 }
 
 impl crate::sync::State for Why {
@@ -85,6 +89,7 @@ impl crate::sync::State for Why {
         Self::Pushback,
         Self::HealthCheck,
         Self::Operator,
+        Self::Unanswered,
     ];
 
     fn byte(self) -> u8 {

@@ -64,6 +64,25 @@ impl PeakEwma {
         self.stamp.store(now_ns + 1, Ordering::Release);
     }
 
+    /// Folds in a sample known only to be at least `bound_ns` (a call cut
+    /// short): a peak if it is above the estimate at `now_ns`, nothing
+    /// otherwise (the estimate already allows for it).
+    pub(crate) fn observe_at_least(&self, now_ns: u64, bound_ns: f64, rate: f64) {
+        if bound_ns > self.get_at(now_ns, rate) {
+            self.observe(now_ns, bound_ns, rate);
+        }
+    }
+
+    /// Raises the estimate to `bound_ns` if it is below, without counting
+    /// as an update (for [`updated_within`](Self::updated_within)): a
+    /// lower bound, not an answer. Lossy, as
+    /// [`observe_lossy`](Self::observe_lossy).
+    pub(crate) fn raise_to(&self, bound_ns: f64) {
+        if bound_ns > self.get() {
+            self.estimate.store(bound_ns.to_bits(), Ordering::Release);
+        }
+    }
+
     /// `estimate` with one sample folded in: a sample above it replaces it
     /// (peak); a lower one pulls it down by the time since the last update.
     #[inline]
