@@ -929,3 +929,48 @@ async fn callers_giving_up_on_every_replica_eject_none() {
         assert!(!matches!(r.health, Health::Ejected { .. }), "{r:?}");
     }
 }
+
+/// A service that is never ready (a full connection pool, a concurrency
+/// limit reached).
+#[derive(Clone)]
+struct NeverReady;
+
+impl Service<u32> for NeverReady {
+    type Response = String;
+    type Error = Failed;
+    type Future = std::future::Pending<Result<String, Failed>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Failed>> {
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        std::future::pending()
+    }
+}
+
+/// A replica whose service is not ready is not chosen while a ready one
+/// exists (as tower's balancer, which only calls ready services).
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_is_not_ready_is_passed_over_for_a_ready_one() {
+    let fleet = Fleet::default();
+    let pool = builder()
+        .build([
+            ("full", Replica::new(Svc::new(NeverReady))),
+            fleet.replica("b"),
+        ])
+        .unwrap();
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let mut p = pool.clone();
+            tokio::spawn(async move { call(&mut p).await })
+        })
+        .collect();
+    for c in calls {
+        let answer = tokio::time::timeout(SEC, c).await;
+        assert_eq!(answer.expect("a call waited").unwrap().unwrap(), "b");
+    }
+}

@@ -21,6 +21,9 @@ pub(super) struct Pick<'a, K, S> {
     pub(super) now_ns: u64,
     pub(super) now: Moment,
     pub(super) tried: &'a Tried,
+    /// A replica found not ready for this request: passed over like a
+    /// tried one.
+    pub(super) busy: Option<u32>,
     /// Set when a candidate turned unusable since the routing table was
     /// built: the caller has the table rebuilt.
     pub(super) stale: bool,
@@ -69,9 +72,11 @@ impl<K, S> Pick<'_, K, S> {
     fn p2c(&mut self, candidates: &[u32], rng: &mut u64, tried: &Tried) -> Option<usize> {
         let (snapshot, now_ns, now) = (self.snapshot, self.now_ns, self.now);
         let state = |i: u32| &snapshot.members[i as usize].state;
+        let busy = self.busy;
         let usable = |i: u32| {
             let member = &snapshot.members[i as usize];
             (snapshot.table.panic || member.state.routable(now))
+                && busy != Some(i)
                 && (tried.is_empty() || !tried.contains(ReplicaId::of(member)))
         };
         let cheaper = |a: u32, b: u32| {
@@ -104,7 +109,7 @@ impl<K, S> Pick<'_, K, S> {
             (true, false) if n == 1 => return Some(i1 as usize),
             _ => {}
         }
-        if tried.is_empty() {
+        if tried.is_empty() && busy.is_none() {
             // A candidate turned unusable since the table was built.
             self.stale = true;
         }
@@ -195,6 +200,7 @@ mod tests {
             now_ns: 1,
             now: Moment::at(1),
             tried,
+            busy: None,
             stale: false,
         }
     }

@@ -11,8 +11,9 @@ use super::config::{Builder, WhenNoneHealthy};
 use super::future::{ResponseFuture, Tracked};
 use super::handle::PoolHandle;
 use super::select::Pick;
-use super::shared::{Shared, Snapshot};
+use super::shared::{Member, Shared, Snapshot};
 use crate::attempt::{ReplicaId, Tried};
+use crate::circuit_breaker::CircuitPermit;
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::error::{BoxError, NoHealthyReplica};
 use crate::health::HealthChecks;
@@ -196,6 +197,10 @@ where
         // replicas it tried, and where this attempt goes.
         let chosen = crate::attempt::with_tried(|mut tried| {
             let untried = Tried::default();
+            // The first replica found not ready for this request, and its
+            // service: passed over for another, taken (and waited on) if
+            // there is none.
+            let mut busy: Option<(usize, S)> = None;
             // A replica whose breaker refuses is passed over.
             for _ in 0..BREAKER_PASSES {
                 let avoid = tried.as_deref().unwrap_or(&untried);
@@ -204,39 +209,45 @@ where
                     now_ns,
                     now,
                     tried: avoid,
+                    busy: busy.as_ref().map(|&(i, _)| i as u32),
                     stale: false,
                 };
                 let chosen = pick.choose(rng);
                 if pick.stale {
                     shared.stale();
                 }
-                let i = chosen?;
+                let Some(i) = chosen else { break };
                 let member = &snapshot.members[i];
-                let permit = match member.state.breaker() {
-                    Some(circuit) => match circuit.try_acquire() {
-                        Ok(permit) => Some(permit),
-                        Err(_) => {
-                            shared.changed();
-                            continue;
-                        }
-                    },
-                    None => None,
+                let Some(permit) = admit(member) else {
+                    shared.changed();
+                    continue;
                 };
+                let mut service = member.service.clone();
+                if busy.is_none() && !ready_now(&mut service) {
+                    release(member, permit);
+                    busy = Some((i, service));
+                    continue;
+                }
                 if let Some(tried) = tried.as_deref_mut() {
                     tried.record(ReplicaId::of(member));
                 }
-                return Some((member, permit));
+                return Some((member, permit, service));
             }
-            None
+            let (i, service) = busy?;
+            let member = &snapshot.members[i];
+            let permit = admit(member)?;
+            if let Some(tried) = tried {
+                tried.record(ReplicaId::of(member));
+            }
+            Some((member, permit, service))
         });
-        if let Some((member, permit)) = chosen {
+        if let Some((member, permit, service)) = chosen {
             member.state.selections.increment(1);
             member
                 .state
                 .last_pick_ns
                 .store(now_ns, crate::sync::Ordering::Relaxed);
             let tracked = Tracked::new(member.clone(), permit, shared.base, now_ns);
-            let service = member.service.clone();
             return ResponseFuture::called(service, req, tracked, self.classifier.clone());
         }
         ResponseFuture::rejected(NoHealthyReplica::new(
@@ -244,4 +255,29 @@ where
             shared.retry_after(snapshot, now),
         ))
     }
+}
+
+/// The breaker's permit for a call to `member`: `Some(None)` without a
+/// breaker, `None` if its breaker refuses.
+fn admit<K, S>(member: &Member<K, S>) -> Option<Option<CircuitPermit>> {
+    match member.state.breaker() {
+        Some(circuit) => circuit.try_acquire().ok().map(Some),
+        None => Some(None),
+    }
+}
+
+/// Gives back a permit [`admit`] took, for a call not made.
+fn release<K, S>(member: &Member<K, S>, permit: Option<CircuitPermit>) {
+    if let (Some(circuit), Some(permit)) = (member.state.breaker(), permit) {
+        circuit.release(permit);
+    }
+}
+
+/// Whether `service` is ready for a call now, asked once without a task to
+/// wake (a service that is not ready registers a waker nobody waits on,
+/// and this copy is dropped). An error counts as ready: the call then
+/// fails with it, judged as any failure.
+fn ready_now<S: Service<Req>, Req>(service: &mut S) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    service.poll_ready(&mut cx).is_ready()
 }
