@@ -81,7 +81,7 @@ pub use self::http_check::{HttpCheck, Status};
 /// | setting | default |
 /// |---|---|
 /// | [`interval`](Self::interval) | 5 s, ± 10% jitter |
-/// | [`unhealthy_interval`](Self::unhealthy_interval) | 1 s while a replica fails its checks |
+/// | [`unhealthy_interval`](Self::unhealthy_interval) | 500 ms while a replica is out of traffic (failing its checks, or ejected) |
 /// | [`timeout`](Self::timeout) | 1 s |
 /// | [`healthy_threshold`](Self::healthy_threshold) | 2 passes in a row to come back |
 /// | [`unhealthy_threshold`](Self::unhealthy_threshold) | 3 failures in a row to go down |
@@ -100,7 +100,7 @@ impl Default for HealthChecks {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(5),
-            unhealthy_interval: Duration::from_secs(1),
+            unhealthy_interval: Duration::from_millis(500),
             timeout: Duration::from_secs(1),
             healthy_threshold: 2,
             unhealthy_threshold: 3,
@@ -116,7 +116,8 @@ impl HealthChecks {
         self
     }
 
-    /// Time between checks of a replica that is failing them.
+    /// Time between checks of a replica out of traffic (failing its
+    /// checks, or ejected): how soon its recovery is seen.
     pub fn unhealthy_interval(mut self, interval: Duration) -> Self {
         self.unhealthy_interval = interval;
         self
