@@ -27,6 +27,9 @@
 //! the fault; and the busiest replica's share of each second while all
 //! three were up (median over the seconds; fair is 33%).
 //!
+//! `-- --spread` instead prints every replica's share of every second
+//! with all three up, at 500 and at 5,000 requests/s.
+//!
 //! Then the stack's own cost over real sockets: requests/s at saturation
 //! (64 callers in a closed loop) and p50 / p99 at a fixed rate, through
 //! `ReplicaStack` and through the raw hyper-util client (round robin) over
@@ -96,6 +99,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
+    if std::env::args().any(|a| a == "--spread") {
+        runtime.block_on(spread(if quick { 5 } else { 10 }));
+        return;
+    }
     runtime.block_on(scenario(if quick { QUICK } else { FULL }));
 }
 
@@ -521,6 +528,92 @@ fn busiest_share(logs: &[Arc<Log>], start: Instant, until: Duration) -> f64 {
     }
     shares.sort_by(f64::total_cmp);
     shares[shares.len() / 2]
+}
+
+// ---------------------------------------------------------------- the spread
+
+/// `--spread`: three healthy backends, 500 and then 5,000 requests/s for
+/// `secs` seconds each; every replica's share of every second.
+async fn spread(secs: u64) {
+    for rate in [500, 5_000] {
+        let ports = free_ports(3);
+        let mut backends = Vec::new();
+        for &port in &ports {
+            backends.push(Backend::start(port).await);
+        }
+        let shared = client();
+        let logs: Vec<Arc<Log>> = (0..3).map(|_| Arc::default()).collect();
+        let replicas =
+            ["a", "b", "c"]
+                .into_iter()
+                .zip(&backends)
+                .zip(&logs)
+                .map(|((id, b), log)| {
+                    let upstream = Upstream {
+                        client: shared.clone(),
+                        authority: b.addr().to_string().parse().expect("an authority"),
+                        log: Some(log.clone()),
+                    };
+                    (id, Replica::new(upstream))
+                });
+        let parts = ReplicaStack::new("spread")
+            .build(replicas)
+            .expect("a valid stack");
+        let service = parts.service;
+        let handle = parts.handle;
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut calls = Vec::new();
+        while start.elapsed() < Duration::from_secs(secs) {
+            tick.tick().await;
+            let svc = service.clone();
+            calls.push(tokio::spawn(async move {
+                let req = Request::get("http://spread/")
+                    .body(Body::new())
+                    .expect("a request");
+                if let Ok(res) = svc.oneshot(req).await {
+                    let _ = res.into_body().collect().await;
+                }
+            }));
+        }
+        for c in calls {
+            let _ = c.await;
+        }
+        let mut worst: f64 = 0.0;
+        for s in 1..secs {
+            let counts: Vec<usize> = logs
+                .iter()
+                .map(|log| {
+                    let attempts = log.attempts.lock().unwrap();
+                    attempts
+                        .iter()
+                        .filter(|&&a| (a - start).as_secs() == s)
+                        .count()
+                })
+                .collect();
+            let total: usize = counts.iter().sum();
+            let shares: Vec<String> = counts
+                .iter()
+                .map(|&c| {
+                    let share = c as f64 / total.max(1) as f64;
+                    worst = worst.max((share * 3.0 - 1.0).abs());
+                    format!("{:.0}%", share * 100.0)
+                })
+                .collect();
+            println!("{rate}/s second {s}: {}", shares.join(" / "));
+        }
+        println!(
+            "{rate}/s: the worst share is {:.0}% off a fair third",
+            worst * 100.0
+        );
+        for r in handle.snapshot() {
+            println!(
+                "  {}: {:?} (why: {:?}), {} ejections, answers in {:?}",
+                r.id, r.health, r.why, r.ejections, r.latency
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------- the cost

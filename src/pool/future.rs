@@ -103,8 +103,8 @@ impl<K, S> Drop for Tracked<K, S> {
 }
 
 /// How much of the time a replica usually takes (its load estimate) a
-/// call must have run, unanswered, before it is dropped, to count as
-/// unanswered: one dropped sooner says nothing about the replica.
+/// call must have run before it is dropped to count as unanswered: one
+/// dropped sooner says nothing about the replica.
 const UNANSWERED_AFTER: f64 = 0.5;
 
 impl<K, S> Tracked<K, S> {
@@ -112,17 +112,20 @@ impl<K, S> Tracked<K, S> {
     /// gave up, a timeout above the pool): it would have taken at least as
     /// long as it ran. That lower bound feeds the load estimate and the
     /// answer latency when it is above them, so a replica that hangs loses
-    /// its traffic after a few hedges; and a call that ran about as long
-    /// as the replica usually takes counts as unanswered, toward ejection.
+    /// its traffic after a few hedges. And a call that ran about as long as
+    /// the replica usually takes, while the replica answered nothing at
+    /// all, counts as unanswered, toward ejection: a replica that is only
+    /// busy answers its other calls meanwhile.
     fn cut_short(&self) {
         let member = &self.member;
         let state = &member.state;
         let now_ns = crate::stats::nanos_since(self.base, Instant::now());
         let ran = now_ns.saturating_sub(self.started_ns) as f64;
         let expected = state.latency.get_at(now_ns, RATE);
+        let answered_meanwhile = state.answer_latency.updated_within(now_ns, ran as u64);
         state.latency.observe_at_least(now_ns, ran, RATE);
         state.answer_latency.raise_to(ran);
-        if ran < expected * UNANSWERED_AFTER {
+        if ran < expected * UNANSWERED_AFTER || answered_meanwhile {
             return;
         }
         if let Some(shared) = member.pool.upgrade() {
