@@ -102,30 +102,32 @@ impl<K, S> Drop for Tracked<K, S> {
     }
 }
 
-/// How much of the time a replica usually takes (its load estimate) a
-/// call must have run before it is dropped to count as unanswered: one
-/// dropped sooner says nothing about the replica.
+/// How much of the time a replica takes to answer a call must have run
+/// before it is dropped to count as unanswered: one dropped sooner says
+/// nothing about the replica.
 const UNANSWERED_AFTER: f64 = 0.5;
 
 impl<K, S> Tracked<K, S> {
     /// The call was dropped unfinished (a hedge won elsewhere, the caller
     /// gave up, a timeout above the pool): it would have taken at least as
-    /// long as it ran. That lower bound feeds the load estimate and the
-    /// answer latency when it is above them, so a replica that hangs loses
-    /// its traffic after a few hedges. And a call that ran about as long as
-    /// the replica usually takes, while the replica answered nothing at
-    /// all, counts as unanswered, toward ejection: a replica that is only
-    /// busy answers its other calls meanwhile.
+    /// long as it ran. That lower bound feeds the load estimate when it is
+    /// above it, so a replica that hangs loses its traffic after a few
+    /// hedges. And a call that ran about as long as the replica takes to
+    /// answer, while the replica answered nothing at all, counts as
+    /// unanswered, toward ejection: a replica that is only busy answers
+    /// its other calls meanwhile.
     fn cut_short(&self) {
         let member = &self.member;
         let state = &member.state;
         let now_ns = crate::stats::nanos_since(self.base, Instant::now());
         let ran = now_ns.saturating_sub(self.started_ns) as f64;
-        let expected = state.latency.get_at(now_ns, RATE);
-        let answered_meanwhile = state.answer_latency.updated_within(now_ns, ran as u64);
         state.latency.observe_at_least(now_ns, ran, RATE);
-        state.answer_latency.raise_to(ran);
-        if ran < expected * UNANSWERED_AFTER || answered_meanwhile {
+        // Judged against how fast it answers when it does, which calls cut
+        // short do not move (the load estimate they raise would make the
+        // next loser look early).
+        let answers_in = state.answer_latency.get();
+        let answered_meanwhile = state.answer_latency.updated_within(now_ns, ran as u64);
+        if ran < answers_in * UNANSWERED_AFTER || answered_meanwhile {
             return;
         }
         if let Some(shared) = member.pool.upgrade() {

@@ -73,16 +73,6 @@ impl PeakEwma {
         }
     }
 
-    /// Raises the estimate to `bound_ns` if it is below, without counting
-    /// as an update (for [`updated_within`](Self::updated_within)): a
-    /// lower bound, not an answer. Lossy, as
-    /// [`observe_lossy`](Self::observe_lossy).
-    pub(crate) fn raise_to(&self, bound_ns: f64) {
-        if bound_ns > self.get() {
-            self.estimate.store(bound_ns.to_bits(), Ordering::Release);
-        }
-    }
-
     /// `estimate` with one sample folded in: a sample above it replaces it
     /// (peak); a lower one pulls it down by the time since the last update.
     #[inline]
