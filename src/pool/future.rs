@@ -69,6 +69,11 @@ pub(super) struct Tracked<K, S> {
     base: Instant,
     started_ns: u64,
     done: bool,
+    /// Whether it is its request's first attempt (or the pool is called
+    /// without a retry or hedge above): only such a call, dropped, hints
+    /// that its replica is slow. A hedge or retry dropped because an
+    /// earlier attempt answered says nothing about its replica.
+    first: bool,
 }
 
 impl<K, S> Tracked<K, S> {
@@ -77,6 +82,7 @@ impl<K, S> Tracked<K, S> {
         permit: Option<CircuitPermit>,
         base: Instant,
         started_ns: u64,
+        first: bool,
     ) -> Self {
         member.state.in_flight.fetch_add(1, Ordering::AcqRel);
         Self {
@@ -85,6 +91,7 @@ impl<K, S> Tracked<K, S> {
             base,
             started_ns,
             done: false,
+            first,
         }
     }
 }
@@ -105,17 +112,18 @@ impl<K, S> Drop for Tracked<K, S> {
 /// How much of the time a replica takes to answer a call must have run
 /// before it is dropped to count as unanswered: one dropped sooner says
 /// nothing about the replica.
-const UNANSWERED_AFTER: f64 = 0.5;
+const UNANSWERED_AFTER: f64 = 0.1;
 
 impl<K, S> Tracked<K, S> {
     /// The call was dropped unfinished (a hedge won elsewhere, the caller
     /// gave up, a timeout above the pool): it would have taken at least as
     /// long as it ran. That lower bound feeds the load estimate when it is
     /// above it, so a replica that hangs loses its traffic after a few
-    /// hedges. And a call that ran about as long as the replica takes to
-    /// answer, while the replica answered nothing at all, counts as
-    /// unanswered, toward ejection: a replica that is only busy answers
-    /// its other calls meanwhile.
+    /// hedges. And a request's first attempt that ran a while, while its
+    /// replica answered nothing at all, counts as unanswered, toward
+    /// ejection: a replica that is only busy answers its other calls
+    /// meanwhile, and a hedge that lost to the attempt before it was not
+    /// slow.
     fn cut_short(&self) {
         let member = &self.member;
         let state = &member.state;
@@ -127,7 +135,7 @@ impl<K, S> Tracked<K, S> {
         // next loser look early).
         let answers_in = state.answer_latency.get();
         let answered_meanwhile = state.answer_latency.updated_within(now_ns, ran as u64);
-        if ran < answers_in * UNANSWERED_AFTER || answered_meanwhile {
+        if !self.first || ran < answers_in * UNANSWERED_AFTER || answered_meanwhile {
             return;
         }
         if let Some(shared) = member.pool.upgrade() {
@@ -200,7 +208,15 @@ fn report<K, S>(tracked: &Tracked<K, S>, verdict: Verdict) {
         circuit.complete(permit, verdict);
     }
     if !verdict.is_failure() {
-        state.latency.observe(now_ns, elapsed, RATE);
+        if verdict.is_success() && state.consecutive.load(Ordering::Relaxed) > 0 {
+            // It answers again after failures (or calls unanswered) in a
+            // row: their penalties have done their work. Judged by them it
+            // would stay starved of the traffic that shows it is back
+            // until they decayed, tens of seconds later.
+            state.latency.reset(now_ns, elapsed);
+        } else {
+            state.latency.observe(now_ns, elapsed, RATE);
+        }
         if verdict.is_success() {
             state.answer_latency.observe_lossy(now_ns, elapsed, RATE);
             state.record_outcome(false);

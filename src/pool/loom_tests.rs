@@ -122,7 +122,7 @@ fn a_removed_replica_leaves_after_its_last_call() {
         let pool = pool(&["a", "b"]);
         let shared = pool.shared.clone();
         let a = lock(&shared.current).members[0].clone();
-        let call = Tracked::new(a.clone(), None, shared.base, 0);
+        let call = Tracked::new(a.clone(), None, shared.base, 0, true);
         update_members(&shared, |members| {
             members[0]
                 .state

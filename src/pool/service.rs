@@ -201,6 +201,7 @@ where
             // service: passed over for another, taken (and waited on) if
             // there is none.
             let mut busy: Option<(usize, S)> = None;
+            let first = tried.as_deref().is_none_or(Tried::is_empty);
             // A replica whose breaker refuses is passed over.
             for _ in 0..BREAKER_PASSES {
                 let avoid = tried.as_deref().unwrap_or(&untried);
@@ -231,7 +232,7 @@ where
                 if let Some(tried) = tried.as_deref_mut() {
                     tried.record(ReplicaId::of(member));
                 }
-                return Some((member, permit, service));
+                return Some((member, permit, service, first));
             }
             let (i, service) = busy?;
             let member = &snapshot.members[i];
@@ -239,15 +240,15 @@ where
             if let Some(tried) = tried {
                 tried.record(ReplicaId::of(member));
             }
-            Some((member, permit, service))
+            Some((member, permit, service, first))
         });
-        if let Some((member, permit, service)) = chosen {
+        if let Some((member, permit, service, first)) = chosen {
             member.state.selections.increment(1);
             member
                 .state
                 .last_pick_ns
                 .store(now_ns, crate::sync::Ordering::Relaxed);
-            let tracked = Tracked::new(member.clone(), permit, shared.base, now_ns);
+            let tracked = Tracked::new(member.clone(), permit, shared.base, now_ns, first);
             return ResponseFuture::called(service, req, tracked, self.classifier.clone());
         }
         ResponseFuture::rejected(NoHealthyReplica::new(
