@@ -27,7 +27,7 @@
 //! the fault; and the busiest replica's share of each second while all
 //! three were up (median over the seconds; fair is 33%).
 //!
-//! `-- --spread` instead prints every replica's share of every second
+//! `-- --cost` runs only the cost measurement; `-- --spread` instead prints every replica's share of every second
 //! with all three up, at 500 and at 5,000 requests/s.
 //!
 //! Then the stack's own cost over real sockets: requests/s at saturation
@@ -99,6 +99,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
+    if std::env::args().any(|a| a == "--cost") {
+        runtime.block_on(measure_cost(quick));
+        return;
+    }
     if std::env::args().any(|a| a == "--spread") {
         runtime.block_on(spread(if quick { 5 } else { 10 }));
         return;
