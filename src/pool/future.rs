@@ -44,6 +44,7 @@ pin_project! {
         S: Service<Req>,
     {
         Called { #[pin] call: Oneshot<S, Req> },
+        Calling { #[pin] call: S::Future },
         Rejected { error: Option<NoHealthyReplica> },
     }
 }
@@ -158,6 +159,15 @@ where
         }
     }
 
+    /// A call already made, on a service that was ready.
+    pub(super) fn calling(call: S::Future, tracked: Tracked<K, S>, classifier: C) -> Self {
+        Self {
+            kind: Kind::Calling { call },
+            tracked: Some(tracked),
+            classifier: Some(classifier),
+        }
+    }
+
     pub(super) fn rejected(error: NoHealthyReplica) -> Self {
         Self {
             kind: Kind::Rejected { error: Some(error) },
@@ -180,14 +190,11 @@ where
         match this.kind.project() {
             KindProj::Called { call } => {
                 let result = ready!(call.poll(cx));
-                if let (Some(mut tracked), Some(classifier)) =
-                    (this.tracked.take(), this.classifier.take())
-                {
-                    let verdict = classifier.classify(result.as_ref());
-                    tracked.done = true;
-                    report(&tracked, verdict);
-                }
-                Poll::Ready(result.map_err(Into::into))
+                Poll::Ready(finish(this.tracked, this.classifier, result))
+            }
+            KindProj::Calling { call } => {
+                let result = ready!(call.poll(cx));
+                Poll::Ready(finish(this.tracked, this.classifier, result))
             }
             KindProj::Rejected { error } => match error.take() {
                 Some(err) => Poll::Ready(Err(Box::new(err))),
@@ -195,6 +202,24 @@ where
             },
         }
     }
+}
+
+/// Judges a finished call and reports it (once), and hands its result on.
+fn finish<K, S, C, T, E>(
+    tracked: &mut Option<Tracked<K, S>>,
+    classifier: &mut Option<C>,
+    result: Result<T, E>,
+) -> Result<T, BoxError>
+where
+    C: Classify<T, E>,
+    E: Into<BoxError>,
+{
+    if let (Some(mut tracked), Some(classifier)) = (tracked.take(), classifier.take()) {
+        let verdict = classifier.classify(result.as_ref());
+        tracked.done = true;
+        report(&tracked, verdict);
+    }
+    result.map_err(Into::into)
 }
 
 /// Feeds one finished call to the replica's load estimate, its breaker and

@@ -195,61 +195,70 @@ where
         let rng = &mut self.rng;
         // Under retry and hedge layers, the request's attempt record: the
         // replicas it tried, and where this attempt goes.
-        let chosen = crate::attempt::with_tried(|mut tried| {
+        let chosen = crate::attempt::with_tried(|tried| {
             let untried = Tried::default();
+            let first = tried.as_deref().is_none_or(Tried::is_empty);
             // The first replica found not ready for this request, and its
             // service: passed over for another, taken (and waited on) if
             // there is none.
             let mut busy: Option<(usize, S)> = None;
-            let first = tried.as_deref().is_none_or(Tried::is_empty);
-            // A replica whose breaker refuses is passed over.
-            for _ in 0..BREAKER_PASSES {
-                let avoid = tried.as_deref().unwrap_or(&untried);
-                let mut pick = Pick {
-                    snapshot,
-                    now_ns,
-                    now,
-                    tried: avoid,
-                    busy: busy.as_ref().map(|&(i, _)| i as u32),
-                    stale: false,
-                };
-                let chosen = pick.choose(rng);
-                if pick.stale {
-                    shared.stale();
+            let taken = 'pick: {
+                // A replica whose breaker refuses is passed over.
+                for _ in 0..BREAKER_PASSES {
+                    let avoid = tried.as_deref().unwrap_or(&untried);
+                    let mut pick = Pick {
+                        snapshot,
+                        now_ns,
+                        now,
+                        tried: avoid,
+                        busy: busy.as_ref().map(|&(i, _)| i as u32),
+                        stale: false,
+                    };
+                    let chosen = pick.choose(rng);
+                    if pick.stale {
+                        shared.stale();
+                    }
+                    let Some(i) = chosen else { break };
+                    let member = &snapshot.members[i];
+                    let Some(permit) = admit(member) else {
+                        shared.changed();
+                        continue;
+                    };
+                    let mut service = member.service.clone();
+                    match ready_now(&mut service) {
+                        Poll::Pending if busy.is_none() => {
+                            release(member, permit);
+                            busy = Some((i, service));
+                        }
+                        Poll::Ready(Ok(())) => break 'pick Some((i, permit, service, true)),
+                        _ => break 'pick Some((i, permit, service, false)),
+                    }
                 }
-                let Some(i) = chosen else { break };
-                let member = &snapshot.members[i];
-                let Some(permit) = admit(member) else {
-                    shared.changed();
-                    continue;
-                };
-                let mut service = member.service.clone();
-                if busy.is_none() && !ready_now(&mut service) {
-                    release(member, permit);
-                    busy = Some((i, service));
-                    continue;
-                }
-                if let Some(tried) = tried.as_deref_mut() {
-                    tried.record(ReplicaId::of(member));
-                }
-                return Some((member, permit, service, first));
-            }
-            let (i, service) = busy?;
+                let (i, service) = busy?;
+                Some((i, admit(&snapshot.members[i])?, service, false))
+            };
+            let (i, permit, service, ready) = taken?;
             let member = &snapshot.members[i];
-            let permit = admit(member)?;
             if let Some(tried) = tried {
                 tried.record(ReplicaId::of(member));
             }
-            Some((member, permit, service, first))
+            Some((member, permit, service, ready, first))
         });
-        if let Some((member, permit, service, first)) = chosen {
+        if let Some((member, permit, mut service, ready, first)) = chosen {
             member.state.selections.increment(1);
             member
                 .state
                 .last_pick_ns
                 .store(now_ns, crate::sync::Ordering::Relaxed);
             let tracked = Tracked::new(member.clone(), permit, shared.base, now_ns, first);
-            return ResponseFuture::called(service, req, tracked, self.classifier.clone());
+            let classifier = self.classifier.clone();
+            // A service found ready is called now; one that was not (or
+            // failed) is left to `Oneshot`, which waits on it (or returns
+            // its error).
+            if ready {
+                return ResponseFuture::calling(service.call(req), tracked, classifier);
+            }
+            return ResponseFuture::called(service, req, tracked, classifier);
         }
         ResponseFuture::rejected(NoHealthyReplica::new(
             shared.settings.name.clone(),
@@ -275,10 +284,9 @@ fn release<K, S>(member: &Member<K, S>, permit: Option<CircuitPermit>) {
 }
 
 /// Whether `service` is ready for a call now, asked once without a task to
-/// wake (a service that is not ready registers a waker nobody waits on,
-/// and this copy is dropped). An error counts as ready: the call then
-/// fails with it, judged as any failure.
-fn ready_now<S: Service<Req>, Req>(service: &mut S) -> bool {
+/// wake: a service that is not ready registers a waker nobody waits on,
+/// and that copy is put aside or dropped.
+fn ready_now<S: Service<Req>, Req>(service: &mut S) -> Poll<Result<(), S::Error>> {
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    service.poll_ready(&mut cx).is_ready()
+    service.poll_ready(&mut cx)
 }
