@@ -263,6 +263,15 @@ impl Backend {
     }
 }
 
+/// Three backend processes on free loopback ports.
+async fn start_fleet() -> Vec<Backend> {
+    let mut backends = Vec::new();
+    for port in free_ports(3) {
+        backends.push(Backend::start(port).await);
+    }
+    backends
+}
+
 /// Free loopback ports, one per backend.
 fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<std::net::TcpListener> = (0..n)
@@ -295,6 +304,17 @@ struct Upstream {
     client: HttpClient,
     authority: Authority,
     log: Option<Arc<Log>>,
+}
+
+impl Upstream {
+    /// `backend`'s service, through `client`, logging into `log` if given.
+    fn to(backend: &Backend, client: &HttpClient, log: Option<Arc<Log>>) -> Self {
+        Self {
+            client: client.clone(),
+            authority: backend.addr().to_string().parse().expect("an authority"),
+            log,
+        }
+    }
 }
 
 impl Service<Request<Body>> for Upstream {
@@ -400,11 +420,7 @@ struct Sent {
 }
 
 async fn run_fault(fault: Fault, t: Timeline) -> Row {
-    let ports = free_ports(3);
-    let mut backends = Vec::new();
-    for &port in &ports {
-        backends.push(Backend::start(port).await);
-    }
+    let mut backends = start_fleet().await;
     let shared = client();
     let logs: Vec<Arc<Log>> = (0..3).map(|_| Arc::default()).collect();
     let replicas = ["a", "b", "c"]
@@ -412,11 +428,7 @@ async fn run_fault(fault: Fault, t: Timeline) -> Row {
         .zip(&backends)
         .zip(&logs)
         .map(|((id, b), log)| {
-            let upstream = Upstream {
-                client: shared.clone(),
-                authority: b.addr().to_string().parse().expect("an authority"),
-                log: Some(log.clone()),
-            };
+            let upstream = Upstream::to(b, &shared, Some(log.clone()));
             let check = HttpCheck::new(shared.clone(), b.uri("/health"));
             (id, Replica::new(upstream).health_check(check))
         });
@@ -540,11 +552,7 @@ fn busiest_share(logs: &[Arc<Log>], start: Instant, until: Duration) -> f64 {
 /// `secs` seconds each; every replica's share of every second.
 async fn spread(secs: u64) {
     for rate in [500, 5_000] {
-        let ports = free_ports(3);
-        let mut backends = Vec::new();
-        for &port in &ports {
-            backends.push(Backend::start(port).await);
-        }
+        let backends = start_fleet().await;
         let shared = client();
         let logs: Vec<Arc<Log>> = (0..3).map(|_| Arc::default()).collect();
         let replicas =
@@ -553,11 +561,7 @@ async fn spread(secs: u64) {
                 .zip(&backends)
                 .zip(&logs)
                 .map(|((id, b), log)| {
-                    let upstream = Upstream {
-                        client: shared.clone(),
-                        authority: b.addr().to_string().parse().expect("an authority"),
-                        log: Some(log.clone()),
-                    };
+                    let upstream = Upstream::to(b, &shared, Some(log.clone()));
                     (id, Replica::new(upstream))
                 });
         let parts = ReplicaStack::new("spread")
@@ -706,11 +710,7 @@ async fn measure_cost(quick: bool) {
         Duration::from_secs(5)
     };
     let (callers, rate) = (64, 2_000);
-    let ports = free_ports(3);
-    let mut backends = Vec::new();
-    for &port in &ports {
-        backends.push(Backend::start(port).await);
-    }
+    let backends = start_fleet().await;
     let shared = client();
     let raw = Raw {
         client: shared.clone(),
@@ -718,11 +718,7 @@ async fn measure_cost(quick: bool) {
         next: Arc::default(),
     };
     let replicas = ["a", "b", "c"].into_iter().zip(&backends).map(|(id, b)| {
-        let upstream = Upstream {
-            client: shared.clone(),
-            authority: b.addr().to_string().parse().expect("an authority"),
-            log: None,
-        };
+        let upstream = Upstream::to(b, &shared, None);
         (id, Replica::new(upstream))
     });
     let parts = ReplicaStack::new("cost")

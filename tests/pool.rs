@@ -652,9 +652,9 @@ async fn a_failure_rate_over_the_window_ejects() {
     assert_eq!(a.why, Why::FailureRate);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_success_rate_far_below_the_fleet_ejects_at_the_sweep() {
-    let fleet = Fleet::default();
+/// Four replicas of `fleet` judged only by the success-rate rule, swept
+/// every second.
+fn judged_by_success_rate(fleet: &Fleet) -> Pool<&'static str, Svc, ByError> {
     let outlier = OutlierDetection::default()
         .consecutive_failures(None)
         .failure_percentage(None)
@@ -662,11 +662,17 @@ async fn a_success_rate_far_below_the_fleet_ejects_at_the_sweep() {
         .latency_factor(None)
         .interval(SEC)
         .max_ejected(1.0);
-    let mut pool = builder()
+    builder()
         .failure_penalty(Duration::ZERO)
         .outlier(outlier)
         .build(["a", "b", "c", "d"].map(|n| fleet.replica(n)))
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_rate_far_below_the_fleet_ejects_at_the_sweep() {
+    let fleet = Fleet::default();
+    let mut pool = judged_by_success_rate(&fleet);
     let handle = pool.handle();
     // "a" fails one call in four; the others never do.
     let script = fleet.script("a");
@@ -724,18 +730,7 @@ async fn a_call_outlives_the_pool_it_was_made_through() {
 async fn with_the_upkeep_future_the_fleet_rules_run_on_time_without_requests() {
     for kept in [false, true] {
         let fleet = Fleet::default();
-        let outlier = OutlierDetection::default()
-            .consecutive_failures(None)
-            .failure_percentage(None)
-            .success_rate_stdev(Some((1.0, 3, 20)))
-            .latency_factor(None)
-            .interval(SEC)
-            .max_ejected(1.0);
-        let mut pool = builder()
-            .failure_penalty(Duration::ZERO)
-            .outlier(outlier)
-            .build(["a", "b", "c", "d"].map(|n| fleet.replica(n)))
-            .unwrap();
+        let mut pool = judged_by_success_rate(&fleet);
         let handle = pool.handle();
         let upkeep = kept.then(|| tokio::spawn(pool.upkeep()));
         // "a" fails one call in four, all within the first interval.
