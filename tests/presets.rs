@@ -221,3 +221,57 @@ async fn the_replica_stack_takes_durations_up_to_duration_max() {
     let res = svc.ready().await.unwrap().call(get()).await.unwrap();
     assert_eq!(res.status(), 200);
 }
+
+/// Through the preset, a replica that hangs (accepts calls and never
+/// answers them) fails no request: its first attempt loses to a hedge,
+/// and a few unanswered attempts in a row eject it, without checks.
+#[tokio::test(start_paused = true)]
+async fn the_replica_stack_ejects_a_hung_replica_without_checks() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use steadfast::pool::{Health, Why};
+
+    let hung = Arc::new(AtomicBool::new(false));
+    let attempts_on_c = Arc::new(AtomicU64::new(0));
+    let replica = |id: &'static str| {
+        let (hung, attempts) = (hung.clone(), attempts_on_c.clone());
+        let service = tower::service_fn(move |_req: http::Request<String>| {
+            let stuck = id == "c" && hung.load(Ordering::SeqCst);
+            if id == "c" {
+                attempts.fetch_add(1, Ordering::SeqCst);
+            }
+            async move {
+                if stuck {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                Ok::<_, BoxError>(http::Response::new(String::new()))
+            }
+        });
+        (id, Replica::new(service))
+    };
+    let parts = ReplicaStack::new("hang")
+        .build([replica("a"), replica("b"), replica("c")])
+        .unwrap();
+    let mut svc = parts.service;
+    for _ in 0..300 {
+        let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    hung.store(true, Ordering::SeqCst);
+    let before = attempts_on_c.load(Ordering::SeqCst);
+    for _ in 0..500 {
+        let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+        assert_eq!(res.status(), 200, "a request failed");
+    }
+    let c = parts
+        .handle
+        .snapshot()
+        .into_iter()
+        .find(|r| r.id == "c")
+        .unwrap();
+    assert!(matches!(c.health, Health::Ejected { .. }), "{c:?}");
+    assert_eq!(c.why, Why::Unanswered);
+    let during = attempts_on_c.load(Ordering::SeqCst) - before;
+    assert!(during <= 10, "{during} attempts on the hung replica");
+}
