@@ -25,12 +25,10 @@
 //!
 //! # Cost
 //!
-//! Deposits go to per-thread shards (no shared cache line is written on the
-//! happy path) and do not read the clock each time: a deposit counts in the
-//! time bucket of the budget's last clock reading, which every withdrawal
-//! takes, and which a shard takes on its first deposit in a bucket and every
-//! 16th after. So after a quiet spell up to 15 deposits per shard may count
-//! in an older bucket and expire early — never late, so the cap holds.
+//! Deposits go to per-thread shards, so no shared cache line is written on
+//! the happy path. Each deposit reads the clock once, to date it to its time
+//! bucket (a tenth of the ttl): it then counts for the ttl less at most one
+//! bucket, never longer, at any rate of requests.
 //!
 //! # Example
 //!
@@ -66,14 +64,11 @@ use crate::error::ConfigError;
 use crate::stats::epoch::{self, EpochCounter};
 use crate::stats::shard;
 use crate::stats::window::bucket_index;
-use crate::sync::{AtomicU64, Ordering};
 
 /// Tokens one attempt costs.
 const SCALE: u64 = 1_000;
 /// Buckets per ttl.
 const BUCKETS: u32 = 10;
-/// A shard reads the clock once per this many deposits.
-const TICK_EVERY: u64 = 16;
 
 /// A budget for extra attempts, shared (in an `Arc`) by the retry, hedge and
 /// (planned) pool layers of one upstream. See the [module docs](self).
@@ -87,8 +82,6 @@ pub struct RetryBudget {
     reserve_tokens: u64,
     base: Instant,
     bucket_nanos: u64,
-    /// The bucket index of the last clock reading: deposits land there.
-    epoch: AtomicU64,
     shards: Box<[Shard]>,
     exhausted: Counter,
 }
@@ -194,7 +187,6 @@ impl Builder {
             reserve_tokens: u64::from(self.min_per_sec) * self.ttl.as_secs() * SCALE,
             base: Instant::now(),
             bucket_nanos: ttl_nanos / u64::from(BUCKETS),
-            epoch: AtomicU64::new(0),
             shards: (0..shards)
                 .map(|_| Shard {
                     slots: Default::default(),
@@ -245,15 +237,9 @@ impl RetryBudget {
         &self.shards[shard::index() & (self.shards.len() - 1)]
     }
 
-    /// Reads the clock and moves the current bucket forward. Returns it.
-    fn tick(&self) -> u64 {
-        let idx = bucket_index(self.base, Instant::now(), self.bucket_nanos);
-        // Write only when the bucket moved (once per ttl/10): every deposit
-        // reads this line, and a write per tick would make threads contend.
-        if self.epoch.load(Ordering::Relaxed) < idx {
-            self.epoch.fetch_max(idx, Ordering::SeqCst);
-        }
-        idx
+    /// The index of the time bucket the clock is in now.
+    fn bucket_now(&self) -> u64 {
+        bucket_index(self.base, Instant::now(), self.bucket_nanos)
     }
 
     /// Records an original request: it earns `ratio` of an extra attempt.
@@ -262,21 +248,16 @@ impl RetryBudget {
         if self.deposit_tokens == 0 {
             return;
         }
-        let idx = self.epoch.load(Ordering::Relaxed);
+        let idx = self.bucket_now();
         let slot = &self.shard().slots[(idx % u64::from(BUCKETS)) as usize];
-        let count = slot.deposits.add(epoch::tag(idx), 1);
-        // The first deposit in a bucket (which may be a stale one after a
-        // quiet spell) and every 16th read the clock.
-        if count % TICK_EVERY == 1 {
-            self.tick();
-        }
+        slot.deposits.add(epoch::tag(idx), 1);
     }
 
     /// Takes one extra attempt from the budget; `false` when it is spent.
     ///
     /// A refused withdrawal is counted in `steadfast_budget_exhausted_total`.
     pub fn withdraw(&self) -> bool {
-        let idx = self.tick();
+        let idx = self.bucket_now();
         let tag = epoch::tag(idx);
         let slot = &self.shard().slots[(idx % u64::from(BUCKETS)) as usize];
         slot.withdrawals.add(tag, 1);
@@ -295,7 +276,7 @@ impl RetryBudget {
 
     /// How many extra attempts the budget would allow now.
     pub fn available(&self) -> u64 {
-        let tag = epoch::tag(self.tick());
+        let tag = epoch::tag(self.bucket_now());
         u64::try_from(self.balance_at(tag)).map_or(0, |b| b / SCALE)
     }
 
@@ -389,25 +370,95 @@ mod tests {
         assert_eq!(b.available(), 0);
     }
 
+    /// The peer case: deposits at 0, 301 and 1,102 ms with a 1 s ttl. Each
+    /// counts until the end of its 100 ms bucket's ttl: the first until
+    /// 1,000 ms, the second until 1,300 ms, the third until 2,100 ms.
     #[tokio::test(start_paused = true)]
-    async fn deposits_after_a_quiet_spell_expire_early_never_late() {
-        let b = budget(1.0, 0);
+    async fn deposits_at_a_steady_low_rate_count_for_their_ttl() {
+        let b = RetryBudget::builder()
+            .ttl(Duration::from_secs(1))
+            .ratio(1.0)
+            .min_per_sec(0)
+            .build()
+            .unwrap();
+        let at = |ms: u64| tokio::time::advance(Duration::from_millis(ms));
         b.deposit();
-        tokio::time::advance(Duration::from_secs(5)).await;
-        // No clock reading since t=0: these land in the t=0 bucket until a
-        // shard's 16th deposit reads the clock.
-        for _ in 0..40 {
-            b.deposit();
+        at(301).await;
+        b.deposit();
+        assert_eq!(b.available(), 2);
+        at(801 - 301 + 198).await; // 999 ms
+        assert_eq!(b.available(), 2);
+        at(1).await; // 1,000 ms: the first has expired
+        assert_eq!(b.available(), 1);
+        at(102).await; // 1,102 ms
+        b.deposit();
+        assert_eq!(b.available(), 2);
+        at(197).await; // 1,299 ms
+        assert_eq!(b.available(), 2);
+        at(1).await; // 1,300 ms
+        assert_eq!(b.available(), 1);
+        assert!(b.withdraw(), "the third deposit earned a retry");
+        assert_eq!(b.available(), 0);
+        at(799).await; // 2,099 ms
+        assert!(!b.withdraw());
+    }
+
+    proptest::proptest! {
+        /// Deposits and withdrawals at any times, any rate: the retries
+        /// available are exactly what a plain recount of the bucketed
+        /// window says, and every deposit counts for at least the ttl less
+        /// one bucket and never for the ttl or longer.
+        #[test]
+        fn the_balance_is_a_recount_of_the_window(
+            steps in proptest::collection::vec((0u64..1_500, 0u32..4, proptest::bool::ANY), 1..80),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let ttl = Duration::from_secs(1);
+                let bucket_ms = 100;
+                let b = RetryBudget::builder().ttl(ttl).ratio(1.0).min_per_sec(0).build().unwrap();
+                let start = Instant::now();
+                // (bucket, is a deposit) of every granted change.
+                let mut log: Vec<(u64, bool)> = Vec::new();
+                let mut deposits_ms: Vec<u64> = Vec::new();
+                for (pause_ms, deposits, withdraw) in steps {
+                    tokio::time::advance(Duration::from_millis(pause_ms)).await;
+                    let now_ms = (Instant::now() - start).as_millis() as u64;
+                    let bucket = now_ms / bucket_ms;
+                    for _ in 0..deposits {
+                        b.deposit();
+                        log.push((bucket, true));
+                        deposits_ms.push(now_ms);
+                    }
+                    let live = |log: &[(u64, bool)]| {
+                        let mut n = 0i64;
+                        for (at, deposit) in log {
+                            if bucket - at < u64::from(BUCKETS) {
+                                n += if *deposit { 1 } else { -1 };
+                            }
+                        }
+                        n
+                    };
+                    if withdraw {
+                        let expected = live(&log) > 0;
+                        proptest::prop_assert_eq!(b.withdraw(), expected, "at {} ms", now_ms);
+                        if expected {
+                            log.push((bucket, false));
+                        }
+                    }
+                    proptest::prop_assert_eq!(b.available() as i64, live(&log).max(0), "at {} ms", now_ms);
+                    let counted = log.iter().filter(|(at, d)| *d && bucket - at < u64::from(BUCKETS)).count();
+                    let surely = deposits_ms.iter().filter(|t| now_ms - **t < 1_000 - bucket_ms).count();
+                    let at_most = deposits_ms.iter().filter(|t| now_ms - **t < 1_000).count();
+                    proptest::prop_assert!((surely..=at_most).contains(&counted));
+                }
+                Ok(())
+            })?;
         }
-        assert_eq!(b.available(), 41);
-        tokio::time::advance(Duration::from_secs(5)).await;
-        let left = b.available();
-        assert!(
-            (40 - (TICK_EVERY - 1) * b.shards.len() as u64..=40).contains(&left),
-            "{left}"
-        );
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(b.available(), 0, "nothing outlives the ttl");
     }
 
     #[test]

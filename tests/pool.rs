@@ -598,6 +598,26 @@ fn invalid_configs_are_rejected_with_the_field_named() {
         field(Pool::builder().outlier(OutlierDetection::default().max_ejected(2.0))),
         "outlier.max_ejected"
     );
+    // A minimum of calls the window of a replica's last 100 cannot hold:
+    // the rule could never judge.
+    assert_eq!(
+        field(
+            Pool::builder()
+                .outlier(OutlierDetection::default().failure_percentage(Some((0.5, 101))))
+        ),
+        "outlier.failure_percentage"
+    );
+    assert_eq!(
+        field(
+            Pool::builder()
+                .outlier(OutlierDetection::default().success_rate_stdev(Some((1.9, 3, 101))))
+        ),
+        "outlier.success_rate_stdev"
+    );
+    Pool::builder()
+        .outlier(OutlierDetection::default().failure_percentage(Some((0.5, 100))))
+        .build::<&str, Svc>([])
+        .expect("a minimum of 100 fits the window");
     assert_eq!(field(Pool::builder().name("")), "name");
     let fleet = Fleet::default();
     let dup = Pool::builder()

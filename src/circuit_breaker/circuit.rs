@@ -237,7 +237,7 @@ impl Circuit {
         let counts = shared
             .window
             .as_ref()
-            .map_or(Counts::default(), |w| w.counts(now));
+            .map_or(Counts::default(), |w| w.counts(|| now));
         Snapshot {
             state: self.state(),
             metrics_only: word.mode == Mode::MetricsOnly,
@@ -454,31 +454,47 @@ impl Shared {
             }
             None => 0,
         };
-        if !failure && !slow {
-            return;
-        }
-        let mut trip = self
-            .config
-            .consecutive_failures
-            .is_some_and(|n| in_a_row >= u64::from(n));
-        if let (false, Some(window)) = (trip, &self.window) {
-            let counts = window.counts(clock());
-            if counts.calls >= u64::from(self.config.min_calls) {
-                let calls = counts.calls as f64;
-                trip = self
-                    .config
-                    .failure_rate
-                    .is_some_and(|r| counts.failures as f64 / calls >= r)
-                    || self
-                        .config
-                        .slow_calls
-                        .is_some_and(|(_, r)| counts.slow as f64 / calls >= r);
-            }
-        }
+        let trip = self.too_many_in_a_row(in_a_row)
+            || self
+                .window
+                .as_ref()
+                .is_some_and(|window| self.rates_trip(window, clock));
         if trip {
             // Closed -> Open: a rule tripped.
             self.open(generation, Phase::Closed, verdict.pushback());
         }
+    }
+
+    /// The consecutive-failures rule, after `in_a_row` failures in a row.
+    fn too_many_in_a_row(&self, in_a_row: u64) -> bool {
+        self.config
+            .consecutive_failures
+            .is_some_and(|n| in_a_row >= u64::from(n))
+    }
+
+    /// The failure-rate and slow-call rules, over the window as it is after
+    /// the outcome just recorded. Judged after every outcome, a success too:
+    /// a success may be the call that brings the window to `min_calls`, and
+    /// in a time window old successes may have just expired. A window that
+    /// holds no failure and no slow call cannot trip, and is not counted.
+    fn rates_trip(&self, window: &Window, mut now: impl FnMut() -> Instant) -> bool {
+        if !window.holds_bad(&mut now) {
+            return false;
+        }
+        let counts = window.counts(now);
+        if counts.calls < u64::from(self.config.min_calls) {
+            return false;
+        }
+        let share = |n: u64| n as f64 / counts.calls as f64;
+        let by_failures = self
+            .config
+            .failure_rate
+            .is_some_and(|rate| share(counts.failures) >= rate);
+        let by_slowness = self
+            .config
+            .slow_calls
+            .is_some_and(|(_, rate)| share(counts.slow) >= rate);
+        by_failures || by_slowness
     }
 
     fn bump_consecutive(&self, generation: u32) -> u64 {

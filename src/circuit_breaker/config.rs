@@ -152,6 +152,9 @@ impl<C> Builder<C> {
     /// Trips when at least `rate` of the calls in the window took `threshold`
     /// or longer, successful or not. Measuring durations costs two clock
     /// reads per call, so this is off unless set.
+    ///
+    /// In the half-open state a slow probe counts as a failed one, even if
+    /// it succeeded: it reopens the circuit.
     pub fn slow_calls(mut self, threshold: Duration, rate: f64) -> Self {
         self.slow_calls = Some((threshold, rate));
         self
@@ -186,7 +189,8 @@ impl<C> Builder<C> {
     }
 
     /// How many probes a half-open circuit admits; it closes after this many
-    /// succeed and reopens on the first failure.
+    /// succeed and reopens on the first failure, or on the first slow probe
+    /// when a [`slow_calls`](Self::slow_calls) rule is on.
     pub fn half_open_probes(mut self, n: u32) -> Self {
         self.half_open_probes = n;
         self

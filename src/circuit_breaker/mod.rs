@@ -13,7 +13,10 @@
 //!   [`Classify`](crate::classify::Classify) judges them, fill a sliding
 //!   window. The circuit trips on any rule that is on: a failure rate over
 //!   the window (once it holds a minimum of calls), a slow-call rate, or N
-//!   failures in a row.
+//!   failures in a row. The rules are judged after every outcome, a success
+//!   too: the success that brings the window to its minimum of calls trips
+//!   a circuit whose window then holds too many failures, and so does the
+//!   first outcome after a time window's old successes expire.
 //! - **Open**: calls fail at once with
 //!   [`CircuitOpen`](crate::error::CircuitOpen), which says when to come
 //!   back; the inner service is not even polled for readiness. The open
@@ -22,8 +25,11 @@
 //!   and is lengthened by a server's `Retry-After` if that is longer
 //!   (capped).
 //! - **HalfOpen**: exactly K probe calls go through. K successes close the
-//!   circuit; one failure reopens it. A probe whose future is dropped gives
-//!   its slot back.
+//!   circuit; one failure reopens it. With a slow-call rule on, a probe that
+//!   succeeds but takes the slow threshold or longer counts as a failed
+//!   probe and reopens it too: a dependency that answers only slowly has
+//!   not recovered from what tripped the rule. A probe whose future is
+//!   dropped gives its slot back.
 //!
 //! An operator can override it from the [`Circuit`] handle: force it open
 //! (isolate a dependency), disable it, run it in metrics-only mode (count

@@ -245,6 +245,11 @@ fn report<K, S>(tracked: &Tracked<K, S>, verdict: Verdict) {
         if verdict.is_success() {
             state.answer_latency.observe_lossy(now_ns, elapsed, RATE);
             state.record_outcome(false);
+            if state.window.holds_failures() {
+                if let Some(shared) = member.pool.upgrade() {
+                    shared.on_success_after_failures(state, now_ns);
+                }
+            }
         }
         return;
     }

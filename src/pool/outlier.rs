@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::clock::Moment;
+use super::config::OUTCOME_WINDOW;
 use super::replica::{RATE, ReplicaState};
 use super::shared::{Member, Shared, Snapshot};
 use super::standing::Why;
@@ -64,7 +65,9 @@ impl OutlierDetection {
     }
 
     /// Ejects when at least `rate` of the last 100 calls failed, once there
-    /// are `min_calls` of them (`None` turns the rule off).
+    /// are `min_calls` of them (at most 100; `None` turns the rule off).
+    /// Judged after every call, a success too: the success that brings the
+    /// window to `min_calls` may be the one that ejects.
     pub fn failure_percentage(mut self, rule: Option<(f64, u32)>) -> Self {
         self.failure_percentage = rule;
         self
@@ -72,7 +75,7 @@ impl OutlierDetection {
 
     /// Ejects a replica whose success rate over its last 100 calls is below
     /// the fleet's mean − `factor` × σ, when at least `min_hosts` replicas
-    /// had `min_calls` such calls each (`None` turns the rule off). Judged
+    /// had `min_calls` (at most 100) such calls each (`None` turns the rule off). Judged
     /// once per [`interval`](Self::interval).
     pub fn success_rate_stdev(mut self, rule: Option<(f64, u32, u32)>) -> Self {
         self.success_rate_stdev = rule;
@@ -114,13 +117,17 @@ impl OutlierDetection {
                 "must be at least 1",
             )));
         }
-        if let Some((rate, _)) = self.failure_percentage {
+        if let Some((rate, min_calls)) = self.failure_percentage {
             if !(rate > 0.0 && rate <= 1.0) {
                 return Err(within(ConfigError::new(
                     "failure_percentage",
                     format!("rate must be in (0, 1], got {rate}"),
                 )));
             }
+            never_more_than_the_window("failure_percentage", min_calls).map_err(within)?;
+        }
+        if let Some((_, _, min_calls)) = self.success_rate_stdev {
+            never_more_than_the_window("success_rate_stdev", min_calls).map_err(within)?;
         }
         if let Some((factor, hosts, _)) = self.success_rate_stdev {
             if !(factor > 0.0 && factor.is_finite()) || hosts < 2 {
@@ -163,6 +170,21 @@ impl OutlierDetection {
         }
         Ok(())
     }
+}
+
+/// A rule's minimum of calls, which the window of a replica's last
+/// [`OUTCOME_WINDOW`] calls must be able to hold, or the rule could never
+/// judge.
+fn never_more_than_the_window(rule: &'static str, min_calls: u32) -> Result<(), ConfigError> {
+    if min_calls > OUTCOME_WINDOW {
+        return Err(ConfigError::new(
+            rule,
+            format!(
+                "needs {min_calls} calls, more than the {OUTCOME_WINDOW} a replica's window holds: the rule could never judge"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Calls a replica needs in its window to be judged by the latency rule.
@@ -379,15 +401,12 @@ impl<K, S> Shared<K, S> {
         if !others_answer(&snapshot, state, now_ns) {
             return;
         }
-        if self.eject(
+        self.eject_now(
             &snapshot,
             state,
             Moment::from_nanos(now_ns),
             Why::Unanswered,
-        ) {
-            state.consecutive.store(0, Ordering::Release);
-            state.shunned.store(false, Ordering::Release);
-        }
+        );
     }
 
     /// A failed call of `state`'s replica, `elapsed` nanoseconds long,
@@ -422,34 +441,67 @@ impl<K, S> Shared<K, S> {
             }
         }
         let in_a_row = state.record_outcome(true);
-        let outlier = &self.settings.outlier;
-        let by_consecutive = outlier
+        let by_consecutive = self
+            .settings
+            .outlier
             .consecutive_failures
             .is_some_and(|n| in_a_row >= u64::from(n));
-        let by_rate = outlier.failure_percentage.is_some_and(|(rate, min_calls)| {
-            let counts = state.window.counts();
-            counts.calls >= u64::from(min_calls)
-                && counts.failures as f64 / counts.calls as f64 >= rate
-        });
-        if by_consecutive || by_rate {
-            let why = if by_consecutive {
-                Why::ConsecutiveFailures
-            } else {
-                Why::FailureRate
-            };
-            // The failure path may take the lock: the current members decide
-            // how many may be ejected at once.
-            let snapshot = lock(&self.current).clone();
-            if self.eject(&snapshot, state, now, why) {
-                state.consecutive.store(0, Ordering::Release);
-                state.shunned.store(false, Ordering::Release);
-            }
-            if self.request_sweeps(now) {
-                self.sweep(&snapshot, now);
-            }
-        } else if self.request_sweeps(now) {
-            let snapshot = lock(&self.current).clone();
+        let why = if by_consecutive {
+            Some(Why::ConsecutiveFailures)
+        } else if self.failure_rate_exceeded(state) {
+            Some(Why::FailureRate)
+        } else {
+            None
+        };
+        // The failure path may take the lock: the current members decide
+        // how many may be ejected at once.
+        let sweeps = self.request_sweeps(now);
+        if why.is_none() && !sweeps {
+            return;
+        }
+        let snapshot = lock(&self.current).clone();
+        if let Some(why) = why {
+            self.eject_now(&snapshot, state, now, why);
+        }
+        if sweeps {
             self.sweep(&snapshot, now);
+        }
+    }
+
+    /// A successful call of `state`'s replica, its outcome recorded, ending
+    /// at `now_ns`: the failure-percentage rule is judged again, for a
+    /// success may be the call that brings the window to the rule's
+    /// minimum of calls. Call it only while the window holds a failure.
+    pub(super) fn on_success_after_failures(&self, state: &ReplicaState, now_ns: u64) {
+        if self.failure_rate_exceeded(state) {
+            let snapshot = lock(&self.current).clone();
+            self.eject_now(
+                &snapshot,
+                state,
+                Moment::from_nanos(now_ns),
+                Why::FailureRate,
+            );
+        }
+    }
+
+    /// The failure-percentage rule over the replica's last calls.
+    fn failure_rate_exceeded(&self, state: &ReplicaState) -> bool {
+        self.settings
+            .outlier
+            .failure_percentage
+            .is_some_and(|(rate, min_calls)| {
+                let counts = state.window.counts();
+                counts.calls >= u64::from(min_calls)
+                    && counts.failures as f64 / counts.calls as f64 >= rate
+            })
+    }
+
+    /// Ejects `state`'s replica for `why` by a rule of its own calls; an
+    /// ejection starts its count of failures in a row again.
+    fn eject_now(&self, snapshot: &Snapshot<K, S>, state: &ReplicaState, now: Moment, why: Why) {
+        if self.eject(snapshot, state, now, why) {
+            state.consecutive.store(0, Ordering::Release);
+            state.shunned.store(false, Ordering::Release);
         }
     }
 }

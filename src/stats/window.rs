@@ -61,10 +61,21 @@ impl Window {
         }
     }
 
-    pub(crate) fn counts(&self, now: Instant) -> Counts {
+    /// The counts over the window. `now` is only read by time-based windows.
+    pub(crate) fn counts(&self, now: impl FnOnce() -> Instant) -> Counts {
         match self {
             Self::Count(w) => w.counts(),
-            Self::Time(w) => w.counts(now),
+            Self::Time(w) => w.counts(now()),
+        }
+    }
+
+    /// Whether the window may hold a failure or a slow call: when it does
+    /// not, no rate rule can trip on it and its counts need not be summed.
+    #[inline]
+    pub(crate) fn holds_bad(&self, now: impl FnOnce() -> Instant) -> bool {
+        match self {
+            Self::Count(w) => w.holds_bad(),
+            Self::Time(w) => w.holds_bad(now()),
         }
     }
 
@@ -139,6 +150,18 @@ impl CountWindow {
             && self.head.load(Ordering::Acquire) >= self.size()
     }
 
+    /// Whether a failure is among the last N outcomes.
+    #[inline]
+    pub(crate) fn holds_failures(&self) -> bool {
+        self.failures.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether a failure or a slow call is among the last N outcomes.
+    #[inline]
+    fn holds_bad(&self) -> bool {
+        self.failures.load(Ordering::Acquire) > 0 || self.slow.load(Ordering::Acquire) > 0
+    }
+
     /// Moves the totals from slot value `old` to slot value `new`.
     fn apply(&self, old: u8, new: u8) {
         for (flag, total) in [(FAILURE, &self.failures), (SLOW, &self.slow)] {
@@ -185,7 +208,14 @@ pub(crate) struct TimeWindow {
     bucket_nanos: u64,
     buckets: usize,
     shards: Box<[Shard]>,
+    /// One more than the bucket index of the latest failure or slow call
+    /// recorded, or [`NO_BAD_BUCKET`]: while that bucket is out of the
+    /// window, a success needs no recount to know that no rule can trip.
+    last_bad_bucket: AtomicU64,
 }
+
+/// [`TimeWindow::last_bad_bucket`] when no failure or slow call is held.
+const NO_BAD_BUCKET: u64 = 0;
 
 #[derive(Debug)]
 #[repr(align(128))]
@@ -226,6 +256,7 @@ impl TimeWindow {
                         .collect(),
                 })
                 .collect(),
+            last_bad_bucket: AtomicU64::new(NO_BAD_BUCKET),
         }
     }
 
@@ -246,6 +277,18 @@ impl TimeWindow {
         if sample.slow {
             bucket.slow.add(tag, 1);
         }
+        if sample.failure || sample.slow {
+            self.last_bad_bucket.fetch_max(idx + 1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether the latest failure or slow call is still in the window at
+    /// `now` (it may have been reset away since: then this errs on the side
+    /// of a recount).
+    #[inline]
+    fn holds_bad(&self, now: Instant) -> bool {
+        let last = self.last_bad_bucket.load(Ordering::Acquire);
+        last != NO_BAD_BUCKET && self.index(now) < (last - 1).saturating_add(self.buckets as u64)
     }
 
     pub(crate) fn counts(&self, now: Instant) -> Counts {
@@ -266,6 +309,7 @@ impl TimeWindow {
             b.failures.clear();
             b.slow.clear();
         }
+        self.last_bad_bucket.store(NO_BAD_BUCKET, Ordering::Release);
     }
 }
 
