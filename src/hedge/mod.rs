@@ -27,16 +27,21 @@
 //! # The delay
 //!
 //! The adaptive delay reads a lock-free histogram of the current and the
-//! previous window of latencies (losers' time so far included, so the
-//! quantile is not biased low), recomputed at most 8 times per window. It
+//! previous window of latencies, recomputed at most 8 times per window. A
+//! losing attempt counts as cut short, longer than every finished one, so
+//! the quantile is not biased low; when more than `1 - q` of the attempts
+//! were cut short (a replica that hangs), the quantile is taken over the
+//! finished ones, so the delay does not climb after a hang. It
 //! starts at an initial delay until enough samples are in, so hedging
 //! works from the first request rather than after a whole window.
 //!
 //! # Cost
 //!
-//! A call that completes on its first poll reads no clock and arms no
-//! timer; one that does not arms one timer. Requests are copied for replay
-//! as in [`retry`](crate::retry).
+//! A call that completes on its first poll arms no timer, and reads the
+//! clock once, for its budget deposit, only when the hedge is the outermost
+//! repeating layer (under a retry, the retry deposits); one that does not
+//! complete at once arms one timer. Requests are copied for replay as in
+//! [`retry`](crate::retry).
 //!
 //! # Under a retry layer
 //!

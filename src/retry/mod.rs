@@ -39,7 +39,8 @@
 //!
 //! # Cost
 //!
-//! On the happy path: a budget deposit (no shared write), a copy of the
+//! On the happy path: a budget deposit (one clock read, no shared write),
+//! a copy of the
 //! request kept for replay, a clone of the inner service (tower's
 //! contract), and the attempt record lent to the layers below through a
 //! thread-local slot: no allocation, no lock. A deadline adds one clock
