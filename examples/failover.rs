@@ -296,6 +296,10 @@ struct Log {
     answers: Mutex<Vec<Instant>>,
 }
 
+/// Attempts sent through any replica's service, for the attempts per
+/// request of the cost measurement.
+static ATTEMPTS: AtomicUsize = AtomicUsize::new(0);
+
 /// One replica's service: the shared client, pointed at the replica,
 /// logging its attempts and its answers (not when the stack's cost is
 /// measured: the raw client logs nothing either).
@@ -330,6 +334,7 @@ impl Service<Request<Body>> for Upstream {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        ATTEMPTS.fetch_add(1, Ordering::Relaxed);
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(self.authority.clone());
@@ -647,19 +652,22 @@ impl Raw {
     }
 }
 
-/// Requests/s with `callers` in a closed loop for `run`, and p50 / p99 of
-/// an open loop at `rate` for `run`, through `call`.
-async fn cost<F, Fut>(
-    call: F,
-    callers: usize,
-    rate: u32,
-    run: Duration,
-) -> (f64, Duration, Duration)
+/// One closed-loop round: requests/s, and attempts through the replicas'
+/// services per request answered (zero for the raw client, which has no
+/// such service).
+struct Saturated {
+    per_sec: f64,
+    attempts_per_request: f64,
+}
+
+/// Requests/s with `callers` in a closed loop for `run`, through `call`.
+async fn saturate<F, Fut>(call: F, callers: usize, run: Duration) -> Saturated
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = bool> + Send,
 {
     let start = Instant::now();
+    let attempts_before = ATTEMPTS.load(Ordering::Relaxed);
     let done = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..callers)
         .map(|_| {
@@ -677,8 +685,20 @@ where
     for w in workers {
         let _ = w.await;
     }
-    let saturated = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let answered = done.load(Ordering::Relaxed);
+    let attempts = ATTEMPTS.load(Ordering::Relaxed) - attempts_before;
+    Saturated {
+        per_sec: answered as f64 / start.elapsed().as_secs_f64(),
+        attempts_per_request: attempts as f64 / answered.max(1) as f64,
+    }
+}
 
+/// p50 and p99 of an open loop at `rate` for `run`, through `call`.
+async fn latency_at<F, Fut>(call: F, rate: u32, run: Duration) -> (Duration, Duration)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let start = Instant::now();
@@ -700,15 +720,20 @@ where
     }
     took.sort_unstable();
     let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
-    (saturated, at(0.5), at(0.99))
+    (at(0.5), at(0.99))
 }
 
 async fn measure_cost(quick: bool) {
-    let run = if quick {
-        Duration::from_secs(2)
+    // Rounds of the closed loop, the raw client and the stack in turn (the
+    // order swapped every round), so that the machine's own drift (this is
+    // a shared 2-core VM, running the backends too) falls on both alike;
+    // the ratio is the median of the rounds'.
+    let (rounds, round) = if quick {
+        (2, Duration::from_secs(1))
     } else {
-        Duration::from_secs(5)
+        (6, Duration::from_secs(2))
     };
+    let run = round * 2;
     let (callers, rate) = (64, 2_000);
     let backends = start_fleet().await;
     let shared = client();
@@ -742,28 +767,55 @@ async fn measure_cost(quick: bool) {
         async move { raw.get().await }
     };
     // Warm both (connections, estimates), then measure side by side.
-    let _ = cost(through_raw.clone(), 8, 200, Duration::from_millis(300)).await;
-    let _ = cost(through_stack.clone(), 8, 200, Duration::from_millis(300)).await;
-    let raw = cost(through_raw, callers, rate, run).await;
-    let stack = cost(through_stack, callers, rate, run).await;
+    let warm = Duration::from_millis(300);
+    let _ = saturate(through_raw.clone(), 8, warm).await;
+    let _ = saturate(through_stack.clone(), 8, warm).await;
+    let mut raws = Vec::new();
+    let mut stacks = Vec::new();
+    for r in 0..rounds {
+        if r % 2 == 0 {
+            raws.push(saturate(through_raw.clone(), callers, round).await);
+            stacks.push(saturate(through_stack.clone(), callers, round).await);
+        } else {
+            stacks.push(saturate(through_stack.clone(), callers, round).await);
+            raws.push(saturate(through_raw.clone(), callers, round).await);
+        }
+    }
+    let mut ratios: Vec<f64> = raws
+        .iter()
+        .zip(&stacks)
+        .map(|(r, s)| s.per_sec / r.per_sec)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    let mean = |xs: &[Saturated], f: fn(&Saturated) -> f64| {
+        xs.iter().map(f).sum::<f64>() / xs.len() as f64
+    };
+    let raw_latency = latency_at(through_raw, rate, run).await;
+    let stack_latency = latency_at(through_stack, rate, run).await;
     println!(
-        "\nThe stack's own cost over real sockets (3 healthy backends, {callers} callers in a closed loop, then {rate} requests/s open loop, {} s each):\n",
+        "\nThe stack's own cost over real sockets (3 healthy backends; {callers} callers in a closed loop, {rounds} rounds of {} s each, then {rate} requests/s open loop for {} s):\n",
+        round.as_secs(),
         run.as_secs()
     );
-    println!("| | requests/s at saturation | p50 at {rate}/s | p99 at {rate}/s |");
-    println!("|---|---|---|---|");
     println!(
-        "| raw hyper-util client, round robin | {:.0} | {} | {} |",
-        raw.0,
-        ms(raw.1),
-        ms(raw.2)
+        "| | requests/s at saturation (mean of rounds) | attempts per request there | p50 at {rate}/s | p99 at {rate}/s |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| raw hyper-util client, round robin | {:.0} | 1 | {} | {} |",
+        mean(&raws, |s| s.per_sec),
+        ms(raw_latency.0),
+        ms(raw_latency.1)
     );
     println!(
-        "| `ReplicaStack` | {:.0} ({:.2}x) | {} | {} |",
-        stack.0,
-        stack.0 / raw.0,
-        ms(stack.1),
-        ms(stack.2)
+        "| `ReplicaStack` | {:.0} ({median:.2}x, median of rounds; {:.2}x to {:.2}x) | {:.3} | {} | {} |",
+        mean(&stacks, |s| s.per_sec),
+        ratios[0],
+        ratios[ratios.len() - 1],
+        mean(&stacks, |s| s.attempts_per_request),
+        ms(stack_latency.0),
+        ms(stack_latency.1)
     );
 }
 

@@ -197,6 +197,22 @@ struct Frame {
     counted_in: usize,
     /// The first replica tried.
     first_tried: Option<ReplicaId>,
+    /// Whether the call being made is a hedge, and what a pool below made
+    /// of it.
+    hedge: Hedging,
+}
+
+/// A hedge's call, as the pool below sees it: a hedge (an extra attempt
+/// while another is still in flight) goes only to a replica that can start
+/// it at once; the pool declines it otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hedging {
+    /// Not a hedge: a first attempt, or one sent after the others failed.
+    No,
+    /// A hedge being called.
+    Asked,
+    /// A hedge the pool declined: nothing was sent.
+    Declined,
 }
 
 impl Frame {
@@ -209,6 +225,7 @@ impl Frame {
             for_call: false,
             counted_in,
             first_tried: None,
+            hedge: Hedging::No,
         }
     }
 
@@ -406,6 +423,19 @@ impl Share {
         self.lend(true, f)
     }
 
+    /// Calls the service below (`f`) for a hedge: an extra attempt while
+    /// another is in flight. A pool below may decline it (see
+    /// [`Tried::decline_hedge`]); then nothing was sent, the second value
+    /// is `true`, and the attempt should be given back
+    /// ([`Admission::give_back`]).
+    pub(crate) fn call_hedge<T>(&mut self, f: impl FnOnce() -> T) -> (T, bool) {
+        self.with(|frame| frame.hedge = Hedging::Asked);
+        let out = self.call(f);
+        let declined = self.with(|frame| std::mem::replace(&mut frame.hedge, Hedging::No))
+            == Hedging::Declined;
+        (out, declined)
+    }
+
     /// Polls the futures below (`f`) with the record lent to them, if a
     /// layer there joined it.
     #[inline]
@@ -450,13 +480,38 @@ impl Share {
 
 /// The replicas a request tried, as a pool sees them while choosing where
 /// its attempt goes: the first inline, the rest on the thread's stack.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Tried {
     first: Option<ReplicaId>,
     pushed: u16,
+    hedge: Hedging,
+}
+
+impl Default for Tried {
+    fn default() -> Self {
+        Self {
+            first: None,
+            pushed: 0,
+            hedge: Hedging::No,
+        }
+    }
 }
 
 impl Tried {
+    /// Whether this attempt is a hedge: another attempt of the request is
+    /// still in flight.
+    pub(crate) fn is_hedge(&self) -> bool {
+        self.hedge == Hedging::Asked
+    }
+
+    /// Declines the hedge being called: the pool sends nothing, and the
+    /// hedge layer gives the attempt back and waits to try again.
+    pub(crate) fn decline_hedge(&mut self) {
+        if self.hedge == Hedging::Asked {
+            self.hedge = Hedging::Declined;
+        }
+    }
+
     /// Whether no attempt has been recorded.
     pub(crate) fn is_empty(&self) -> bool {
         self.first.is_none()
@@ -506,10 +561,12 @@ pub(crate) fn with_tried<T>(f: impl FnOnce(Option<&mut Tried>) -> T) -> T {
     let mut tried = Tried {
         first: frame.first_tried,
         pushed: frame.pushed,
+        hedge: frame.hedge,
     };
     let out = f(Some(&mut tried));
     frame.first_tried = tried.first;
     frame.pushed = tried.pushed;
+    frame.hedge = tried.hedge;
     LENT.set(Some(frame));
     out
 }
@@ -608,6 +665,14 @@ impl Admission {
             self.refused(refusal, share.sent());
         }
         admitted
+    }
+
+    /// Gives back an attempt admitted but not sent (a hedge the pool
+    /// declined): its number and its budget token. Not counted as refused
+    /// here: the caller counts why.
+    pub(crate) fn give_back(&self, share: &mut Share, budget: &RetryBudget) {
+        share.with(|frame| frame.sent = frame.sent.saturating_sub(1).max(1));
+        budget.give_back();
     }
 
     fn refused(&self, refusal: Refusal, sent: u32) {

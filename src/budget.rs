@@ -274,6 +274,15 @@ impl RetryBudget {
         false
     }
 
+    /// Gives back a withdrawal that was not spent after all (an attempt
+    /// admitted and then not sent), from the current bucket's withdrawals:
+    /// the bucket it was taken in, unless a bucket edge fell in between.
+    pub(crate) fn give_back(&self) {
+        let idx = self.bucket_now();
+        let slot = &self.shard().slots[(idx % u64::from(BUCKETS)) as usize];
+        slot.withdrawals.sub(epoch::tag(idx), 1);
+    }
+
     /// How many extra attempts the budget would allow now.
     pub fn available(&self) -> u64 {
         let tag = epoch::tag(self.bucket_now());

@@ -145,11 +145,22 @@ async fn spread<S>(svc: &mut S, n: usize) -> HashMap<String, usize>
 where
     S: Service<u32, Response = String, Error = BoxError>,
 {
+    spread_paced(svc, n, Duration::ZERO).await
+}
+
+/// As [`spread`], `gap` apart: a replica that failed lately gets its
+/// traffic as probes, a few each second, so a test of what its failures
+/// lead to must let time pass.
+async fn spread_paced<S>(svc: &mut S, n: usize, gap: Duration) -> HashMap<String, usize>
+where
+    S: Service<u32, Response = String, Error = BoxError>,
+{
     let mut counts = HashMap::new();
     for _ in 0..n {
         if let Ok(name) = call(svc).await {
             *counts.entry(name).or_default() += 1;
         }
+        tokio::time::advance(gap).await;
     }
     counts
 }
@@ -404,7 +415,7 @@ async fn the_local_zone_is_preferred_while_healthy() {
     );
     // Half the local zone down: 50% x 1.4 = 70% stays local.
     fleet.failing("a1", true);
-    spread(&mut pool, 20).await;
+    spread_paced(&mut pool, 100, 5 * MS).await;
     fleet.reset_hits();
     let counts = spread(&mut pool, 2_000).await;
     let local = *counts.get("a2").unwrap() as f64 / 2_000.0;
@@ -424,7 +435,7 @@ async fn below_the_panic_threshold_traffic_spreads_over_all() {
     for n in ["a", "b", "c"] {
         fleet.failing(n, true);
     }
-    spread(&mut pool, 200).await;
+    spread_paced(&mut pool, 200, 5 * MS).await;
     let ejected = handle
         .snapshot()
         .iter()
@@ -436,7 +447,9 @@ async fn below_the_panic_threshold_traffic_spreads_over_all() {
     for n in ["a", "b", "c"] {
         fleet.failing(n, false);
     }
-    let counts = spread(&mut pool, 400).await;
+    // Over 2 s: a replica that failed many times in a row is probed once a
+    // second.
+    let counts = spread_paced(&mut pool, 400, 5 * MS).await;
     assert_eq!(counts.len(), 4, "every replica takes some: {counts:?}");
 }
 
@@ -918,6 +931,114 @@ async fn a_hung_replica_loses_its_traffic_and_is_ejected_without_checks() {
         "{} attempts on the hung replica",
         fleet.hits("c")
     );
+}
+
+/// A busy replica stalls for a few milliseconds now and then. When it
+/// holds several calls then, hedges cut short five of them within the
+/// stall, but it answered only moments before: it is not ejected for it.
+#[tokio::test(start_paused = true)]
+async fn a_short_stall_under_hedging_ejects_nothing() {
+    use steadfast::hedge::{HedgeDelay, HedgeLayer};
+    use tower::Layer;
+
+    let fleet = Fleet::default();
+    for n in ["a", "b", "c"] {
+        fleet.script(n).delay_ms.store(1, Ordering::SeqCst);
+    }
+    let pool = Pool::builder()
+        .name("stall")
+        .classify(ByError)
+        .seed(7)
+        .build(["a", "b", "c"].map(|n| fleet.replica(n)))
+        .unwrap();
+    let handle = pool.handle();
+    let budget = steadfast::budget::RetryBudget::builder()
+        .min_per_sec(1_000)
+        .build()
+        .unwrap();
+    let svc = HedgeLayer::builder()
+        .name("stall")
+        .delay(HedgeDelay::Fixed(2 * MS))
+        .budget(Arc::new(budget))
+        .build()
+        .unwrap()
+        .layer(pool);
+    for _ in 0..30 {
+        svc.clone().oneshot(0).await.unwrap();
+    }
+    // "c" stalls: the calls it takes now last 20 ms. A burst of 15 at once
+    // gives it about five, each cut short by a hedge a few ms later.
+    fleet.script("c").delay_ms.store(20, Ordering::SeqCst);
+    fleet.reset_hits();
+    let burst: Vec<_> = (0..15).map(|i| svc.clone().oneshot(i)).collect();
+    for result in futures::future::join_all(burst).await {
+        result.unwrap();
+    }
+    fleet.script("c").delay_ms.store(1, Ordering::SeqCst);
+    assert!(
+        fleet.hits("c") >= 5,
+        "c took {} of the burst",
+        fleet.hits("c")
+    );
+    let c = handle.snapshot().into_iter().find(|r| r.id == "c").unwrap();
+    assert_eq!(c.ejections, 0, "{c:?}");
+}
+
+/// A hedge goes only to a replica that can start it at once. With both
+/// replicas busy with a call each, the hedges of both calls are declined:
+/// nothing more is sent and no budget is spent. With one replica free, the
+/// hedge goes to it.
+#[tokio::test(start_paused = true)]
+async fn a_hedge_goes_only_to_a_free_replica() {
+    use steadfast::hedge::{HedgeDelay, HedgeLayer};
+    use tower::Layer;
+
+    let fleet = Fleet::default();
+    for n in ["a", "b"] {
+        fleet.script(n).delay_ms.store(50, Ordering::SeqCst);
+    }
+    let pool = Pool::builder()
+        .name("hedge-free")
+        .classify(ByError)
+        .seed(7)
+        .build(["a", "b"].map(|n| fleet.replica(n)))
+        .unwrap();
+    let budget = Arc::new(
+        steadfast::budget::RetryBudget::builder()
+            .ratio(0.0)
+            .min_per_sec(1)
+            .build()
+            .unwrap(),
+    );
+    let svc = HedgeLayer::builder()
+        .name("hedge-free")
+        .delay(HedgeDelay::Fixed(5 * MS))
+        .budget(budget.clone())
+        .build()
+        .unwrap()
+        .layer(pool);
+    let before = budget.available();
+
+    // Two calls at once: one on each replica, each hedge declined (tried
+    // again every 5 ms until the calls end).
+    let (one, two) = tokio::join!(svc.clone().oneshot(0), svc.clone().oneshot(0));
+    assert!(one.is_ok() && two.is_ok());
+    assert_eq!(
+        (fleet.hits("a"), fleet.hits("b")),
+        (1, 1),
+        "no hedge while neither replica was free"
+    );
+    assert_eq!(
+        budget.available(),
+        before,
+        "a declined hedge spends nothing"
+    );
+
+    // One call alone: its hedge goes to the free replica.
+    fleet.reset_hits();
+    svc.clone().oneshot(0).await.unwrap();
+    assert_eq!(fleet.hits("a") + fleet.hits("b"), 2, "the hedge went");
+    assert_eq!(budget.available(), before - 1);
 }
 
 /// Callers that give up on every replica alike (their deadline is shorter

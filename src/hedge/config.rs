@@ -189,6 +189,8 @@ pub(super) struct Policy<C, R> {
 pub(super) struct Metrics {
     pub(super) sent: Counter,
     pub(super) won: Counter,
+    /// Hedges a pool below declined: no replica was free to start one.
+    pub(super) declined: Counter,
     pub(super) delay: Gauge,
 }
 
@@ -331,6 +333,7 @@ impl<C, R> Builder<C, R> {
         let metrics = Metrics {
             sent: metrics::counter!("steadfast_hedge_sent_total", "name" => name.clone()),
             won: metrics::counter!("steadfast_hedge_won_total", "name" => name.clone()),
+            declined: metrics::counter!("steadfast_hedge_refused_total", "name" => name.clone(), "reason" => "no_free_replica"),
             delay: metrics::gauge!("steadfast_hedge_delay_seconds", "name" => name.clone()),
         };
         Ok(HedgeLayer::from_policy(Arc::new(Policy {

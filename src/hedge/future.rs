@@ -189,15 +189,22 @@ where
                         if done.extra_started.is_some() {
                             policy.metrics.won.increment(1);
                         }
-                        // The other attempts are dropped at once, counted as
-                        // cut short: longer than they ran (leaving them out
-                        // would bias the quantile low; counting their time
-                        // as latency would make it chase a hang).
+                        // The other attempts are dropped at once. The first,
+                        // if it lost, counts as cut short: it ran past the
+                        // delay, so it is slower than the quantile the delay
+                        // stands for (leaving it out would bias the quantile
+                        // low; counting its time as latency would make it
+                        // chase a hang). A hedge that lost is left out: it
+                        // ran only from its own start to the winner's answer,
+                        // which says nothing of the tail, and counted as slower than
+                        // everything it would tip the quantile up and, past
+                        // `1 - q` of the samples, send it to the finished
+                        // ones only: low, so more hedges, so more losers.
                         if this.first.is_some() {
                             policy.record_cut_short();
                             this.first.set(None);
                         }
-                        cancel(policy, this.extras);
+                        this.extras.clear();
                         return Poll::Ready(result);
                     }
                     Judged::Failed { result, retryable } => {
@@ -237,10 +244,25 @@ where
                             *this.next = Next::Closed;
                             continue;
                         };
+                        let service = &mut *this.service;
+                        let (future, declined) = if in_flight {
+                            this.share.call_hedge(|| service.call(req))
+                        } else {
+                            // Every attempt failed: a retry, not a hedge.
+                            (this.share.call(|| service.call(req)), false)
+                        };
+                        if declined {
+                            // Due -> Unarmed: the pool below had no replica
+                            // free to start it; try again after a delay.
+                            drop(future);
+                            policy.admission.give_back(this.share, &policy.budget);
+                            policy.metrics.declined.increment(1);
+                            *this.next = Next::Unarmed;
+                            continue;
+                        }
+                        let future = Box::pin(future);
                         *this.sent += 1;
                         policy.metrics.sent.increment(1);
-                        let service = &mut *this.service;
-                        let future = Box::pin(this.share.call(|| service.call(req)));
                         this.extras.push(Extra {
                             future,
                             started: Instant::now(),
@@ -286,12 +308,5 @@ where
                 }
             }
         }
-    }
-}
-
-/// Drops the losers, counted as cut short.
-fn cancel<C, R, F>(policy: &Policy<C, R>, extras: &mut Vec<Extra<F>>) {
-    for _ in extras.drain(..) {
-        policy.record_cut_short();
     }
 }

@@ -383,7 +383,11 @@ impl<K, S> Shared<K, S> {
     /// traffic away and probe it as failures do. It is ejected only while
     /// another replica answers: callers giving up on every replica at once
     /// (their own deadline, a storm of cancellations) say nothing about
-    /// one of them.
+    /// one of them. And only once it has been silent for [`SILENT_FOR`] (or
+    /// twice its answer latency, if longer): a busy replica stalls for a
+    /// few milliseconds now and then (a scheduler, a collector), and at
+    /// thousands of requests a second hedges cut short five of its calls
+    /// within such a stall.
     ///
     /// [`consecutive_failures`]: OutlierDetection::consecutive_failures
     pub(super) fn on_unanswered(&self, state: &ReplicaState, now_ns: u64) {
@@ -394,7 +398,7 @@ impl<K, S> Shared<K, S> {
             .outlier
             .consecutive_failures
             .is_some_and(|n| in_a_row >= u64::from(n));
-        if !due {
+        if !due || !silent_long_enough(state, now_ns) {
             return;
         }
         let snapshot = lock(&self.current).clone();
@@ -504,6 +508,21 @@ impl<K, S> Shared<K, S> {
             state.shunned.store(false, Ordering::Release);
         }
     }
+}
+
+/// How long a replica whose calls go unanswered must have answered nothing
+/// before it is ejected for it: a stall shorter than this is not a hang.
+pub(super) const SILENT_FOR: Duration = Duration::from_millis(100);
+
+/// Whether `state`'s replica has answered nothing for [`SILENT_FOR`], or for
+/// twice the time it takes to answer if that is longer.
+fn silent_long_enough(state: &ReplicaState, now_ns: u64) -> bool {
+    let silence = SILENT_FOR
+        .as_nanos()
+        .max(2 * state.answer_latency.get() as u128);
+    !state
+        .answer_latency
+        .updated_within(now_ns, u64::try_from(silence).unwrap_or(u64::MAX))
 }
 
 /// How recent another replica's answer must be for an unanswered replica

@@ -104,6 +104,12 @@ pub(super) const FAST_PROBE_EVERY: Duration = Duration::from_millis(20);
 /// [`SLOW_PROBE_EVERY`], so a replica that keeps failing costs little.
 pub(super) const FAST_PROBES: u64 = 5;
 
+/// The least latency a load estimate is taken for, in nanoseconds: no call
+/// over a network takes less than a microsecond, and a replica estimated
+/// at nothing (calls that finish at once, in a test with paused time)
+/// would otherwise be worth infinitely many turns.
+const LEAST_LATENCY_NS: f64 = 1_000.0;
+
 /// How close two costs must be for p2c to count the replicas as equally
 /// loaded: see [`ReplicaState::preferred_to`].
 pub(super) const EVEN_WITHIN: f64 = 2.0;
@@ -262,32 +268,71 @@ impl ReplicaState {
         }
     }
 
-    /// The load p2c compares, latency × (in flight + 1), before its
-    /// weight: see [`cheaper_than`](Self::cheaper_than).
+    /// The cost p2c weighs, latency × (in flight + 1), before its weight:
+    /// see [`preferred_to`](Self::preferred_to).
     #[inline]
     fn load(&self, now_ns: u64) -> f64 {
         let in_flight = self.in_flight.load(Ordering::Relaxed) as f64;
-        self.latency.get_at(now_ns, RATE) * (in_flight + 1.0)
+        let latency = self.latency.get_at(now_ns, RATE).max(LEAST_LATENCY_NS);
+        latency * (in_flight + 1.0)
     }
 
-    /// Whether p2c prefers it to `other`: the lower cost, latency × (in
-    /// flight + 1) / weight, unless the two costs are within
-    /// [`EVEN_WITHIN`] of each other; then they count as equally loaded
-    /// and the one that has waited longer since it was last chosen, times
-    /// its weight, goes. So equals take turns (a replica of weight 2 twice
-    /// as often) rather than the one with the luckiest estimate taking
-    /// every request: at low load the estimates of identical replicas
-    /// differ by their noise alone. Costs are compared cross-multiplied by
-    /// the weights (positive), so a pick divides nothing.
+    /// Whether p2c prefers it to `other`.
+    ///
+    /// - Two costs (latency × (in flight + 1) / weight) within
+    ///   [`EVEN_WITHIN`] of each other count as equal: the one with fewer
+    ///   calls in flight goes, or, as many, the one that has waited longer
+    ///   since it was last chosen, times its weight. At low load the
+    ///   estimates of identical replicas differ by their noise alone, and
+    ///   equals take exact turns.
+    /// - The costlier of two that also has more calls in flight loses: it is
+    ///   busier, not only estimated slower. So does the costlier when
+    ///   either failed lately (failures or unanswered calls in a row): such
+    ///   a replica gets its traffic as probes
+    ///   ([`wants_probe`](Self::wants_probe)), not by turns.
+    /// - Otherwise each is scored by how long it has waited, times its
+    ///   weight, over its cost, and the higher score goes: each replica is
+    ///   chosen at intervals in proportion to its cost, and takes a share
+    ///   in inverse proportion to it (an earliest-deadline schedule, as
+    ///   Envoy weighs least-request hosts).
+    ///
+    /// Not the lower cost outright: a replica whose estimate one slow
+    /// answer drew up would get nothing until it decayed, so would never
+    /// show it is fast again, and at low load p2c herded onto the other
+    /// replicas for seconds at a time. Costs and waits are cross-multiplied,
+    /// so a pick divides nothing.
     #[inline]
     pub(super) fn preferred_to(&self, other: &Self, now_ns: u64) -> bool {
-        let mine = self.load(now_ns) * f64::from(other.weight);
-        let theirs = other.load(now_ns) * f64::from(self.weight);
+        let (my_load, their_load) = (self.load(now_ns), other.load(now_ns));
+        // Costs, each times the other's weight.
+        let mine = my_load * f64::from(other.weight);
+        let theirs = their_load * f64::from(self.weight);
+        let my_turn = self.waited(now_ns) * f64::from(self.weight);
+        let their_turn = other.waited(now_ns) * f64::from(other.weight);
+        let my_calls = self.in_flight.load(Ordering::Relaxed);
+        let their_calls = other.in_flight.load(Ordering::Relaxed);
         if mine <= theirs * EVEN_WITHIN && theirs <= mine * EVEN_WITHIN {
-            return self.waited(now_ns) * f64::from(self.weight)
-                >= other.waited(now_ns) * f64::from(other.weight);
+            if my_calls != their_calls {
+                return my_calls < their_calls;
+            }
+            return my_turn >= their_turn;
         }
-        mine <= theirs
+        let cheaper = mine <= theirs;
+        let costlier_is_busier = if cheaper {
+            their_calls > my_calls
+        } else {
+            my_calls > their_calls
+        };
+        if costlier_is_busier || self.failing_lately() || other.failing_lately() {
+            return cheaper;
+        }
+        my_turn * their_load >= their_turn * my_load
+    }
+
+    /// Whether its latest calls failed or went unanswered, in a row.
+    #[inline]
+    fn failing_lately(&self) -> bool {
+        self.consecutive.load(Ordering::Relaxed) > 0
     }
 
     /// Nanoseconds since it was last chosen.

@@ -193,6 +193,7 @@ where
             shared.sweep(snapshot, now);
         }
         let rng = &mut self.rng;
+        let mut declined = false;
         // Under retry and hedge layers, the request's attempt record: the
         // replicas it tried, and where this attempt goes.
         let chosen = crate::attempt::with_tried(|tried| {
@@ -240,6 +241,12 @@ where
             let (i, permit, service, ready) = taken?;
             let member = &snapshot.members[i];
             if let Some(tried) = tried {
+                if tried.is_hedge() && !free_for_a_hedge(member, ready) {
+                    release(member, permit);
+                    tried.decline_hedge();
+                    declined = true;
+                    return None;
+                }
                 tried.record(ReplicaId::of(member));
             }
             Some((member, permit, service, ready, first))
@@ -260,11 +267,28 @@ where
             }
             return ResponseFuture::called(service, req, tracked, classifier);
         }
+        if declined {
+            // The hedge layer above drops this unpolled and waits.
+            return ResponseFuture::rejected(NoHealthyReplica::new(
+                shared.settings.name.clone(),
+                None,
+            ));
+        }
         ResponseFuture::rejected(NoHealthyReplica::new(
             shared.settings.name.clone(),
             shared.retry_after(snapshot, now),
         ))
     }
+}
+
+/// Whether `member`, chosen for a hedge, can start it at once: its service
+/// is ready and it has no call in flight. A hedge helps when the attempt it
+/// races is slow for its replica's own reasons; when every replica is busy
+/// (the fleet is saturated), a hedge only adds load, and over HTTP/1 the
+/// loser's connection is closed and opened again. So the pool declines it,
+/// and the hedge layer tries again after another delay.
+fn free_for_a_hedge<K, S>(member: &Member<K, S>, ready: bool) -> bool {
+    ready && member.state.in_flight.load(crate::sync::Ordering::Acquire) == 0
 }
 
 /// The breaker's permit for a call to `member`: `Some(None)` without a
