@@ -811,6 +811,103 @@ impl steadfast::health::HealthCheck for Switch {
     }
 }
 
+/// A health check that hangs while its replica is a black hole (it
+/// accepts and never answers), and passes otherwise.
+#[derive(Debug)]
+struct BlackHole(Arc<AtomicBool>, Arc<AtomicU64>);
+
+impl steadfast::health::HealthCheck for BlackHole {
+    fn check(&self) -> futures::future::BoxFuture<'static, Result<(), BoxError>> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        let hole = self.0.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if hole {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A replica that accepted a check and never answered it comes back while
+/// that check still hangs (its timeout is 1 s): it is checked again at the
+/// unhealthy interval meanwhile, so its passing checks start within one
+/// interval of its recovery, not after the hung check's timeout. Another replica's check
+/// is not held up by the hung one.
+#[tokio::test(start_paused = true)]
+async fn a_replica_back_while_a_check_of_it_hangs_is_seen_within_an_interval() {
+    let fleet = Fleet::default();
+    let hole = Arc::new(AtomicBool::new(false));
+    let other_checks = Arc::new(AtomicU64::new(0));
+    let a_checks = Arc::new(AtomicU64::new(0));
+    #[derive(Debug)]
+    struct Counting(Arc<AtomicU64>);
+    impl steadfast::health::HealthCheck for Counting {
+        fn check(&self) -> futures::future::BoxFuture<'static, Result<(), BoxError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+    }
+    let (a, replica_a) = fleet.replica("a");
+    let (b, replica_b) = fleet.replica("b");
+    let pool = builder()
+        .health_checks(
+            steadfast::health::HealthChecks::default()
+                .interval(2 * SEC)
+                .unhealthy_interval(500 * MS)
+                .timeout(SEC)
+                .jitter(0.0),
+        )
+        .build([
+            (
+                a,
+                replica_a.health_check(BlackHole(hole.clone(), a_checks.clone())),
+            ),
+            (b, replica_b.health_check(Counting(other_checks.clone()))),
+        ])
+        .unwrap();
+    let handle = pool.handle();
+    let checks = tokio::spawn(pool.health_checks());
+    tokio::time::advance(10 * MS).await;
+
+    // "a" becomes a black hole: its checks time out, and it is out.
+    hole.store(true, Ordering::SeqCst);
+    let broken = Instant::now();
+    while health_of(&handle, "a") != Health::FailingChecks {
+        assert!(broken.elapsed() < 10 * SEC, "never out");
+        tokio::time::advance(10 * MS).await;
+    }
+    let b_checks = other_checks.load(Ordering::SeqCst);
+    assert!(
+        b_checks >= broken.elapsed().as_secs() / 2,
+        "b was checked on its own schedule: {b_checks} checks in {:?}",
+        broken.elapsed()
+    );
+
+    // Let the next check of "a" start and hang, then restore "a" 100 ms
+    // later.
+    let started = a_checks.load(Ordering::SeqCst);
+    while a_checks.load(Ordering::SeqCst) == started {
+        tokio::time::advance(MS).await;
+    }
+    for _ in 0..100 {
+        tokio::time::advance(MS).await;
+    }
+    hole.store(false, Ordering::SeqCst);
+    let restored = Instant::now();
+    // Passing its checks again (then, as any recovered replica, it waits
+    // out the failback time before it takes traffic from a lower tier).
+    while health_of(&handle, "a") == Health::FailingChecks {
+        assert!(restored.elapsed() < 5 * SEC, "never back");
+        tokio::time::advance(10 * MS).await;
+    }
+    // Two passing checks (the default healthy threshold), 500 ms apart: the
+    // first 400 ms after the recovery, while the hung one has 900 ms to go.
+    let back = restored.elapsed();
+    assert!(back <= 920 * MS, "back {back:?} after its recovery");
+    checks.abort();
+}
+
 /// A replica ejected for its failures and failing its checks shows both;
 /// once its checks pass again it is back long before its ejection would
 /// have ended (as Envoy unejects a host on a passing active check).

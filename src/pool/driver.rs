@@ -5,15 +5,18 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 use tower::discover::{Change, Discover};
 
 use super::clock::Moment;
 use super::config::member;
-use super::replica::{Admin, Replica};
+use super::replica::{Admin, Replica, ReplicaState};
 use super::service::Pool;
 use super::shared::{Member, Shared};
 use super::standing::Why;
@@ -25,10 +28,26 @@ use crate::sync::{Ordering, lock};
 /// A replica's check history.
 #[derive(Debug)]
 struct Track {
+    /// When its next check may start.
     next_at: Instant,
     passes: u32,
     fails: u32,
+    /// Its checks in flight.
+    running: u32,
+    /// When the check whose result was applied last started: a result of a
+    /// check started earlier is stale (a hung check timing out after a
+    /// later one passed) and is dropped.
+    applied_since: Option<Instant>,
 }
+
+/// The most checks of one replica in flight at once: a replica out of
+/// traffic is checked every unhealthy interval even while an earlier check
+/// hangs, up to this many.
+const MAX_CHECKS_IN_FLIGHT: u32 = 3;
+
+/// A check's result: the replica's label, when the check started, whether
+/// it passed.
+type CheckResult = (Arc<str>, Instant, bool);
 
 impl<K, S, C> Pool<K, S, C>
 where
@@ -41,93 +60,156 @@ where
     /// dropped. Spawn it, or drive it with the rest of your tasks.
     ///
     /// A check that hangs past its timeout, or errs, is a failed check.
+    /// Each replica is checked on its own schedule: a check that hangs
+    /// holds up no other replica's. A replica out of traffic is checked
+    /// every unhealthy interval even while an earlier check of it still
+    /// hangs (up to three at once), so a replica that comes back while a
+    /// check of it hangs is seen within one unhealthy interval, not after
+    /// the hung check's timeout; the newest check's result wins.
     pub fn health_checks(&self) -> impl Future<Output = ()> + Send + 'static {
         let weak: Weak<Shared<K, S>> = Arc::downgrade(&self.shared);
         let config = self.checks.unwrap_or_default();
         let rng = Rng::from_entropy();
         async move {
             let mut tracks: HashMap<Arc<str>, Track> = HashMap::new();
+            let mut running: FuturesUnordered<BoxFuture<'static, CheckResult>> =
+                FuturesUnordered::new();
             loop {
                 let Some(shared) = weak.upgrade() else { return };
                 let snapshot = lock(&shared.current).clone();
                 let now = Instant::now();
-                let due: Vec<_> = snapshot
-                    .members
-                    .iter()
-                    .filter_map(|m| Some((m, m.state.check.clone()?)))
-                    .filter(|(m, _)| tracks.get(&m.state.label).is_none_or(|t| t.next_at <= now))
-                    .collect();
-                let results =
-                    join_all(due.iter().map(|(_, check)| {
-                        let run = check.check();
-                        async move {
-                            matches!(tokio::time::timeout(config.timeout, run).await, Ok(Ok(())))
-                        }
-                    }))
-                    .await;
-                let now = Instant::now();
-                for ((member, _), passed) in due.iter().zip(results) {
+                // When the next check may start, of the replicas that can
+                // start one then.
+                let mut next = crate::stats::later(now, config.interval);
+                for member in snapshot.members.iter() {
                     let state = &member.state;
+                    let Some(check) = &state.check else { continue };
                     let track = tracks.entry(state.label.clone()).or_insert(Track {
                         next_at: now,
                         passes: 0,
                         fails: 0,
+                        running: 0,
+                        applied_since: None,
                     });
-                    if passed {
-                        track.passes += 1;
-                        track.fails = 0;
-                    } else {
-                        track.fails += 1;
-                        track.passes = 0;
+                    let down = out_of_traffic(&shared, state, now);
+                    let may_start =
+                        track.running == 0 || (down && track.running < MAX_CHECKS_IN_FLIGHT);
+                    if !may_start {
+                        // Its check in flight ends first; then it is looked at.
+                        continue;
                     }
-                    let healthy = state.check_healthy.load(Ordering::Acquire);
-                    if healthy && track.fails >= config.unhealthy_threshold {
-                        state.check_healthy.store(false, Ordering::Release);
-                        state.why.store(Why::HealthCheck, Ordering::Release);
-                        state.latency.reset(shared.ns(now), 0.0);
-                        #[cfg(feature = "tracing")]
-                        tracing::warn!(
-                            pool = &*shared.settings.name,
-                            replica = &*state.label,
-                            "replica failed its health checks"
-                        );
-                        shared.changed();
-                    } else if !healthy && track.passes >= config.healthy_threshold {
-                        state
-                            .check_recovered_at
-                            .store(shared.moment(now), Ordering::Release);
-                        state.check_healthy.store(true, Ordering::Release);
-                        #[cfg(feature = "tracing")]
-                        tracing::info!(
-                            pool = &*shared.settings.name,
-                            replica = &*state.label,
-                            "replica passed its health checks"
-                        );
-                        shared.changed();
+                    if track.next_at > now {
+                        next = next.min(track.next_at);
+                        continue;
                     }
-                    if passed && state.check_healthy.load(Ordering::Acquire) {
-                        // As Envoy does: a passing check ends an ejection.
-                        shared.uneject(state, shared.moment(now));
-                    }
-                    // A replica out of traffic is checked at the faster pace,
-                    // so that its recovery is seen soon.
-                    let down = !state.check_healthy.load(Ordering::Acquire)
-                        || state.ejected_until.load(Ordering::Acquire) > shared.moment(now);
+                    track.running += 1;
                     track.next_at = crate::stats::later(now, jittered(&config, down, &rng));
+                    if down && track.running < MAX_CHECKS_IN_FLIGHT {
+                        next = next.min(track.next_at);
+                    }
+                    let run = check.check();
+                    let (label, timeout) = (state.label.clone(), config.timeout);
+                    running.push(Box::pin(async move {
+                        let passed = matches!(tokio::time::timeout(timeout, run).await, Ok(Ok(())));
+                        (label, now, passed)
+                    }));
                 }
                 // Forget replicas that left the pool.
                 tracks.retain(|label, _| snapshot.members.iter().any(|m| m.state.label == *label));
-                let next = tracks
-                    .values()
-                    .map(|t| t.next_at)
-                    .min()
-                    .unwrap_or_else(|| crate::stats::later(now, config.interval));
                 drop(snapshot);
                 drop(shared);
                 // Wake at least once a second to notice the pool is gone.
-                tokio::time::sleep_until(next.min(now + Duration::from_secs(1))).await;
+                let wake = tokio::time::sleep_until(next.min(now + Duration::from_secs(1)));
+                let done = {
+                    let mut wake = std::pin::pin!(wake);
+                    futures::future::poll_fn(|cx| {
+                        if let Poll::Ready(Some(done)) = running.poll_next_unpin(cx) {
+                            return Poll::Ready(Some(done));
+                        }
+                        wake.as_mut().poll(cx).map(|()| None)
+                    })
+                    .await
+                };
+                let Some((label, started, passed)) = done else {
+                    continue;
+                };
+                let Some(shared) = weak.upgrade() else { return };
+                let snapshot = lock(&shared.current).clone();
+                let Some(track) = tracks.get_mut(&label) else {
+                    continue;
+                };
+                track.running = track.running.saturating_sub(1);
+                if track.applied_since.is_some_and(|since| started < since) {
+                    continue;
+                }
+                track.applied_since = Some(started);
+                if let Some(member) = snapshot.members.iter().find(|m| m.state.label == label) {
+                    apply_check(&shared, &member.state, track, passed, &config, &rng);
+                }
             }
         }
+    }
+}
+
+/// Whether `state`'s replica is out of traffic, failing its checks or
+/// ejected: it is checked at the faster pace, so its recovery is seen soon.
+fn out_of_traffic<K, S>(shared: &Shared<K, S>, state: &ReplicaState, now: Instant) -> bool {
+    !state.check_healthy.load(Ordering::Acquire)
+        || state.ejected_until.load(Ordering::Acquire) > shared.moment(now)
+}
+
+/// Counts one check's result toward the thresholds, and moves the replica
+/// in or out of traffic when one is met; a passing check ends an ejection.
+/// A replica found out of traffic now has its next check brought forward
+/// to the unhealthy interval.
+fn apply_check<K, S>(
+    shared: &Shared<K, S>,
+    state: &ReplicaState,
+    track: &mut Track,
+    passed: bool,
+    config: &HealthChecks,
+    rng: &Rng,
+) {
+    let now = Instant::now();
+    if passed {
+        track.passes += 1;
+        track.fails = 0;
+    } else {
+        track.fails += 1;
+        track.passes = 0;
+    }
+    let healthy = state.check_healthy.load(Ordering::Acquire);
+    if healthy && track.fails >= config.unhealthy_threshold {
+        state.check_healthy.store(false, Ordering::Release);
+        state.why.store(Why::HealthCheck, Ordering::Release);
+        state.latency.reset(shared.ns(now), 0.0);
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            pool = &*shared.settings.name,
+            replica = &*state.label,
+            "replica failed its health checks"
+        );
+        shared.changed();
+    } else if !healthy && track.passes >= config.healthy_threshold {
+        state
+            .check_recovered_at
+            .store(shared.moment(now), Ordering::Release);
+        state.check_healthy.store(true, Ordering::Release);
+        #[cfg(feature = "tracing")]
+        tracing::info!(
+            pool = &*shared.settings.name,
+            replica = &*state.label,
+            "replica passed its health checks"
+        );
+        shared.changed();
+    }
+    if passed && state.check_healthy.load(Ordering::Acquire) {
+        // As Envoy does: a passing check ends an ejection.
+        shared.uneject(state, shared.moment(now));
+    }
+    if out_of_traffic(shared, state, now) {
+        let sooner = crate::stats::later(now, jittered(config, true, rng));
+        track.next_at = track.next_at.min(sooner);
     }
 }
 
