@@ -275,3 +275,77 @@ async fn the_replica_stack_ejects_a_hung_replica_without_checks() {
     let during = attempts_on_c.load(Ordering::SeqCst) - before;
     assert!(during <= 10, "{during} attempts on the hung replica");
 }
+
+/// The `HttpClient` preset's breaker (a time window, 50% over at least 10
+/// calls) is judged on a success too: five failed attempts, then successes,
+/// open it on the tenth attempt, a success (it used to stay closed until
+/// the next failure, which may never come).
+#[tokio::test(start_paused = true)]
+async fn the_http_client_breaker_trips_on_the_success_that_fills_its_window() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use steadfast::circuit_breaker::State;
+
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = calls.clone();
+    let upstream = tower::service_fn(move |_req: http::Request<String>| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut res = http::Response::new(String::new());
+            if n < 5 {
+                *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            Ok::<_, BoxError>(res)
+        }
+    });
+    let layer = HttpClient::new("fills").build().unwrap();
+    let circuit = layer.circuit().clone();
+    let mut svc = layer.layer(upstream);
+    while calls.load(Ordering::SeqCst) < 10 {
+        assert_eq!(circuit.state(), State::Closed, "below 10 calls");
+        let _ = svc.ready().await.unwrap().call(get()).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 10);
+    assert_eq!(circuit.state(), State::Open, "5 of 10 failed");
+}
+
+/// Through `ReplicaStack`: a hedge goes only to a replica free to start it.
+/// Two requests at once, one on each replica, send no hedge; one alone is
+/// hedged to the other replica.
+#[tokio::test(start_paused = true)]
+async fn the_replica_stack_hedges_only_to_a_free_replica() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use steadfast::hedge::HedgeDelay;
+
+    let hits = Arc::new(AtomicU64::new(0));
+    let replica = |id: &'static str| {
+        let hits = hits.clone();
+        let service = tower::service_fn(move |_req: http::Request<String>| {
+            hits.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, BoxError>(http::Response::new(String::new()))
+            }
+        });
+        (id, Replica::new(service))
+    };
+    let parts = ReplicaStack::new("free")
+        .hedge(HedgeDelay::Fixed(Duration::from_millis(5)))
+        .build([replica("a"), replica("b")])
+        .unwrap();
+    let svc = parts.service;
+    let (one, two) = tokio::join!(svc.clone().oneshot(get()), svc.clone().oneshot(get()));
+    assert!(one.is_ok() && two.is_ok());
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "no hedge, both replicas busy"
+    );
+    svc.clone().oneshot(get()).await.unwrap();
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        4,
+        "a hedge to the free replica"
+    );
+}
