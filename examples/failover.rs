@@ -524,22 +524,26 @@ async fn run_fault(fault: Fault, t: Timeline) -> Row {
     }
 }
 
+/// Each replica's attempts in whole second `s` since `start`.
+fn attempts_in_second(logs: &[Arc<Log>], start: Instant, s: u64) -> Vec<usize> {
+    logs.iter()
+        .map(|log| {
+            let attempts = log.attempts.lock().unwrap();
+            attempts
+                .iter()
+                .filter(|&&a| (a - start).as_secs() == s)
+                .count()
+        })
+        .collect()
+}
+
 /// The median over the whole seconds before `until` of the busiest
 /// replica's share of that second's attempts.
 fn busiest_share(logs: &[Arc<Log>], start: Instant, until: Duration) -> f64 {
     let seconds = until.as_secs();
     let mut shares: Vec<f64> = (1..seconds)
         .map(|s| {
-            let counts: Vec<usize> = logs
-                .iter()
-                .map(|log| {
-                    let attempts = log.attempts.lock().unwrap();
-                    attempts
-                        .iter()
-                        .filter(|&&a| (a - start).as_secs() == s)
-                        .count()
-                })
-                .collect();
+            let counts = attempts_in_second(logs, start, s);
             let total: usize = counts.iter().sum();
             *counts.iter().max().unwrap_or(&0) as f64 / total.max(1) as f64
         })
@@ -595,16 +599,7 @@ async fn spread(secs: u64) {
         }
         let mut worst: f64 = 0.0;
         for s in 1..secs {
-            let counts: Vec<usize> = logs
-                .iter()
-                .map(|log| {
-                    let attempts = log.attempts.lock().unwrap();
-                    attempts
-                        .iter()
-                        .filter(|&&a| (a - start).as_secs() == s)
-                        .count()
-                })
-                .collect();
+            let counts = attempts_in_second(&logs, start, s);
             let total: usize = counts.iter().sum();
             let shares: Vec<String> = counts
                 .iter()

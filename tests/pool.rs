@@ -967,37 +967,60 @@ async fn a_passing_check_ends_an_ejection_and_the_snapshot_shows_every_reason() 
     checks.abort();
 }
 
+type Handle = steadfast::pool::PoolHandle<&'static str, Svc>;
+type Hedged = steadfast::hedge::Hedge<Pool<&'static str, Svc, ByError>>;
+
+/// A hedge layer of a fixed `delay` over a pool named `name` of `names`
+/// from `fleet`, each answering in `delay_ms`, drawing from `budget`; and
+/// the pool's handle.
+fn hedged(
+    fleet: &Fleet,
+    name: &'static str,
+    names: &[&'static str],
+    delay_ms: u64,
+    delay: Duration,
+    budget: Arc<steadfast::budget::RetryBudget>,
+) -> (Handle, Hedged) {
+    use tower::Layer;
+
+    for n in names {
+        fleet.script(n).delay_ms.store(delay_ms, Ordering::SeqCst);
+    }
+    let pool = Pool::builder()
+        .name(name)
+        .classify(ByError)
+        .seed(7)
+        .build(names.iter().map(|n| fleet.replica(n)))
+        .unwrap();
+    let handle = pool.handle();
+    let svc = steadfast::hedge::HedgeLayer::builder()
+        .name(name)
+        .delay(steadfast::hedge::HedgeDelay::Fixed(delay))
+        .budget(budget)
+        .build()
+        .unwrap()
+        .layer(pool);
+    (handle, svc)
+}
+
+/// A budget of 1,000 extra attempts a second, whatever the traffic.
+fn roomy_budget() -> Arc<steadfast::budget::RetryBudget> {
+    Arc::new(
+        steadfast::budget::RetryBudget::builder()
+            .min_per_sec(1_000)
+            .build()
+            .unwrap(),
+    )
+}
+
 /// A replica that hangs fails nothing: its calls lose to hedges and are
 /// dropped. Each loser still tells the pool the replica took at least that
 /// long, so it loses its traffic at once, and a few unanswered probes in a
 /// row eject it, without active checks.
 #[tokio::test(start_paused = true)]
 async fn a_hung_replica_loses_its_traffic_and_is_ejected_without_checks() {
-    use steadfast::hedge::{HedgeDelay, HedgeLayer};
-    use tower::Layer;
-
     let fleet = Fleet::default();
-    for n in ["a", "b", "c"] {
-        fleet.script(n).delay_ms.store(1, Ordering::SeqCst);
-    }
-    let pool = Pool::builder()
-        .name("hang")
-        .classify(ByError)
-        .seed(7)
-        .build(["a", "b", "c"].map(|n| fleet.replica(n)))
-        .unwrap();
-    let handle = pool.handle();
-    let budget = steadfast::budget::RetryBudget::builder()
-        .min_per_sec(1_000)
-        .build()
-        .unwrap();
-    let mut svc = HedgeLayer::builder()
-        .name("hang")
-        .delay(HedgeDelay::Fixed(5 * MS))
-        .budget(Arc::new(budget))
-        .build()
-        .unwrap()
-        .layer(pool);
+    let (handle, mut svc) = hedged(&fleet, "hang", &["a", "b", "c"], 1, 5 * MS, roomy_budget());
     for _ in 0..300 {
         svc.ready().await.unwrap().call(0).await.unwrap();
     }
@@ -1035,31 +1058,8 @@ async fn a_hung_replica_loses_its_traffic_and_is_ejected_without_checks() {
 /// stall, but it answered only moments before: it is not ejected for it.
 #[tokio::test(start_paused = true)]
 async fn a_short_stall_under_hedging_ejects_nothing() {
-    use steadfast::hedge::{HedgeDelay, HedgeLayer};
-    use tower::Layer;
-
     let fleet = Fleet::default();
-    for n in ["a", "b", "c"] {
-        fleet.script(n).delay_ms.store(1, Ordering::SeqCst);
-    }
-    let pool = Pool::builder()
-        .name("stall")
-        .classify(ByError)
-        .seed(7)
-        .build(["a", "b", "c"].map(|n| fleet.replica(n)))
-        .unwrap();
-    let handle = pool.handle();
-    let budget = steadfast::budget::RetryBudget::builder()
-        .min_per_sec(1_000)
-        .build()
-        .unwrap();
-    let svc = HedgeLayer::builder()
-        .name("stall")
-        .delay(HedgeDelay::Fixed(2 * MS))
-        .budget(Arc::new(budget))
-        .build()
-        .unwrap()
-        .layer(pool);
+    let (handle, svc) = hedged(&fleet, "stall", &["a", "b", "c"], 1, 2 * MS, roomy_budget());
     for _ in 0..30 {
         svc.clone().oneshot(0).await.unwrap();
     }
@@ -1087,19 +1087,7 @@ async fn a_short_stall_under_hedging_ejects_nothing() {
 /// hedge goes to it.
 #[tokio::test(start_paused = true)]
 async fn a_hedge_goes_only_to_a_free_replica() {
-    use steadfast::hedge::{HedgeDelay, HedgeLayer};
-    use tower::Layer;
-
     let fleet = Fleet::default();
-    for n in ["a", "b"] {
-        fleet.script(n).delay_ms.store(50, Ordering::SeqCst);
-    }
-    let pool = Pool::builder()
-        .name("hedge-free")
-        .classify(ByError)
-        .seed(7)
-        .build(["a", "b"].map(|n| fleet.replica(n)))
-        .unwrap();
     let budget = Arc::new(
         steadfast::budget::RetryBudget::builder()
             .ratio(0.0)
@@ -1107,13 +1095,14 @@ async fn a_hedge_goes_only_to_a_free_replica() {
             .build()
             .unwrap(),
     );
-    let svc = HedgeLayer::builder()
-        .name("hedge-free")
-        .delay(HedgeDelay::Fixed(5 * MS))
-        .budget(budget.clone())
-        .build()
-        .unwrap()
-        .layer(pool);
+    let (_, svc) = hedged(
+        &fleet,
+        "hedge-free",
+        &["a", "b"],
+        50,
+        5 * MS,
+        budget.clone(),
+    );
     let before = budget.available();
 
     // Two calls at once: one on each replica, each hedge declined (tried
