@@ -27,8 +27,11 @@
 //! the fault; and the busiest replica's share of each second while all
 //! three were up (median over the seconds; fair is 33%).
 //!
-//! `-- --cost` runs only the cost measurement; `-- --spread` instead prints every replica's share of every second
-//! with all three up, at 500 and at 5,000 requests/s.
+//! `-- --cost` runs only the cost measurement; `-- --cost-layers` splits
+//! that cost by layer (each of the stack's layers alone over a bare `Pool`,
+//! against the raw client, in the same alternating rounds); `-- --spread`
+//! instead prints every replica's share of every second with all three up,
+//! at 500 and at 5,000 requests/s.
 //!
 //! Then the stack's own cost over real sockets: requests/s at saturation
 //! (64 callers in a closed loop) and p50 / p99 at a fixed rate, through
@@ -46,6 +49,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Full};
@@ -53,11 +57,16 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use steadfast::classify::ServerErrorsAsFailures;
 use steadfast::health::{HealthChecks, HttpCheck};
+use steadfast::http::HttpReplay;
 use steadfast::pool::Replica;
 use steadfast::presets::ReplicaStack;
+use steadfast::{HedgeLayer, Pool, RetryLayer};
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::timeout::Timeout;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
 
 /// Set to a port, this binary runs as a backend on it.
 const BACKEND_ENV: &str = "STEADFAST_FAILOVER_BACKEND";
@@ -101,6 +110,10 @@ fn main() {
         .expect("a runtime");
     if std::env::args().any(|a| a == "--cost") {
         runtime.block_on(measure_cost(quick));
+        return;
+    }
+    if std::env::args().any(|a| a == "--cost-layers") {
+        runtime.block_on(measure_layers(quick));
         return;
     }
     if std::env::args().any(|a| a == "--spread") {
@@ -635,6 +648,22 @@ struct Raw {
 }
 
 impl Raw {
+    /// A closed-loop caller through `client`, round robin over `backends`.
+    fn over(
+        backends: &[Backend],
+        client: &HttpClient,
+    ) -> impl Fn() -> BoxFuture<'static, bool> + Clone + Send + 'static {
+        let raw = Self {
+            client: client.clone(),
+            uris: Arc::new(backends.iter().map(|b| b.uri("/")).collect()),
+            next: Arc::default(),
+        };
+        move || {
+            let raw = raw.clone();
+            Box::pin(async move { raw.get().await })
+        }
+    }
+
     async fn get(&self) -> bool {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.uris.len();
         let req = Request::get(self.uris[i].clone())
@@ -718,11 +747,172 @@ where
     (at(0.5), at(0.99))
 }
 
+/// Closed-loop rounds of the raw client and another caller in turn.
+struct Compared {
+    raws: Vec<Saturated>,
+    others: Vec<Saturated>,
+    /// The other's requests/s over the raw client's, one per round, sorted.
+    ratios: Vec<f64>,
+}
+
+/// `rounds` closed-loop rounds of `round` each through `raw` and `other`,
+/// the order swapped every round, so that the machine's own drift (this is
+/// a shared 2-core VM, running the backends too) falls on both alike.
+async fn compare<F, Fut, G, Gut>(
+    raw: &F,
+    other: &G,
+    rounds: usize,
+    round: Duration,
+    callers: usize,
+) -> Compared
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+    G: Fn() -> Gut + Clone + Send + 'static,
+    Gut: Future<Output = bool> + Send,
+{
+    let mut raws = Vec::new();
+    let mut others = Vec::new();
+    for r in 0..rounds {
+        if r % 2 == 0 {
+            raws.push(saturate(raw.clone(), callers, round).await);
+            others.push(saturate(other.clone(), callers, round).await);
+        } else {
+            others.push(saturate(other.clone(), callers, round).await);
+            raws.push(saturate(raw.clone(), callers, round).await);
+        }
+    }
+    let mut ratios: Vec<f64> = raws
+        .iter()
+        .zip(&others)
+        .map(|(r, o)| o.per_sec / r.per_sec)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    Compared {
+        raws,
+        others,
+        ratios,
+    }
+}
+
+fn mean(xs: &[Saturated], f: fn(&Saturated) -> f64) -> f64 {
+    xs.iter().map(f).sum::<f64>() / xs.len() as f64
+}
+
+/// A service over the backends, boxed so that every layer measured has
+/// one type.
+type Layered = BoxCloneSyncService<Request<Body>, Response<Incoming>, steadfast::BoxError>;
+
+/// A closed-loop caller of `service`: one GET, its body read.
+fn caller(service: Layered) -> impl Fn() -> BoxFuture<'static, bool> + Clone + Send + 'static {
+    move || {
+        let svc = service.clone();
+        Box::pin(async move {
+            let req = Request::get("http://cost/")
+                .body(Body::new())
+                .expect("a request");
+            match svc.oneshot(req).await {
+                Ok(res) => res.status().is_success() && res.into_body().collect().await.is_ok(),
+                Err(_) => false,
+            }
+        })
+    }
+}
+
+/// The stack's layers one at a time over a bare `Pool`, each against the
+/// raw client: where the stack's cost over real sockets comes from.
+async fn measure_layers(quick: bool) {
+    let (rounds, round) = if quick {
+        (2, Duration::from_secs(1))
+    } else {
+        (6, Duration::from_secs(2))
+    };
+    let callers = 64;
+    let backends = start_fleet().await;
+    let shared = client();
+    let through_raw = Raw::over(&backends, &shared);
+    let pool = || {
+        let replicas = ["a", "b", "c"].into_iter().zip(&backends).map(|(id, b)| {
+            let upstream = Upstream::to(b, &shared, None);
+            (id, Replica::new(upstream))
+        });
+        Pool::builder()
+            .name("layers")
+            .classify(ServerErrorsAsFailures::new())
+            .build(replicas)
+            .expect("a valid pool")
+    };
+    let replay = HttpReplay::new().mark_first(false);
+    let hedge = HedgeLayer::builder()
+        .name("layers")
+        .classify(ServerErrorsAsFailures::new())
+        .replay(replay)
+        .build()
+        .expect("a valid hedge");
+    let retry = RetryLayer::builder()
+        .name("layers")
+        .classify(ServerErrorsAsFailures::new())
+        .replay(replay)
+        .build()
+        .expect("a valid retry");
+    let stack = ReplicaStack::new("layers")
+        .build(
+            ["a", "b", "c"]
+                .into_iter()
+                .zip(&backends)
+                .map(|(id, b)| (id, Replica::new(Upstream::to(b, &shared, None)))),
+        )
+        .expect("a valid stack")
+        .service;
+    let layered: Vec<(&str, Layered)> = vec![
+        (
+            "bare `Pool`",
+            BoxCloneSyncService::new(pool().map_err(Into::into)),
+        ),
+        (
+            "tower `Timeout` (2 s) over `Pool`",
+            BoxCloneSyncService::new(Timeout::new(pool(), Duration::from_secs(2))),
+        ),
+        (
+            "`Hedge` (adaptive) over `Pool`",
+            BoxCloneSyncService::new(hedge.layer(pool())),
+        ),
+        (
+            "`Retry` over `Pool`",
+            BoxCloneSyncService::new(retry.layer(pool())),
+        ),
+        (
+            "`Retry` over `Hedge` over `Pool`",
+            BoxCloneSyncService::new(retry.layer(hedge.layer(pool()))),
+        ),
+        ("`ReplicaStack`", BoxCloneSyncService::new(stack)),
+    ];
+    println!(
+        "\nEach layer alone over a bare `Pool`, against the raw hyper-util client (3 healthy backends; {callers} callers in a closed loop, {rounds} rounds of {} s each, alternating):\n",
+        round.as_secs()
+    );
+    println!("| | requests/s (mean of rounds) | over the raw client (median of rounds; range) |");
+    println!("|---|---|---|");
+    for (name, service) in layered {
+        let through = caller(service);
+        let warm = Duration::from_millis(300);
+        let _ = saturate(through_raw.clone(), 8, warm).await;
+        let _ = saturate(through.clone(), 8, warm).await;
+        let Compared { others, ratios, .. } =
+            compare(&through_raw, &through, rounds, round, callers).await;
+        println!(
+            "| {name} | {:.0} | {:.2}x ({:.2}x to {:.2}x) |",
+            mean(&others, |s| s.per_sec),
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1],
+        );
+    }
+}
+
 async fn measure_cost(quick: bool) {
-    // Rounds of the closed loop, the raw client and the stack in turn (the
-    // order swapped every round), so that the machine's own drift (this is
-    // a shared 2-core VM, running the backends too) falls on both alike;
-    // the ratio is the median of the rounds'.
+    // Rounds of the closed loop, the raw client and the stack in turn (see
+    // `compare`); the ratio is the median of the rounds'.
     let (rounds, round) = if quick {
         (2, Duration::from_secs(1))
     } else {
@@ -732,11 +922,7 @@ async fn measure_cost(quick: bool) {
     let (callers, rate) = (64, 2_000);
     let backends = start_fleet().await;
     let shared = client();
-    let raw = Raw {
-        client: shared.clone(),
-        uris: Arc::new(backends.iter().map(|b| b.uri("/")).collect()),
-        next: Arc::default(),
-    };
+    let through_raw = Raw::over(&backends, &shared);
     let replicas = ["a", "b", "c"].into_iter().zip(&backends).map(|(id, b)| {
         let upstream = Upstream::to(b, &shared, None);
         (id, Replica::new(upstream))
@@ -744,48 +930,19 @@ async fn measure_cost(quick: bool) {
     let parts = ReplicaStack::new("cost")
         .build(replicas)
         .expect("a valid stack");
-    let service = parts.service;
-    let through_stack = move || {
-        let svc = service.clone();
-        async move {
-            let req = Request::get("http://cost/")
-                .body(Body::new())
-                .expect("a request");
-            match svc.oneshot(req).await {
-                Ok(res) => res.status().is_success() && res.into_body().collect().await.is_ok(),
-                Err(_) => false,
-            }
-        }
-    };
-    let through_raw = move || {
-        let raw = raw.clone();
-        async move { raw.get().await }
-    };
+    // Boxed as each layer of `--cost-layers` is (one allocation a call,
+    // beside some 40 µs of work a call over the sockets).
+    let through_stack = caller(BoxCloneSyncService::new(parts.service));
     // Warm both (connections, estimates), then measure side by side.
     let warm = Duration::from_millis(300);
     let _ = saturate(through_raw.clone(), 8, warm).await;
     let _ = saturate(through_stack.clone(), 8, warm).await;
-    let mut raws = Vec::new();
-    let mut stacks = Vec::new();
-    for r in 0..rounds {
-        if r % 2 == 0 {
-            raws.push(saturate(through_raw.clone(), callers, round).await);
-            stacks.push(saturate(through_stack.clone(), callers, round).await);
-        } else {
-            stacks.push(saturate(through_stack.clone(), callers, round).await);
-            raws.push(saturate(through_raw.clone(), callers, round).await);
-        }
-    }
-    let mut ratios: Vec<f64> = raws
-        .iter()
-        .zip(&stacks)
-        .map(|(r, s)| s.per_sec / r.per_sec)
-        .collect();
-    ratios.sort_by(f64::total_cmp);
+    let Compared {
+        raws,
+        others: stacks,
+        ratios,
+    } = compare(&through_raw, &through_stack, rounds, round, callers).await;
     let median = ratios[ratios.len() / 2];
-    let mean = |xs: &[Saturated], f: fn(&Saturated) -> f64| {
-        xs.iter().map(f).sum::<f64>() / xs.len() as f64
-    };
     let raw_latency = latency_at(through_raw, rate, run).await;
     let stack_latency = latency_at(through_stack, rate, run).await;
     println!(
