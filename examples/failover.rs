@@ -28,8 +28,8 @@
 //! three were up (median over the seconds; fair is 33%).
 //!
 //! `-- --cost` runs only the cost measurement; `-- --cost-layers` splits
-//! that cost by layer (each of the stack's layers alone over a bare `Pool`,
-//! against the raw client, in the same alternating rounds); `-- --spread`
+//! that cost by layer (the stack's layers over a bare `Pool`, alone and
+//! composed, against the raw client in the same alternating rounds); `-- --spread`
 //! instead prints every replica's share of every second with all three up,
 //! at 500 and at 5,000 requests/s.
 //!
@@ -756,7 +756,7 @@ struct Compared {
 }
 
 /// `rounds` closed-loop rounds of `round` each through `raw` and `other`,
-/// the order swapped every round, so that the machine's own drift (this is
+/// after a short warm-up of both, the order swapped every round, so that the machine's own drift (this is
 /// a shared 2-core VM, running the backends too) falls on both alike.
 async fn compare<F, Fut, G, Gut>(
     raw: &F,
@@ -771,6 +771,10 @@ where
     G: Fn() -> Gut + Clone + Send + 'static,
     Gut: Future<Output = bool> + Send,
 {
+    // Warm both (connections, estimates), then measure side by side.
+    let warm = Duration::from_millis(300);
+    let _ = saturate(raw.clone(), 8, warm).await;
+    let _ = saturate(other.clone(), 8, warm).await;
     let mut raws = Vec::new();
     let mut others = Vec::new();
     for r in 0..rounds {
@@ -795,8 +799,40 @@ where
     }
 }
 
+/// The median of sorted `xs`: with an even count, the mean of the middle
+/// two (the upper one alone would favour the better round of two).
+fn median(xs: &[f64]) -> f64 {
+    let mid = xs.len() / 2;
+    if xs.len() % 2 == 0 {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    } else {
+        xs[mid]
+    }
+}
+
 fn mean(xs: &[Saturated], f: fn(&Saturated) -> f64) -> f64 {
     xs.iter().map(f).sum::<f64>() / xs.len() as f64
+}
+
+/// The closed-loop rounds of a cost measurement: how many, and how long.
+fn rounds_for(quick: bool) -> (usize, Duration) {
+    if quick {
+        (2, Duration::from_secs(1))
+    } else {
+        (6, Duration::from_secs(2))
+    }
+}
+
+/// The three replicas over `backends`, through `client`, logging nothing
+/// (the raw client they are measured against logs nothing either).
+fn unlogged_replicas<'a>(
+    backends: &'a [Backend],
+    client: &'a HttpClient,
+) -> impl Iterator<Item = (&'static str, Replica<Upstream>)> + 'a {
+    ["a", "b", "c"]
+        .into_iter()
+        .zip(backends)
+        .map(|(id, b)| (id, Replica::new(Upstream::to(b, client, None))))
 }
 
 /// A service over the backends, boxed so that every layer measured has
@@ -822,24 +858,16 @@ fn caller(service: Layered) -> impl Fn() -> BoxFuture<'static, bool> + Clone + S
 /// The stack's layers one at a time over a bare `Pool`, each against the
 /// raw client: where the stack's cost over real sockets comes from.
 async fn measure_layers(quick: bool) {
-    let (rounds, round) = if quick {
-        (2, Duration::from_secs(1))
-    } else {
-        (6, Duration::from_secs(2))
-    };
+    let (rounds, round) = rounds_for(quick);
     let callers = 64;
     let backends = start_fleet().await;
     let shared = client();
     let through_raw = Raw::over(&backends, &shared);
     let pool = || {
-        let replicas = ["a", "b", "c"].into_iter().zip(&backends).map(|(id, b)| {
-            let upstream = Upstream::to(b, &shared, None);
-            (id, Replica::new(upstream))
-        });
         Pool::builder()
             .name("layers")
             .classify(ServerErrorsAsFailures::new())
-            .build(replicas)
+            .build(unlogged_replicas(&backends, &shared))
             .expect("a valid pool")
     };
     let replay = HttpReplay::new().mark_first(false);
@@ -856,12 +884,7 @@ async fn measure_layers(quick: bool) {
         .build()
         .expect("a valid retry");
     let stack = ReplicaStack::new("layers")
-        .build(
-            ["a", "b", "c"]
-                .into_iter()
-                .zip(&backends)
-                .map(|(id, b)| (id, Replica::new(Upstream::to(b, &shared, None)))),
-        )
+        .build(unlogged_replicas(&backends, &shared))
         .expect("a valid stack")
         .service;
     let layered: Vec<(&str, Layered)> = vec![
@@ -888,22 +911,19 @@ async fn measure_layers(quick: bool) {
         ("`ReplicaStack`", BoxCloneSyncService::new(stack)),
     ];
     println!(
-        "\nEach layer alone over a bare `Pool`, against the raw hyper-util client (3 healthy backends; {callers} callers in a closed loop, {rounds} rounds of {} s each, alternating):\n",
+        "\nThe stack's layers over a bare `Pool`, alone and composed, against the raw hyper-util client (3 healthy backends; {callers} callers in a closed loop, {rounds} rounds of {} s each, alternating):\n",
         round.as_secs()
     );
     println!("| | requests/s (mean of rounds) | over the raw client (median of rounds; range) |");
     println!("|---|---|---|");
     for (name, service) in layered {
         let through = caller(service);
-        let warm = Duration::from_millis(300);
-        let _ = saturate(through_raw.clone(), 8, warm).await;
-        let _ = saturate(through.clone(), 8, warm).await;
         let Compared { others, ratios, .. } =
             compare(&through_raw, &through, rounds, round, callers).await;
         println!(
             "| {name} | {:.0} | {:.2}x ({:.2}x to {:.2}x) |",
             mean(&others, |s| s.per_sec),
-            ratios[ratios.len() / 2],
+            median(&ratios),
             ratios[0],
             ratios[ratios.len() - 1],
         );
@@ -913,36 +933,24 @@ async fn measure_layers(quick: bool) {
 async fn measure_cost(quick: bool) {
     // Rounds of the closed loop, the raw client and the stack in turn (see
     // `compare`); the ratio is the median of the rounds'.
-    let (rounds, round) = if quick {
-        (2, Duration::from_secs(1))
-    } else {
-        (6, Duration::from_secs(2))
-    };
+    let (rounds, round) = rounds_for(quick);
     let run = round * 2;
     let (callers, rate) = (64, 2_000);
     let backends = start_fleet().await;
     let shared = client();
     let through_raw = Raw::over(&backends, &shared);
-    let replicas = ["a", "b", "c"].into_iter().zip(&backends).map(|(id, b)| {
-        let upstream = Upstream::to(b, &shared, None);
-        (id, Replica::new(upstream))
-    });
     let parts = ReplicaStack::new("cost")
-        .build(replicas)
+        .build(unlogged_replicas(&backends, &shared))
         .expect("a valid stack");
     // Boxed as each layer of `--cost-layers` is (one allocation a call,
     // beside some 40 µs of work a call over the sockets).
     let through_stack = caller(BoxCloneSyncService::new(parts.service));
-    // Warm both (connections, estimates), then measure side by side.
-    let warm = Duration::from_millis(300);
-    let _ = saturate(through_raw.clone(), 8, warm).await;
-    let _ = saturate(through_stack.clone(), 8, warm).await;
     let Compared {
         raws,
         others: stacks,
         ratios,
     } = compare(&through_raw, &through_stack, rounds, round, callers).await;
-    let median = ratios[ratios.len() / 2];
+    let median = median(&ratios);
     let raw_latency = latency_at(through_raw, rate, run).await;
     let stack_latency = latency_at(through_stack, rate, run).await;
     println!(
