@@ -682,6 +682,25 @@ impl Raw {
 struct Saturated {
     per_sec: f64,
     attempts_per_request: f64,
+    /// This process's CPU time per request answered (Linux only): the
+    /// client's work, the backends' excluded.
+    cpu_per_request: Option<Duration>,
+}
+
+/// This process's CPU time so far (user and system), from `/proc/self/stat`
+/// (Linux; `None` elsewhere). Its unit is the kernel's `USER_HZ`, 1/100 s
+/// on every Linux: coarse, but a round of seconds spans hundreds of them.
+fn cpu_time() -> Option<Duration> {
+    const TICKS_PER_SEC: u64 = 100;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which may hold spaces), from the
+    // state on: utime and stime are the 12th and 13th.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis(
+        (user + system) * 1_000 / TICKS_PER_SEC,
+    ))
 }
 
 /// Requests/s with `callers` in a closed loop for `run`, through `call`.
@@ -691,6 +710,7 @@ where
     Fut: Future<Output = bool> + Send,
 {
     let start = Instant::now();
+    let cpu_before = cpu_time();
     let attempts_before = ATTEMPTS.load(Ordering::Relaxed);
     let done = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..callers)
@@ -711,9 +731,13 @@ where
     }
     let answered = done.load(Ordering::Relaxed);
     let attempts = ATTEMPTS.load(Ordering::Relaxed) - attempts_before;
+    let cpu = cpu_before
+        .zip(cpu_time())
+        .map(|(before, after)| after - before);
     Saturated {
         per_sec: answered as f64 / start.elapsed().as_secs_f64(),
         attempts_per_request: attempts as f64 / answered.max(1) as f64,
+        cpu_per_request: cpu.map(|cpu| cpu / u32::try_from(answered.max(1)).unwrap_or(u32::MAX)),
     }
 }
 
@@ -812,6 +836,19 @@ fn median(xs: &[f64]) -> f64 {
 
 fn mean(xs: &[Saturated], f: fn(&Saturated) -> f64) -> f64 {
     xs.iter().map(f).sum::<f64>() / xs.len() as f64
+}
+
+/// The client's CPU time per request over the rounds, in µs ("n/a" where
+/// `/proc` is not there to tell).
+fn cpu_per_request(xs: &[Saturated]) -> String {
+    let per: Option<Vec<f64>> = xs
+        .iter()
+        .map(|s| s.cpu_per_request.map(|d| d.as_secs_f64() * 1e6))
+        .collect();
+    per.map_or_else(
+        || "n/a".to_owned(),
+        |per| format!("{:.1} µs", per.iter().sum::<f64>() / per.len() as f64),
+    )
 }
 
 /// The closed-loop rounds of a cost measurement: how many, and how long.
@@ -914,18 +951,25 @@ async fn measure_layers(quick: bool) {
         "\nThe stack's layers over a bare `Pool`, alone and composed, against the raw hyper-util client (3 healthy backends; {callers} callers in a closed loop, {rounds} rounds of {} s each, alternating):\n",
         round.as_secs()
     );
-    println!("| | requests/s (mean of rounds) | over the raw client (median of rounds; range) |");
-    println!("|---|---|---|");
+    println!(
+        "| | requests/s (mean of rounds) | over the raw client (median of rounds; range) | client CPU per request (raw client's) |"
+    );
+    println!("|---|---|---|---|");
     for (name, service) in layered {
         let through = caller(service);
-        let Compared { others, ratios, .. } =
-            compare(&through_raw, &through, rounds, round, callers).await;
+        let Compared {
+            raws,
+            others,
+            ratios,
+        } = compare(&through_raw, &through, rounds, round, callers).await;
         println!(
-            "| {name} | {:.0} | {:.2}x ({:.2}x to {:.2}x) |",
+            "| {name} | {:.0} | {:.2}x ({:.2}x to {:.2}x) | {} ({}) |",
             mean(&others, |s| s.per_sec),
             median(&ratios),
             ratios[0],
             ratios[ratios.len() - 1],
+            cpu_per_request(&others),
+            cpu_per_request(&raws),
         );
     }
 }
@@ -959,21 +1003,23 @@ async fn measure_cost(quick: bool) {
         run.as_secs()
     );
     println!(
-        "| | requests/s at saturation (mean of rounds) | attempts per request there | p50 at {rate}/s | p99 at {rate}/s |"
+        "| | requests/s at saturation (mean of rounds) | attempts per request there | client CPU per request there | p50 at {rate}/s | p99 at {rate}/s |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     println!(
-        "| raw hyper-util client, round robin | {:.0} | 1 | {} | {} |",
+        "| raw hyper-util client, round robin | {:.0} | 1 | {} | {} | {} |",
         mean(&raws, |s| s.per_sec),
+        cpu_per_request(&raws),
         ms(raw_latency.0),
         ms(raw_latency.1)
     );
     println!(
-        "| `ReplicaStack` | {:.0} ({median:.2}x, median of rounds; {:.2}x to {:.2}x) | {:.3} | {} | {} |",
+        "| `ReplicaStack` | {:.0} ({median:.2}x, median of rounds; {:.2}x to {:.2}x) | {:.3} | {} | {} | {} |",
         mean(&stacks, |s| s.per_sec),
         ratios[0],
         ratios[ratios.len() - 1],
         mean(&stacks, |s| s.attempts_per_request),
+        cpu_per_request(&stacks),
         ms(stack_latency.0),
         ms(stack_latency.1)
     );
