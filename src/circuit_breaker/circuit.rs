@@ -307,6 +307,27 @@ impl Circuit {
         })
     }
 
+    /// The refusal a call would meet now, without asking for a probe: a
+    /// circuit open before its period ends (with the time left), or forced
+    /// open. `None` while it is closed, half-open (or due to be), disabled,
+    /// or only recording.
+    pub(crate) fn refusal(&self) -> Option<CircuitOpen> {
+        let shared = &self.shared;
+        let word = shared.core.load();
+        let retry_after = match (word.mode, word.phase) {
+            (Mode::ForcedOpen, _) => None,
+            (Mode::Auto, Phase::Open) => {
+                let left = word.open_until_ms().checked_sub(shared.now_ms())?;
+                if left == 0 {
+                    return None;
+                }
+                Some(Duration::from_millis(left))
+            }
+            _ => return None,
+        };
+        Some(CircuitOpen::new(shared.config.name.clone(), retry_after))
+    }
+
     /// Records the outcome of an admitted call.
     pub(crate) fn complete(&self, permit: CircuitPermit, verdict: Verdict) {
         self.shared.complete(&permit.0, verdict);

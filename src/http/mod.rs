@@ -1,14 +1,19 @@
-//! HTTP helpers shared by the layers (feature `http`): reading
-//! `Retry-After`, replayable request bodies, and the idempotency rules that
-//! decide which requests may be sent twice.
-//!
-//! Error responses for axum come with the integration work (planned).
+//! HTTP helpers (feature `http`): reading `Retry-After`, replayable request
+//! bodies, the idempotency rules that decide which requests may be sent
+//! twice, and, on the server side, the answer a failed dependency becomes
+//! ([`error_response`], [`handle_error`] for axum's `HandleErrorLayer`) and
+//! a route that sheds its load while a dependency's circuit is open
+//! ([`ShedWhenOpenLayer`]).
 
 mod idempotency;
 mod replay;
+mod response;
+pub mod shed;
 
 pub use self::idempotency::{HttpReplay, Idempotent, TryCloneBody, is_idempotent};
 pub use self::replay::{DEFAULT_REPLAY_CAP, ReplayBody};
+pub use self::response::{error_response, error_response_for, handle_error};
+pub use self::shed::{ShedWhenOpen, ShedWhenOpenLayer};
 
 use std::time::{Duration, SystemTime};
 
