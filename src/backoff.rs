@@ -58,7 +58,7 @@ pub enum Jitter {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
+pub(crate) enum Kind {
     Constant(Duration),
     Exponential { base: Duration, cap: Duration },
 }
@@ -71,10 +71,10 @@ enum Kind {
 /// built).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
-    kind: Kind,
-    factor: f64,
-    jitter: Jitter,
-    seed: Option<u64>,
+    pub(crate) kind: Kind,
+    pub(crate) factor: f64,
+    pub(crate) jitter: Jitter,
+    pub(crate) seed: Option<u64>,
 }
 
 /// An endless iterator over the delays of a [`Backoff`], from

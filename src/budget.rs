@@ -105,10 +105,10 @@ struct Slot {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Builder {
-    name: std::sync::Arc<str>,
-    ttl: Duration,
-    min_per_sec: u32,
-    ratio: f64,
+    pub(crate) name: std::sync::Arc<str>,
+    pub(crate) ttl: Duration,
+    pub(crate) min_per_sec: u32,
+    pub(crate) ratio: f64,
 }
 
 impl Default for Builder {
@@ -148,14 +148,9 @@ impl Builder {
         self
     }
 
-    /// Validates and builds the budget.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] when the ttl is outside 1 s..=1 h, the ratio is
-    /// outside `0..=1000` or not a number, or both the ratio and
-    /// `min_per_sec` are zero (no retry could ever happen).
-    pub fn build(self) -> Result<RetryBudget, ConfigError> {
+    /// Checks the settings without building the budget (which would
+    /// register its metric).
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.ttl) {
             return Err(ConfigError::new(
                 "ttl",
@@ -168,13 +163,31 @@ impl Builder {
                 format!("must be in 0..=1000, got {}", self.ratio),
             ));
         }
-        let deposit_tokens = (self.ratio * SCALE as f64).round() as u64;
+        let deposit_tokens = self.deposit_tokens();
         if deposit_tokens == 0 && self.min_per_sec == 0 {
             return Err(ConfigError::new(
                 "ratio",
                 "and min_per_sec are both zero: the budget would never allow a retry",
             ));
         }
+        Ok(())
+    }
+
+    /// What one original request deposits, in the budget's fixed point.
+    fn deposit_tokens(&self) -> u64 {
+        (self.ratio * SCALE as f64).round() as u64
+    }
+
+    /// Validates and builds the budget.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when the ttl is outside 1 s..=1 h, the ratio is
+    /// outside `0..=1000` or not a number, or both the ratio and
+    /// `min_per_sec` are zero (no retry could ever happen).
+    pub fn build(self) -> Result<RetryBudget, ConfigError> {
+        self.check()?;
+        let deposit_tokens = self.deposit_tokens();
         let shards = shard::count(usize::MAX);
         let ttl_nanos = u64::try_from(self.ttl.as_nanos()).unwrap_or(u64::MAX);
         Ok(RetryBudget {

@@ -15,6 +15,8 @@ pub mod budget;
 pub mod chaos;
 pub mod circuit_breaker;
 pub mod classify;
+#[cfg(feature = "serde")]
+pub mod config;
 pub mod error;
 pub mod fallback;
 pub mod health;

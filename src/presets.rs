@@ -85,12 +85,12 @@ const REPLAY: HttpReplay = HttpReplay::new().mark_first(false);
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct HttpClient {
-    name: Arc<str>,
-    total_timeout: Duration,
-    attempt_timeout: Duration,
-    max_attempts: u32,
-    budget: Option<Arc<RetryBudget>>,
-    breaker_window: Duration,
+    pub(crate) name: Arc<str>,
+    pub(crate) total_timeout: Duration,
+    pub(crate) attempt_timeout: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) budget: Option<Arc<RetryBudget>>,
+    pub(crate) breaker_window: Duration,
 }
 
 impl HttpClient {
@@ -144,16 +144,7 @@ impl HttpClient {
     /// A [`ConfigError`]: an attempt timeout not below the total, a breaker
     /// window under twice the attempt timeout, or an invalid part.
     pub fn build(self) -> Result<HttpClientLayer, ConfigError> {
-        check_timeouts(self.total_timeout, self.attempt_timeout)?;
-        if self.breaker_window < self.attempt_timeout * 2 {
-            return Err(ConfigError::new(
-                "breaker_window",
-                format!(
-                    "must be at least twice the attempt timeout ({:?}), got {:?}",
-                    self.attempt_timeout, self.breaker_window
-                ),
-            ));
-        }
+        self.check()?;
         let budget = match self.budget {
             Some(b) => b,
             None => Arc::new(RetryBudget::builder().name(&*self.name).build()?),
@@ -201,6 +192,27 @@ fn check_timeouts(total: Duration, attempt: Duration) -> Result<(), ConfigError>
         ));
     }
     Ok(())
+}
+
+impl HttpClient {
+    /// Checks the settings without building the layer (which would
+    /// register its metrics): what [`build`](Self::build) refuses.
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        check_timeouts(self.total_timeout, self.attempt_timeout)?;
+        if self.breaker_window < self.attempt_timeout * 2 {
+            return Err(ConfigError::new(
+                "breaker_window",
+                format!(
+                    "must be at least twice the attempt timeout ({:?}), got {:?}",
+                    self.attempt_timeout, self.breaker_window
+                ),
+            ));
+        }
+        RetryLayer::builder()
+            .name(&*self.name)
+            .max_attempts(self.max_attempts)
+            .check()
+    }
 }
 
 /// The layer [`HttpClient`] builds.
@@ -253,17 +265,17 @@ impl<S> Layer<S> for HttpClientLayer {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ReplicaStack {
-    name: Arc<str>,
-    total_timeout: Duration,
-    attempt_timeout: Duration,
-    max_attempts: u32,
-    hedge: HedgeDelay,
-    outlier: OutlierDetection,
-    checks: Option<crate::health::HealthChecks>,
-    local_zone: Option<Arc<str>>,
-    failback_after: Option<Duration>,
-    budget: Option<Arc<RetryBudget>>,
-    breaker: Option<crate::circuit_breaker::Builder>,
+    pub(crate) name: Arc<str>,
+    pub(crate) total_timeout: Duration,
+    pub(crate) attempt_timeout: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) hedge: HedgeDelay,
+    pub(crate) outlier: OutlierDetection,
+    pub(crate) checks: Option<crate::health::HealthChecks>,
+    pub(crate) local_zone: Option<Arc<str>>,
+    pub(crate) failback_after: Option<Duration>,
+    pub(crate) budget: Option<Arc<RetryBudget>>,
+    pub(crate) breaker: Option<crate::circuit_breaker::Builder>,
 }
 
 /// What [`ReplicaStack::build`] gives: the service, the pool's handle, and
@@ -286,6 +298,34 @@ pub struct ReplicaStackParts<K, S> {
 impl<K, S> std::fmt::Debug for ReplicaStackParts<K, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplicaStackParts").finish_non_exhaustive()
+    }
+}
+
+impl ReplicaStack {
+    /// Checks the settings without building the stack (which would
+    /// register its metrics): what [`build`](Self::build) refuses of the
+    /// settings themselves (the replicas are checked when it is built).
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        check_timeouts(self.total_timeout, self.attempt_timeout)?;
+        let mut pool = Pool::builder()
+            .name(&*self.name)
+            .outlier(self.outlier.clone());
+        if let Some(checks) = self.checks {
+            pool = pool.health_checks(checks);
+        }
+        if let Some(breaker) = &self.breaker {
+            pool = pool.circuit_breaker(breaker.clone());
+        }
+        pool.validate()?;
+        HedgeLayer::builder()
+            .name(&*self.name)
+            .delay(self.hedge)
+            .check()
+            .map_err(|e| e.within("hedge"))?;
+        RetryLayer::builder()
+            .name(&*self.name)
+            .max_attempts(self.max_attempts)
+            .check()
     }
 }
 
@@ -406,7 +446,7 @@ impl ReplicaStack {
         K: Clone + Eq + Hash + std::fmt::Display + Send + Sync + 'static,
         S: Clone + Send + Sync + 'static,
     {
-        check_timeouts(self.total_timeout, self.attempt_timeout)?;
+        self.check()?;
         let budget = match self.budget {
             Some(b) => b,
             None => Arc::new(RetryBudget::builder().name(&*self.name).build()?),

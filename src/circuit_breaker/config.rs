@@ -61,16 +61,16 @@ impl SlidingWindow {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Builder<C = ErrorsAsFailures> {
-    pub(super) name: Arc<str>,
+    pub(crate) name: Arc<str>,
     pub(super) classifier: C,
-    pub(super) failure_rate: Option<f64>,
-    pub(super) slow_calls: Option<(Duration, f64)>,
-    pub(super) consecutive_failures: Option<u32>,
-    pub(super) window: SlidingWindow,
-    pub(super) min_calls: u32,
-    pub(super) open_backoff: Backoff,
-    pub(super) half_open_probes: u32,
-    pub(super) max_pushback: Duration,
+    pub(crate) failure_rate: Option<f64>,
+    pub(crate) slow_calls: Option<(Duration, f64)>,
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) window: SlidingWindow,
+    pub(crate) min_calls: u32,
+    pub(crate) open_backoff: Backoff,
+    pub(crate) half_open_probes: u32,
+    pub(crate) max_pushback: Duration,
 }
 
 /// The validated settings a circuit runs with (private).

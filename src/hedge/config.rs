@@ -80,12 +80,12 @@ impl HedgeDelay {
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[must_use]
 pub struct AdaptiveDelay {
-    quantile: f64,
-    floor: Duration,
-    ceiling: Duration,
-    window: Duration,
-    min_samples: u64,
-    initial: Duration,
+    pub(crate) quantile: f64,
+    pub(crate) floor: Duration,
+    pub(crate) ceiling: Duration,
+    pub(crate) window: Duration,
+    pub(crate) min_samples: u64,
+    pub(crate) initial: Duration,
 }
 
 impl AdaptiveDelay {
@@ -157,12 +157,12 @@ impl From<AdaptiveDelay> for HedgeDelay {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Builder<C = ErrorsAsFailures, R = CloneRequest> {
-    name: Arc<str>,
+    pub(crate) name: Arc<str>,
     classifier: C,
     replay: R,
-    delay: HedgeDelay,
-    max_extra_attempts: u32,
-    budget: Option<Arc<RetryBudget>>,
+    pub(crate) delay: HedgeDelay,
+    pub(crate) max_extra_attempts: u32,
+    pub(crate) budget: Option<Arc<RetryBudget>>,
 }
 
 /// The validated settings and live state shared by every service of a
@@ -261,12 +261,9 @@ impl<C, R> Builder<C, R> {
         self
     }
 
-    /// Validates the settings and builds the layer.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] naming the first invalid setting.
-    pub fn build(self) -> Result<HedgeLayer<C, R>, ConfigError> {
+    /// Checks the settings without building the layer (which would
+    /// register its metrics, and a budget's).
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
         if self.name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
         }
@@ -279,13 +276,11 @@ impl<C, R> Builder<C, R> {
                 ),
             ));
         }
-        let base = Instant::now();
-        let latencies = match self.delay {
+        match self.delay {
             HedgeDelay::Fixed(d) => {
                 if d.is_zero() {
                     return Err(ConfigError::new("delay", "must be greater than zero"));
                 }
-                None
             }
             HedgeDelay::Adaptive {
                 quantile,
@@ -322,8 +317,22 @@ impl<C, R> Builder<C, R> {
                         "must be greater than zero",
                     ));
                 }
-                Some(Histogram::new(base, window))
             }
+        }
+        Ok(())
+    }
+
+    /// Validates the settings and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid setting.
+    pub fn build(self) -> Result<HedgeLayer<C, R>, ConfigError> {
+        self.check()?;
+        let base = Instant::now();
+        let latencies = match self.delay {
+            HedgeDelay::Fixed(_) => None,
+            HedgeDelay::Adaptive { window, .. } => Some(Histogram::new(base, window)),
         };
         let budget = match self.budget {
             Some(budget) => budget,

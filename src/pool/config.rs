@@ -49,19 +49,19 @@ pub enum WhenNoneHealthy {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Builder<C = ErrorsAsFailures> {
-    pub(super) name: Arc<str>,
+    pub(crate) name: Arc<str>,
     pub(super) classifier: C,
-    pub(super) local_zone: Option<Arc<str>>,
-    pub(super) overprovisioning: f64,
-    pub(super) panic_threshold: f64,
-    pub(super) failback_after: Duration,
-    pub(super) when_none_healthy: WhenNoneHealthy,
-    pub(super) outlier: OutlierDetection,
-    pub(super) max_pushback: Duration,
-    pub(super) failure_penalty: Duration,
-    pub(super) breaker: Option<circuit_breaker::Builder>,
-    pub(super) health_checks: Option<HealthChecks>,
-    pub(super) seed: Option<u64>,
+    pub(crate) local_zone: Option<Arc<str>>,
+    pub(crate) overprovisioning: f64,
+    pub(crate) panic_threshold: f64,
+    pub(crate) failback_after: Duration,
+    pub(crate) when_none_healthy: WhenNoneHealthy,
+    pub(crate) outlier: OutlierDetection,
+    pub(crate) max_pushback: Duration,
+    pub(crate) failure_penalty: Duration,
+    pub(crate) breaker: Option<circuit_breaker::Builder>,
+    pub(crate) health_checks: Option<HealthChecks>,
+    pub(crate) seed: Option<u64>,
 }
 
 impl Default for Builder {
@@ -187,7 +187,7 @@ impl<C> Builder<C> {
         self
     }
 
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
         }

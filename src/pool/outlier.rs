@@ -34,13 +34,13 @@ use crate::sync::{Ordering, lock};
 #[derive(Debug, Clone, PartialEq)]
 #[must_use]
 pub struct OutlierDetection {
-    pub(super) consecutive_failures: Option<u32>,
-    pub(super) failure_percentage: Option<(f64, u32)>,
-    pub(super) success_rate_stdev: Option<(f64, u32, u32)>,
-    pub(super) latency_factor: Option<(f64, Duration)>,
-    pub(super) ejection: Backoff,
-    pub(super) max_ejected: f64,
-    pub(super) interval: Duration,
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) failure_percentage: Option<(f64, u32)>,
+    pub(crate) success_rate_stdev: Option<(f64, u32, u32)>,
+    pub(crate) latency_factor: Option<(f64, Duration)>,
+    pub(crate) ejection: Backoff,
+    pub(crate) max_ejected: f64,
+    pub(crate) interval: Duration,
 }
 
 impl Default for OutlierDetection {

@@ -31,14 +31,14 @@ pub const MAX_ATTEMPTS: u32 = 100;
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Builder<C = ErrorsAsFailures, R = CloneRequest> {
-    name: Arc<str>,
+    pub(crate) name: Arc<str>,
     classifier: C,
     replay: R,
-    max_attempts: u32,
-    backoff: Backoff,
-    budget: Option<Arc<RetryBudget>>,
-    max_pushback: Duration,
-    deadline: Option<Duration>,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) budget: Option<Arc<RetryBudget>>,
+    pub(crate) max_pushback: Duration,
+    pub(crate) deadline: Option<Duration>,
 }
 
 /// The validated settings, shared by every service of a layer (private).
@@ -72,6 +72,27 @@ impl Metrics {
             retried_failure: retried("failure"),
             retried_pushback: retried("pushback"),
         }
+    }
+}
+
+impl<C, R> Builder<C, R> {
+    /// Checks the settings without building the layer (which would
+    /// register its metrics, and a budget's).
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::new("name", "must not be empty"));
+        }
+        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(ConfigError::new(
+                "max_attempts",
+                format!("must be in 1..={MAX_ATTEMPTS}, got {}", self.max_attempts),
+            ));
+        }
+        self.backoff.validate().map_err(|e| e.within("backoff"))?;
+        if self.deadline.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::new("deadline", "must be greater than zero"));
+        }
+        Ok(())
     }
 }
 
@@ -168,19 +189,7 @@ impl<C, R> Builder<C, R> {
     ///
     /// A [`ConfigError`] naming the first invalid setting.
     pub fn build(self) -> Result<RetryLayer<C, R>, ConfigError> {
-        if self.name.is_empty() {
-            return Err(ConfigError::new("name", "must not be empty"));
-        }
-        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
-            return Err(ConfigError::new(
-                "max_attempts",
-                format!("must be in 1..={MAX_ATTEMPTS}, got {}", self.max_attempts),
-            ));
-        }
-        self.backoff.validate().map_err(|e| e.within("backoff"))?;
-        if self.deadline.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::new("deadline", "must be greater than zero"));
-        }
+        self.check()?;
         let budget = match self.budget {
             Some(budget) => budget,
             None => Arc::new(RetryBudget::builder().name(&*self.name).build()?),
