@@ -57,6 +57,7 @@
 
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use metrics::Counter;
 use tokio::time::Instant;
 
@@ -76,14 +77,35 @@ const BUCKETS: u32 = 10;
 pub struct RetryBudget {
     name: std::sync::Arc<str>,
     ttl: Duration,
-    min_per_sec: u32,
-    ratio: f64,
-    deposit_tokens: u64,
-    reserve_tokens: u64,
+    /// Swapped whole by [`apply`](Self::apply).
+    rates: ArcSwap<Rates>,
     base: Instant,
     bucket_nanos: u64,
     shards: Box<[Shard]>,
     exhausted: Counter,
+}
+
+/// What a budget earns and allows: the settings [`RetryBudget::apply`]
+/// may change, in tokens.
+#[derive(Debug)]
+struct Rates {
+    min_per_sec: u32,
+    ratio: f64,
+    /// What one original request deposits.
+    deposit_tokens: u64,
+    /// What `min_per_sec` keeps available over a ttl.
+    reserve_tokens: u64,
+}
+
+impl Rates {
+    fn of(settings: &Builder) -> Self {
+        Self {
+            min_per_sec: settings.min_per_sec,
+            ratio: settings.ratio,
+            deposit_tokens: settings.deposit_tokens(),
+            reserve_tokens: u64::from(settings.min_per_sec) * settings.ttl.as_secs() * SCALE,
+        }
+    }
 }
 
 /// One thread group's counters, on cache lines of their own.
@@ -187,17 +209,13 @@ impl Builder {
     /// `min_per_sec` are zero (no retry could ever happen).
     pub fn build(self) -> Result<RetryBudget, ConfigError> {
         self.check()?;
-        let deposit_tokens = self.deposit_tokens();
         let shards = shard::count(usize::MAX);
         let ttl_nanos = u64::try_from(self.ttl.as_nanos()).unwrap_or(u64::MAX);
         Ok(RetryBudget {
             exhausted: metrics::counter!("steadfast_budget_exhausted_total", "name" => self.name.clone()),
+            rates: ArcSwap::from_pointee(Rates::of(&self)),
             name: self.name,
             ttl: self.ttl,
-            min_per_sec: self.min_per_sec,
-            ratio: self.ratio,
-            deposit_tokens,
-            reserve_tokens: u64::from(self.min_per_sec) * self.ttl.as_secs() * SCALE,
             base: Instant::now(),
             bucket_nanos: ttl_nanos / u64::from(BUCKETS),
             shards: (0..shards)
@@ -207,6 +225,18 @@ impl Builder {
                 .collect(),
         })
     }
+}
+
+/// The refusal of a setting that cannot change at run time.
+pub(crate) fn fixed(
+    field: &'static str,
+    is: impl std::fmt::Display,
+    asked: impl std::fmt::Display,
+) -> ConfigError {
+    ConfigError::new(
+        field,
+        format!("cannot change at run time (it is {is}, the new settings say {asked})"),
+    )
 }
 
 impl Default for RetryBudget {
@@ -237,12 +267,39 @@ impl RetryBudget {
 
     /// Extra attempts allowed per second whatever the traffic.
     pub fn min_per_sec(&self) -> u32 {
-        self.min_per_sec
+        self.rates.load().min_per_sec
     }
 
     /// Extra attempts allowed per original request.
     pub fn ratio(&self) -> f64 {
-        self.ratio
+        self.rates.load().ratio
+    }
+
+    /// Takes new settings at run time, keeping the balance: what was
+    /// deposited stays deposited, what was withdrawn stays withdrawn, and
+    /// the new ratio applies to the requests from now on (the reserve of
+    /// `min_per_sec` is the new one at once).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for settings [`Builder::build`] refuses, or that
+    /// cannot change at run time: the name (metrics are labelled with it)
+    /// and the ttl (it sets the window's buckets). The budget then keeps
+    /// its settings.
+    pub fn apply(&self, settings: &Builder) -> Result<(), ConfigError> {
+        settings.check()?;
+        if *settings.name != *self.name {
+            return Err(fixed("name", &self.name, &settings.name));
+        }
+        if settings.ttl != self.ttl {
+            return Err(fixed(
+                "ttl",
+                format!("{:?}", self.ttl),
+                format!("{:?}", settings.ttl),
+            ));
+        }
+        self.rates.store(std::sync::Arc::new(Rates::of(settings)));
+        Ok(())
     }
 
     #[inline]
@@ -258,12 +315,15 @@ impl RetryBudget {
     /// Records an original request: it earns `ratio` of an extra attempt.
     #[inline]
     pub fn deposit(&self) {
-        if self.deposit_tokens == 0 {
+        // In tokens, at the ratio of the time: a ratio changed later
+        // applies to later requests only.
+        let tokens = self.rates.load().deposit_tokens;
+        if tokens == 0 {
             return;
         }
         let idx = self.bucket_now();
         let slot = &self.shard().slots[(idx % u64::from(BUCKETS)) as usize];
-        slot.deposits.add(epoch::tag(idx), 1);
+        slot.deposits.add(epoch::tag(idx), tokens);
     }
 
     /// Takes one extra attempt from the budget; `false` when it is spent.
@@ -311,7 +371,7 @@ impl RetryBudget {
                 withdrawals += slot.withdrawals.read(tag, BUCKETS);
             }
         }
-        i128::from(self.reserve_tokens) + i128::from(deposits) * i128::from(self.deposit_tokens)
+        i128::from(self.rates.load().reserve_tokens) + i128::from(deposits)
             - i128::from(withdrawals) * i128::from(SCALE)
     }
 }
@@ -532,5 +592,46 @@ mod tests {
             // one per concurrent thread.
             assert!(granted >= 500 - 8, "too many refused: {granted}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_keeps_the_balance_and_refuses_what_cannot_change() {
+        let settings = RetryBudget::builder().name("db").ratio(0.5).min_per_sec(0);
+        let budget = settings.clone().build().unwrap();
+        for _ in 0..10 {
+            budget.deposit();
+        }
+        assert!(budget.withdraw());
+        assert_eq!(budget.available(), 4);
+        // A lower ratio: what was earned stays; new requests earn less.
+        budget.apply(&settings.clone().ratio(0.1)).unwrap();
+        assert_eq!(budget.ratio(), 0.1);
+        assert_eq!(budget.available(), 4, "the balance is kept");
+        for _ in 0..10 {
+            budget.deposit();
+        }
+        assert_eq!(budget.available(), 5);
+        // A reserve applies at once.
+        budget
+            .apply(&settings.clone().ratio(0.1).min_per_sec(2))
+            .unwrap();
+        assert_eq!(budget.available(), 5 + 2 * 10);
+        // Refused: invalid, or a setting fixed at build. Nothing changes.
+        let before = (budget.ratio(), budget.min_per_sec(), budget.available());
+        let err = budget.apply(&settings.clone().ratio(-1.0)).unwrap_err();
+        assert_eq!(err.field(), "ratio");
+        let err = budget.apply(&settings.clone().name("other")).unwrap_err();
+        assert_eq!(err.field(), "name");
+        let err = budget
+            .apply(&settings.clone().ttl(Duration::from_secs(20)))
+            .unwrap_err();
+        assert_eq!(err.field(), "ttl");
+        assert_eq!(
+            (budget.ratio(), budget.min_per_sec(), budget.available()),
+            before
+        );
+        // Deposits still leave the window on time.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(budget.available(), 2 * 10);
     }
 }
