@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -11,10 +12,10 @@ use tokio::time::Instant;
 use super::config::{Config, SlidingWindow};
 use super::state::{Admit, Core, GEN_MASK, Mode, Phase, Reject, Role, Transition, Word};
 use crate::classify::{Outcome, Verdict};
-use crate::error::CircuitOpen;
+use crate::error::{CircuitOpen, ConfigError};
 use crate::rng::Rng;
 use crate::stats::window::{CountWindow, Counts, Sample, TimeWindow, Window};
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Mutex, Ordering};
 
 /// The state of a circuit, as [`Circuit::state`] and
 /// [`Circuit::subscribe`] report it.
@@ -115,10 +116,15 @@ pub struct Circuit {
 #[derive(Debug)]
 pub(super) struct Shared {
     core: Core,
-    config: Config,
+    name: Arc<str>,
+    /// The rules and the window they judge, swapped whole by
+    /// [`Circuit::apply`].
+    rules: ArcSwap<Rules>,
+    /// Held by [`Circuit::apply`]: two reloads at once would both carry
+    /// the old window's outcomes over.
+    reloading: Mutex<()>,
     /// Instant zero for the state word's millisecond open-until times.
     base: Instant,
-    window: Option<Window>,
     /// `[generation : 32][count : 32]`: failures in a row in the closed
     /// period `generation`; a count of another period reads as zero.
     consecutive: AtomicU64,
@@ -159,6 +165,27 @@ impl Metrics {
     }
 }
 
+/// A circuit's validated settings and the window its rate rules judge
+/// (none when no rate rule is on).
+#[derive(Debug)]
+struct Rules {
+    config: Config,
+    window: Option<Arc<Window>>,
+}
+
+impl Rules {
+    /// A window for `config`'s rate rules, empty, if a rate rule is on.
+    fn window_for(config: &Config, base: Instant) -> Option<Arc<Window>> {
+        let window = match config.window {
+            SlidingWindow::Count { size } => Window::Count(CountWindow::new(size)),
+            SlidingWindow::Time { span, buckets } => {
+                Window::Time(TimeWindow::new(base, span, buckets))
+            }
+        };
+        (config.failure_rate.is_some() || config.slow_calls.is_some()).then(|| Arc::new(window))
+    }
+}
+
 /// Admission taken in `poll_ready`: what the call is, and when it started.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Permit {
@@ -183,14 +210,7 @@ impl Permit {
 impl Circuit {
     pub(super) fn new(config: Config) -> Self {
         let base = Instant::now();
-        let window = (config.failure_rate.is_some() || config.slow_calls.is_some()).then(|| {
-            match config.window {
-                SlidingWindow::Count { size } => Window::Count(CountWindow::new(size)),
-                SlidingWindow::Time { span, buckets } => {
-                    Window::Time(TimeWindow::new(base, span, buckets))
-                }
-            }
-        });
+        let window = Rules::window_for(&config, base);
         let metrics = Metrics::new(&config.name);
         metrics.gauge(State::Closed).set(1.0);
         let (watch, _) = watch::channel(State::Closed);
@@ -198,9 +218,10 @@ impl Circuit {
             shared: Arc::new(Shared {
                 core: Core::new(config.half_open_probes),
                 rng: config.open_backoff.rng(),
-                config,
+                name: config.name.clone(),
+                rules: ArcSwap::from_pointee(Rules { config, window }),
+                reloading: Mutex::new(()),
                 base,
-                window,
                 consecutive: AtomicU64::new(0),
                 trips: AtomicU64::new(0),
                 last_open_nanos: AtomicU64::new(0),
@@ -213,7 +234,7 @@ impl Circuit {
 
     /// The circuit's name.
     pub fn name(&self) -> &str {
-        &self.shared.config.name
+        &self.shared.name
     }
 
     /// The current state.
@@ -235,6 +256,8 @@ impl Circuit {
         let now = Instant::now();
         let word = shared.core.load();
         let counts = shared
+            .rules
+            .load()
             .window
             .as_ref()
             .map_or(Counts::default(), |w| w.counts(|| now));
@@ -276,6 +299,42 @@ impl Circuit {
     /// with [`subscribe`](Self::subscribe) or the metrics) but never rejects.
     pub fn metrics_only(&self) {
         self.shared.set_mode(Mode::MetricsOnly);
+    }
+
+    /// Takes new settings at run time, keeping what the circuit learnt: its
+    /// state (an open period runs out as it was set), its failures in a row
+    /// and its window. A window of another size or kind keeps the most
+    /// recent outcomes that fit (see the [module docs](super) on reload);
+    /// the rules judge them at the next outcome. The classifier is the
+    /// layer's and does not change.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for settings [`Builder::build`](super::Builder::build)
+    /// refuses, or a new name (metrics are labelled with it). The circuit
+    /// then keeps its settings.
+    pub fn apply<C>(&self, settings: &super::Builder<C>) -> Result<(), ConfigError> {
+        let config = settings.validate()?;
+        let shared = &self.shared;
+        if *config.name != *shared.name {
+            return Err(crate::budget::fixed("name", &shared.name, &config.name));
+        }
+        let _reloading = crate::sync::lock(&shared.reloading);
+        let old = shared.rules.load_full();
+        let window = match (&old.window, Rules::window_for(&config, shared.base)) {
+            (Some(kept), Some(_)) if old.config.window == config.window => Some(kept.clone()),
+            (Some(from), Some(to)) => {
+                // Outcomes recorded while they are carried over go to the
+                // old window and are not carried: a reload is rare, and
+                // they are a few calls' worth at most.
+                from.carry_into(&to, Instant::now());
+                Some(to)
+            }
+            (_, window) => window,
+        };
+        shared.core.set_probes(config.half_open_probes);
+        shared.rules.store(Arc::new(Rules { config, window }));
+        Ok(())
     }
 
     /// Back to normal operation, closed, with an empty window and the open
@@ -325,7 +384,7 @@ impl Circuit {
             }
             _ => return None,
         };
-        Some(CircuitOpen::new(shared.config.name.clone(), retry_after))
+        Some(CircuitOpen::new(shared.name.clone(), retry_after))
     }
 
     /// Records the outcome of an admitted call.
@@ -350,7 +409,7 @@ impl Shared {
     }
 
     pub(super) fn measures_duration(&self) -> bool {
-        self.config.slow_calls.is_some()
+        self.rules.load().config.slow_calls.is_some()
     }
 
     /// Admission, in `poll_ready`.
@@ -368,7 +427,7 @@ impl Shared {
                 )),
                 Reject::HalfOpenBusy | Reject::ForcedOpen => None,
             };
-            CircuitOpen::new(self.config.name.clone(), retry_after)
+            CircuitOpen::new(self.name.clone(), retry_after)
         })
     }
 
@@ -384,20 +443,21 @@ impl Shared {
         // The healthy path: a success in the closed state that would change
         // nothing recorded. Loads only, so threads sharing the circuit do
         // not contend.
+        let rules = self.rules.load();
         if verdict.is_success()
             && permit.admit.role() == Role::Closed
-            && self.config.slow_calls.is_none()
-            && self.success_changes_nothing()
+            && rules.config.slow_calls.is_none()
+            && self.success_changes_nothing(&rules)
         {
             self.metrics.success.increment(1);
             return;
         }
-        self.complete_slow(*permit, verdict);
+        self.complete_slow(&rules, *permit, verdict);
     }
 
     #[inline]
-    fn success_changes_nothing(&self) -> bool {
-        let window = match &self.window {
+    fn success_changes_nothing(&self, rules: &Rules) -> bool {
+        let window = match rules.window.as_deref() {
             None => true,
             Some(Window::Count(w)) => w.full_of_successes(),
             Some(Window::Time(_)) => false,
@@ -405,8 +465,8 @@ impl Shared {
         window && self.consecutive.load(Ordering::Acquire) & u64::from(u32::MAX) == 0
     }
 
-    fn complete_slow(&self, permit: Permit, verdict: Verdict) {
-        let slow = match self.config.slow_calls {
+    fn complete_slow(&self, rules: &Rules, permit: Permit, verdict: Verdict) {
+        let slow = match rules.config.slow_calls {
             Some((threshold, _)) if permit.started != Permit::UNTIMED => {
                 let elapsed = self.clock_ns().saturating_sub(permit.started);
                 u128::from(elapsed) >= threshold.as_nanos()
@@ -433,10 +493,10 @@ impl Shared {
         }
         let generation = permit.admit.generation();
         match permit.admit.role() {
-            Role::Closed => self.closed_outcome(generation, failure, slow, verdict),
+            Role::Closed => self.closed_outcome(rules, generation, failure, slow, verdict),
             Role::Probe if failure || slow => {
                 // HalfOpen -> Open: a probe failed (a slow probe counts as one).
-                self.open(generation, Phase::HalfOpen, verdict.pushback());
+                self.open(rules, generation, Phase::HalfOpen, verdict.pushback());
             }
             Role::Probe => {
                 if let Some(t) = self.core.probe_succeeded(generation, || self.clear()) {
@@ -455,7 +515,14 @@ impl Shared {
         }
     }
 
-    fn closed_outcome(&self, generation: u32, failure: bool, slow: bool, verdict: Verdict) {
+    fn closed_outcome(
+        &self,
+        rules: &Rules,
+        generation: u32,
+        failure: bool,
+        slow: bool,
+        verdict: Verdict,
+    ) {
         let word = self.core.load();
         if word.generation != generation || word.phase != Phase::Closed {
             // A late outcome of an earlier closed period: it says nothing
@@ -464,10 +531,10 @@ impl Shared {
         }
         let mut now = None;
         let mut clock = || *now.get_or_insert_with(Instant::now);
-        if let Some(window) = &self.window {
+        if let Some(window) = &rules.window {
             window.record(&mut clock, Sample { failure, slow });
         }
-        let in_a_row = match self.config.consecutive_failures {
+        let in_a_row = match rules.config.consecutive_failures {
             Some(_) if failure => self.bump_consecutive(generation),
             Some(_) => {
                 self.clear_consecutive();
@@ -475,49 +542,49 @@ impl Shared {
             }
             None => 0,
         };
-        let trip = self.too_many_in_a_row(in_a_row)
-            || self
+        let trip = too_many_in_a_row(&rules.config, in_a_row)
+            || rules
                 .window
                 .as_ref()
-                .is_some_and(|window| self.rates_trip(window, clock));
+                .is_some_and(|window| rates_trip(&rules.config, window, clock));
         if trip {
             // Closed -> Open: a rule tripped.
-            self.open(generation, Phase::Closed, verdict.pushback());
+            self.open(rules, generation, Phase::Closed, verdict.pushback());
         }
     }
+}
 
-    /// The consecutive-failures rule, after `in_a_row` failures in a row.
-    fn too_many_in_a_row(&self, in_a_row: u64) -> bool {
-        self.config
-            .consecutive_failures
-            .is_some_and(|n| in_a_row >= u64::from(n))
+/// The consecutive-failures rule, after `in_a_row` failures in a row.
+fn too_many_in_a_row(config: &Config, in_a_row: u64) -> bool {
+    config
+        .consecutive_failures
+        .is_some_and(|n| in_a_row >= u64::from(n))
+}
+
+/// The failure-rate and slow-call rules, over the window as it is after
+/// the outcome just recorded. Judged after every outcome, a success too:
+/// a success may be the call that brings the window to `min_calls`, and
+/// in a time window old successes may have just expired. A window that
+/// holds no failure and no slow call cannot trip, and is not counted.
+fn rates_trip(config: &Config, window: &Window, mut now: impl FnMut() -> Instant) -> bool {
+    if !window.holds_bad(&mut now) {
+        return false;
     }
-
-    /// The failure-rate and slow-call rules, over the window as it is after
-    /// the outcome just recorded. Judged after every outcome, a success too:
-    /// a success may be the call that brings the window to `min_calls`, and
-    /// in a time window old successes may have just expired. A window that
-    /// holds no failure and no slow call cannot trip, and is not counted.
-    fn rates_trip(&self, window: &Window, mut now: impl FnMut() -> Instant) -> bool {
-        if !window.holds_bad(&mut now) {
-            return false;
-        }
-        let counts = window.counts(now);
-        if counts.calls < u64::from(self.config.min_calls) {
-            return false;
-        }
-        let share = |n: u64| n as f64 / counts.calls as f64;
-        let by_failures = self
-            .config
-            .failure_rate
-            .is_some_and(|rate| share(counts.failures) >= rate);
-        let by_slowness = self
-            .config
-            .slow_calls
-            .is_some_and(|(_, rate)| share(counts.slow) >= rate);
-        by_failures || by_slowness
+    let counts = window.counts(now);
+    if counts.calls < u64::from(config.min_calls) {
+        return false;
     }
+    let share = |n: u64| n as f64 / counts.calls as f64;
+    let by_failures = config
+        .failure_rate
+        .is_some_and(|rate| share(counts.failures) >= rate);
+    let by_slowness = config
+        .slow_calls
+        .is_some_and(|(_, rate)| share(counts.slow) >= rate);
+    by_failures || by_slowness
+}
 
+impl Shared {
     fn bump_consecutive(&self, generation: u32) -> u64 {
         let tag = u64::from(generation) & GEN_MASK;
         let mut current = self.consecutive.load(Ordering::Acquire);
@@ -560,9 +627,9 @@ impl Shared {
 
     /// Opens the circuit from `phase` of `generation`, for the backoff's
     /// next period, lengthened by the server's pushback if that is longer.
-    fn open(&self, generation: u32, phase: Phase, pushback: Option<Duration>) {
+    fn open(&self, rules: &Rules, generation: u32, phase: Phase, pushback: Option<Duration>) {
         let trips = self.trips.load(Ordering::Acquire);
-        let backoff = &self.config.open_backoff;
+        let backoff = &rules.config.open_backoff;
         let previous = Duration::from_nanos(self.last_open_nanos.load(Ordering::Acquire));
         let mut period = backoff.delay(
             u32::try_from(trips).unwrap_or(u32::MAX),
@@ -570,7 +637,7 @@ impl Shared {
             &self.rng,
         );
         if let Some(pushback) = pushback {
-            period = period.max(pushback.min(self.config.max_pushback));
+            period = period.max(pushback.min(rules.config.max_pushback));
         }
         // Round up: never reopen earlier than the period.
         // Saturating: a period too long for the clock (up to `Duration::MAX`)
@@ -596,7 +663,7 @@ impl Shared {
 
     /// Empties the window and the counters, before a close or on reset.
     fn clear(&self) {
-        if let Some(window) = &self.window {
+        if let Some(window) = &self.rules.load().window {
             window.reset();
         }
         self.consecutive.store(0, Ordering::Release);
@@ -634,7 +701,7 @@ impl Shared {
 
     #[cfg(feature = "tracing")]
     fn trace(&self, from: State, to: State, word: Word) {
-        let name = &*self.config.name;
+        let name = &*self.name;
         match to {
             State::Open => {
                 let open_for =

@@ -230,7 +230,7 @@ impl<C> Builder<C> {
         self.validate().map(drop)
     }
 
-    fn validate(&self) -> Result<Config, ConfigError> {
+    pub(super) fn validate(&self) -> Result<Config, ConfigError> {
         fn rate(field: &'static str, value: f64) -> Result<(), ConfigError> {
             if value > 0.0 && value <= 1.0 {
                 Ok(())

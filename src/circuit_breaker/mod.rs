@@ -51,6 +51,17 @@
 //! so threads sharing one circuit do not contend. A time window reads the
 //! clock once per call; the slow-call rule twice.
 //!
+//! # Reload
+//!
+//! [`Circuit::apply`] takes new settings (a [`Builder`], from code or from a
+//! file with the `serde` feature) at run time, atomically, without losing
+//! what the circuit learnt: its state and open period, its failures in a
+//! row, and its window. A window of another size keeps the most recent
+//! outcomes that fit; a time window keeps its latest buckets; between a
+//! count and a time window the counts carry over (into the current bucket,
+//! or spread evenly over the count window). Invalid settings are refused
+//! and the old ones stay.
+//!
 //! # Metrics
 //!
 //! With a `metrics` recorder installed before the layer is built, labelled

@@ -178,7 +178,9 @@ pub(crate) struct Transition {
 #[derive(Debug)]
 pub(crate) struct Core {
     word: AtomicU64,
-    probes: u64,
+    /// K, changed only by a reload (a half-open circuit then goes on with
+    /// the new K: the probes it admitted still count).
+    probes: AtomicU64,
 }
 
 impl Core {
@@ -192,8 +194,21 @@ impl Core {
         };
         Self {
             word: AtomicU64::new(closed.encode()),
-            probes: u64::from(probes).clamp(1, HALF_MASK),
+            probes: AtomicU64::new(Self::k(probes)),
         }
+    }
+
+    fn k(probes: u32) -> u64 {
+        u64::from(probes).clamp(1, HALF_MASK)
+    }
+
+    /// Sets K, for a reload.
+    pub(crate) fn set_probes(&self, probes: u32) {
+        self.probes.store(Self::k(probes), Ordering::Release);
+    }
+
+    fn probes(&self) -> u64 {
+        self.probes.load(Ordering::Acquire)
     }
 
     #[inline]
@@ -274,7 +289,7 @@ impl Core {
                     }),
                     Phase::HalfOpen => {
                         let (in_flight, successes) = w.probes();
-                        if in_flight + successes < self.probes {
+                        if in_flight + successes < self.probes() {
                             let to = Word {
                                 payload: half_open(in_flight + 1, successes),
                                 ..w
@@ -323,7 +338,7 @@ impl Core {
                 return Err(());
             }
             let (in_flight, successes) = w.probes();
-            if successes + 1 >= self.probes {
+            if successes + 1 >= self.probes() {
                 // HalfOpen -> Closed: K probes succeeded.
                 before_close();
                 Ok((w.next(Phase::Closed, 0), ()))

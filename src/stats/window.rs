@@ -85,11 +85,40 @@ impl Window {
             Self::Time(w) => w.reset(),
         }
     }
+
+    /// What this window holds at `now`, moved into `into` (a window of
+    /// another size or kind, made for a new configuration): the most recent
+    /// outcomes that fit. Between kinds, a count window's outcomes go into
+    /// the time window's current bucket (they are the latest known), and a
+    /// time window's counts fill a count window in proportion (which of
+    /// them came first is not known).
+    pub(crate) fn carry_into(&self, into: &Window, now: Instant) {
+        match (self, into) {
+            (Self::Count(from), Self::Count(to)) => {
+                for slot in from.recent() {
+                    to.record(Sample::of(slot));
+                }
+            }
+            (Self::Time(from), Self::Time(to)) => from.carry_into(to, now),
+            (Self::Count(from), Self::Time(to)) => to.add(now, from.counts()),
+            (Self::Time(from), Self::Count(to)) => to.fill(from.counts(now)),
+        }
+    }
 }
 
 const CALL: u8 = 1;
 const FAILURE: u8 = 2;
 const SLOW: u8 = 4;
+
+impl Sample {
+    /// The outcome a count window's slot holds.
+    fn of(slot: u8) -> Self {
+        Self {
+            failure: slot & FAILURE != 0,
+            slow: slot & SLOW != 0,
+        }
+    }
+}
 
 /// Exactly the last `N` outcomes.
 ///
@@ -184,6 +213,34 @@ impl CountWindow {
             i64::from(self.failures.load(Ordering::Acquire)),
             i64::from(self.slow.load(Ordering::Acquire)),
         )
+    }
+
+    /// The outcomes held, oldest first.
+    fn recent(&self) -> Vec<u8> {
+        let head = self.head.load(Ordering::Acquire);
+        let held = head.min(self.size());
+        (head - held..head)
+            .map(|i| self.slots[(i % self.size()) as usize].load(Ordering::Acquire))
+            .filter(|slot| slot & CALL != 0)
+            .collect()
+    }
+
+    /// Fills the window with `counts`' outcomes, as many as fit, the bad
+    /// ones spread evenly among them.
+    fn fill(&self, counts: Counts) {
+        let kept = counts.calls.min(self.size());
+        if kept == 0 {
+            return;
+        }
+        // The i-th outcome is bad when the share of bad ones so far steps
+        // past a whole one (Bresenham's rule).
+        let steps = |bad: u64, i: u64| (i + 1) * bad / counts.calls > i * bad / counts.calls;
+        for i in 0..kept {
+            self.record(Sample {
+                failure: steps(counts.failures, i),
+                slow: steps(counts.slow, i),
+            });
+        }
     }
 
     pub(crate) fn reset(&self) {
@@ -301,6 +358,43 @@ impl TimeWindow {
             slow += b.slow.read(tag, span);
         }
         Counts::clamped(calls, failures as i64, slow as i64)
+    }
+
+    /// Adds `counts` to the bucket of `at`.
+    fn add(&self, at: Instant, counts: Counts) {
+        if counts.calls == 0 {
+            return;
+        }
+        let idx = self.index(at);
+        let tag = epoch::tag(idx);
+        let bucket = &self.shards[0].buckets[(idx % self.buckets as u64) as usize];
+        bucket.calls.add(tag, counts.calls);
+        bucket.failures.add(tag, counts.failures);
+        bucket.slow.add(tag, counts.slow);
+        if counts.failures > 0 || counts.slow > 0 {
+            self.last_bad_bucket.fetch_max(idx + 1, Ordering::AcqRel);
+        }
+    }
+
+    /// Each bucket still in the window at `now`, added to the bucket of
+    /// `into` that covers its start (if that one is in `into`'s window).
+    fn carry_into(&self, into: &TimeWindow, now: Instant) {
+        let newest = self.index(now);
+        for idx in newest.saturating_sub(self.buckets as u64 - 1)..=newest {
+            let tag = epoch::tag(idx);
+            let mut counts = Counts::default();
+            for shard in self.shards.iter() {
+                let b = &shard.buckets[(idx % self.buckets as u64) as usize];
+                counts.calls += b.calls.read(tag, 1);
+                counts.failures += b.failures.read(tag, 1);
+                counts.slow += b.slow.read(tag, 1);
+            }
+            let offset = std::time::Duration::from_nanos(idx.saturating_mul(self.bucket_nanos));
+            let start = super::later(self.base, offset);
+            if into.index(now) - into.index(start).min(into.index(now)) < into.buckets as u64 {
+                into.add(start, counts);
+            }
+        }
     }
 
     pub(crate) fn reset(&self) {
@@ -493,5 +587,56 @@ mod tests {
                 prop_assert_eq!(w.counts(now), model_count(&live, usize::MAX));
             }
         }
+    }
+
+    fn counts(calls: u64, failures: u64, slow: u64) -> Counts {
+        Counts {
+            calls,
+            failures,
+            slow,
+        }
+    }
+
+    #[test]
+    fn a_shorter_count_window_keeps_the_most_recent_outcomes() {
+        let from = Window::Count(CountWindow::new(10));
+        for sample in [FAIL, FAIL, FAIL, OK, OK, OK, OK, FAIL, OK, OK] {
+            from.record(Instant::now, sample);
+        }
+        let to = Window::Count(CountWindow::new(4));
+        from.carry_into(&to, Instant::now());
+        assert_eq!(to.counts(Instant::now), counts(4, 1, 0), "OK FAIL OK OK");
+        let longer = Window::Count(CountWindow::new(100));
+        from.carry_into(&longer, Instant::now());
+        assert_eq!(longer.counts(Instant::now), counts(10, 4, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_time_window_keeps_the_latest_buckets() {
+        let base = Instant::now();
+        let from = Window::Time(TimeWindow::new(base, Duration::from_secs(10), 10));
+        for second in 0..10 {
+            // One failure a second, and as many successes as the second's number.
+            from.record(Instant::now, FAIL);
+            for _ in 0..second {
+                from.record(Instant::now, OK);
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let now = Instant::now();
+        // 10.5 s: the 10 s window holds seconds 1..=9 (0 has left it).
+        assert_eq!(from.counts(|| now), counts(9 + 45, 9, 0));
+        let to = Window::Time(TimeWindow::new(base, Duration::from_secs(4), 4));
+        from.carry_into(&to, now);
+        // The 4 s window at 10.5 s holds seconds 7..=9 and the current one.
+        assert_eq!(to.counts(|| now), counts(3 + 7 + 8 + 9, 3, 0));
+        // Across kinds: the counts, in proportion where they do not fit.
+        let count = Window::Count(CountWindow::new(10));
+        to.carry_into(&count, now);
+        assert_eq!(count.counts(|| now), counts(10, 1, 0));
+        let back = Window::Time(TimeWindow::new(base, Duration::from_secs(1), 1));
+        count.carry_into(&back, now);
+        assert_eq!(back.counts(|| now), counts(10, 1, 0));
     }
 }
