@@ -26,6 +26,7 @@ pub mod http;
 pub mod pool;
 #[cfg(feature = "http")]
 pub mod presets;
+pub mod reload;
 pub mod retry;
 
 mod builder;

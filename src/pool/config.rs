@@ -5,6 +5,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -187,6 +188,23 @@ impl<C> Builder<C> {
         self
     }
 
+    /// The settings a pool runs with (validated first).
+    pub(super) fn settings(&self) -> Settings {
+        Settings {
+            name: self.name.clone(),
+            local_zone: self.local_zone.clone(),
+            overprovisioning: self.overprovisioning,
+            panic_threshold: self.panic_threshold,
+            failback: self.failback_after,
+            when_none_healthy: self.when_none_healthy,
+            outlier: self.outlier.clone(),
+            max_pushback: self.max_pushback,
+            failure_penalty: self.failure_penalty,
+            breaker: self.breaker.clone(),
+            checks: self.health_checks,
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
@@ -248,18 +266,7 @@ impl<C> Builder<C> {
     {
         self.validate()?;
         let base = Instant::now();
-        let settings = Settings {
-            name: self.name.clone(),
-            local_zone: self.local_zone.clone(),
-            overprovisioning: self.overprovisioning,
-            panic_threshold: self.panic_threshold,
-            failback: self.failback_after,
-            when_none_healthy: self.when_none_healthy,
-            outlier: self.outlier.clone(),
-            max_pushback: self.max_pushback,
-            failure_penalty: self.failure_penalty,
-            breaker: self.breaker.clone(),
-        };
+        let settings = self.settings();
         let (events, _) = watch::channel(0);
         let seed = self.seed;
         // Members point back at the pool (weakly): a call's failure reaches
@@ -284,7 +291,7 @@ impl<C> Builder<C> {
                 }
             }
             Shared {
-                settings,
+                settings: ArcSwap::from_pointee(settings),
                 base,
                 rng: seed.map_or_else(Rng::from_entropy, Rng::new),
                 ejection_rng: seed
@@ -305,12 +312,7 @@ impl<C> Builder<C> {
         }
         shared.rebuild(shared.now());
         let cached = crate::sync::lock(&shared.current).clone();
-        Ok(Pool::from_parts(
-            shared,
-            cached,
-            self.classifier,
-            self.health_checks,
-        ))
+        Ok(Pool::from_parts(shared, cached, self.classifier))
     }
 }
 

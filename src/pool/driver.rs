@@ -68,7 +68,6 @@ where
     /// the hung check's timeout; the newest check's result wins.
     pub fn health_checks(&self) -> impl Future<Output = ()> + Send + 'static {
         let weak: Weak<Shared<K, S>> = Arc::downgrade(&self.shared);
-        let config = self.checks.unwrap_or_default();
         let rng = Rng::from_entropy();
         async move {
             let mut tracks: HashMap<Arc<str>, Track> = HashMap::new();
@@ -76,6 +75,8 @@ where
                 FuturesUnordered::new();
             loop {
                 let Some(shared) = weak.upgrade() else { return };
+                // Read each round: a reload may change the schedule.
+                let config = shared.settings().checks.unwrap_or_default();
                 let snapshot = lock(&shared.current).clone();
                 let now = Instant::now();
                 // When the next check may start, of the replicas that can
@@ -134,6 +135,7 @@ where
                     continue;
                 };
                 let Some(shared) = weak.upgrade() else { return };
+                let config = shared.settings().checks.unwrap_or_default();
                 let snapshot = lock(&shared.current).clone();
                 let Some(track) = tracks.get_mut(&label) else {
                     continue;
@@ -185,7 +187,7 @@ fn apply_check<K, S>(
         state.latency.reset(shared.ns(now), 0.0);
         #[cfg(feature = "tracing")]
         tracing::warn!(
-            pool = &*shared.settings.name,
+            pool = &*shared.settings().name,
             replica = &*state.label,
             "replica failed its health checks"
         );
@@ -197,7 +199,7 @@ fn apply_check<K, S>(
         state.check_healthy.store(true, Ordering::Release);
         #[cfg(feature = "tracing")]
         tracing::info!(
-            pool = &*shared.settings.name,
+            pool = &*shared.settings().name,
             replica = &*state.label,
             "replica passed its health checks"
         );
@@ -261,13 +263,14 @@ where
                 };
                 match change.map_err(Into::into)? {
                     Change::Insert(id, replica) => {
-                        let joined = member(&shared.settings, id, replica, Arc::downgrade(&shared));
+                        let joined =
+                            member(&shared.settings(), id, replica, Arc::downgrade(&shared));
                         let member = match joined {
                             Ok(member) => member,
                             Err(_refused) => {
                                 #[cfg(feature = "tracing")]
                                 tracing::warn!(
-                                    pool = &*shared.settings.name,
+                                    pool = &*shared.settings().name,
                                     error = %_refused,
                                     "discovered replica refused"
                                 );

@@ -6,9 +6,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::clock::Moment;
+use super::config::Builder;
 use super::replica::Admin;
 use super::shared::{Member, Shared};
 use super::standing::{Health, Why};
+use crate::error::ConfigError;
 use crate::sync::{Ordering, lock};
 
 /// Watches and steers a [`Pool`](super::Pool)'s replicas; cheap to clone.
@@ -63,7 +65,7 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
             .iter()
             .map(|m| {
                 let s = &m.state;
-                let reasons = s.health(now, shared.settings.failback, at);
+                let reasons = s.health(now, shared.settings().failback, at);
                 ReplicaSnapshot {
                     id: m.id.clone(),
                     tier: s.tier,
@@ -104,6 +106,59 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
         self.set_admin(id, Admin::Enabled)
     }
 
+    /// Takes new settings at run time, keeping what the pool learnt: its
+    /// replicas' ejections, load estimates, failures in a row, check
+    /// results and operator states stay, and the new rules judge them from
+    /// the next outcome (the tier shares and locality from the next routing
+    /// table, built at once). Each replica's circuit breaker, if the pool
+    /// has them, takes the new breaker settings the same way
+    /// ([`Circuit::apply`](crate::circuit_breaker::Circuit::apply)); the
+    /// health checks' future takes a new schedule at its next round. The
+    /// classifier and the seed are the builder's and do not change.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for settings the builder's `build` refuses, or that
+    /// cannot change at run time: the name (metrics are labelled with it),
+    /// and whether replicas have breakers (their settings may change). The
+    /// pool then keeps its settings.
+    pub fn apply<C>(&self, settings: &Builder<C>) -> Result<(), ConfigError> {
+        settings.validate()?;
+        let shared = &self.shared;
+        let next = settings.settings();
+        let now = shared.settings();
+        if next.name != now.name {
+            return Err(crate::budget::fixed("name", &now.name, &next.name));
+        }
+        if next.breaker.is_some() != now.breaker.is_some() {
+            return Err(ConfigError::new(
+                "circuit_breaker",
+                "cannot be added or removed at run time (its settings can change)",
+            ));
+        }
+        let members = lock(&shared.current).members.clone();
+        if let Some(breaker) = &next.breaker {
+            // Valid (checked with the pool's settings above): each circuit
+            // takes them under its own name.
+            let named: Vec<_> = members
+                .iter()
+                .map(|m| {
+                    breaker
+                        .clone()
+                        .name(format!("{}/{}", next.name, m.state.label))
+                })
+                .collect();
+            for (member, settings) in members.iter().zip(&named) {
+                if let Some(circuit) = member.state.breaker() {
+                    circuit.apply(settings)?;
+                }
+            }
+        }
+        shared.settings.store(Arc::new(next));
+        shared.changed();
+        Ok(())
+    }
+
     fn set_admin(&self, id: &K, admin: Admin) -> bool {
         let shared = &self.shared;
         let Some(member) = self.find(id) else {
@@ -121,7 +176,7 @@ impl<K: Clone + PartialEq, S: Clone> PoolHandle<K, S> {
         }
         #[cfg(feature = "tracing")]
         tracing::info!(
-            pool = &*shared.settings.name,
+            pool = &*shared.settings().name,
             replica = &*state.label,
             ?admin,
             "replica state set by operator"

@@ -87,7 +87,7 @@ fn a_replica_joining_during_a_rebuild_stays() {
             let shared = shared.clone();
             thread::spawn(move || {
                 let joined = member(
-                    &shared.settings,
+                    &shared.settings(),
                     "b",
                     Replica::new(echo()),
                     Arc::downgrade(&shared),

@@ -212,12 +212,12 @@ impl<K, S> Shared<K, S> {
             .iter()
             .filter(|m| m.state.ejected_until.load(Ordering::Acquire) > now)
             .count();
-        let allowed = ((n as f64 * self.settings.outlier.max_ejected).floor() as usize).max(1);
+        let allowed = ((n as f64 * self.settings().outlier.max_ejected).floor() as usize).max(1);
         if ejected + 1 > allowed {
             return false;
         }
         let count = state.ejections.fetch_add(1, Ordering::AcqRel);
-        let backoff = &self.settings.outlier.ejection;
+        let backoff = &self.settings().outlier.ejection;
         let period = backoff.delay(
             u32::try_from(count).unwrap_or(u32::MAX),
             backoff.base(),
@@ -234,7 +234,7 @@ impl<K, S> Shared<K, S> {
         state.metrics.ejections.increment(1);
         #[cfg(feature = "tracing")]
         tracing::warn!(
-            pool = &*self.settings.name,
+            pool = &*self.settings().name,
             replica = &*state.label,
             ?why,
             ?period,
@@ -258,7 +258,7 @@ impl<K, S> Shared<K, S> {
         state.metrics.unejections.increment(1);
         #[cfg(feature = "tracing")]
         tracing::info!(
-            pool = &*self.settings.name,
+            pool = &*self.settings().name,
             replica = &*state.label,
             "replica back from its ejection: its health check passes"
         );
@@ -267,7 +267,7 @@ impl<K, S> Shared<K, S> {
 
     /// Avoids a replica that asked for it (`503` + `Retry-After`).
     pub(super) fn avoid(&self, state: &ReplicaState, now: Moment, pushback: Duration) {
-        let pushback = pushback.min(self.settings.max_pushback);
+        let pushback = pushback.min(self.settings().max_pushback);
         if pushback.is_zero() {
             return;
         }
@@ -277,7 +277,7 @@ impl<K, S> Shared<K, S> {
             state.latency.reset(self.ns(Instant::now()), 0.0);
             #[cfg(feature = "tracing")]
             tracing::info!(
-                pool = &*self.settings.name,
+                pool = &*self.settings().name,
                 replica = &*state.label,
                 ?pushback,
                 "replica asked to be avoided"
@@ -289,7 +289,7 @@ impl<K, S> Shared<K, S> {
     /// The fleet-relative rules (success rate, latency), and ejection
     /// decay, once per interval.
     pub(super) fn sweep(&self, snapshot: &Snapshot<K, S>, now: Moment) {
-        let outlier = &self.settings.outlier;
+        let outlier = &self.settings().outlier;
         let next = self.next_sweep.load(Ordering::Acquire);
         if now < next
             || self
@@ -394,7 +394,7 @@ impl<K, S> Shared<K, S> {
         let in_a_row = state.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
         state.shunned.store(true, Ordering::Release);
         let due = self
-            .settings
+            .settings()
             .outlier
             .consecutive_failures
             .is_some_and(|n| in_a_row >= u64::from(n));
@@ -438,7 +438,7 @@ impl<K, S> Shared<K, S> {
             None => {
                 state.latency.observe(
                     now_ns,
-                    elapsed.max(self.settings.failure_penalty.as_nanos() as f64),
+                    elapsed.max(self.settings().failure_penalty.as_nanos() as f64),
                     RATE,
                 );
                 state.shunned.store(true, Ordering::Release);
@@ -446,7 +446,7 @@ impl<K, S> Shared<K, S> {
         }
         let in_a_row = state.record_outcome(true);
         let by_consecutive = self
-            .settings
+            .settings()
             .outlier
             .consecutive_failures
             .is_some_and(|n| in_a_row >= u64::from(n));
@@ -490,7 +490,7 @@ impl<K, S> Shared<K, S> {
 
     /// The failure-percentage rule over the replica's last calls.
     fn failure_rate_exceeded(&self, state: &ReplicaState) -> bool {
-        self.settings
+        self.settings()
             .outlier
             .failure_percentage
             .is_some_and(|(rate, min_calls)| {

@@ -16,7 +16,6 @@ use crate::attempt::{ReplicaId, Tried};
 use crate::circuit_breaker::CircuitPermit;
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::error::{BoxError, NoHealthyReplica};
-use crate::health::HealthChecks;
 
 /// Replicas a request passes over when their breakers refuse it, before
 /// the pool gives up with `NoHealthyReplica`.
@@ -35,7 +34,6 @@ pub struct Pool<K, S, C = ErrorsAsFailures> {
     pub(super) shared: Arc<Shared<K, S>>,
     pub(super) classifier: C,
     pub(super) cached: Arc<Snapshot<K, S>>,
-    pub(super) checks: Option<HealthChecks>,
     /// Set by `poll_ready` when no replica can take the next request.
     /// Boxed: the healthy path clears and reads it as one word.
     rejected: Option<Box<NoHealthyReplica>>,
@@ -50,7 +48,7 @@ pub struct Pool<K, S, C = ErrorsAsFailures> {
 impl<K, S, C> fmt::Debug for Pool<K, S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
-            .field("name", &self.shared.settings.name)
+            .field("name", &self.shared.settings().name)
             .field("replicas", &self.cached.members.len())
             .finish_non_exhaustive()
     }
@@ -62,7 +60,6 @@ impl<K: Clone, S: Clone, C: Clone> Clone for Pool<K, S, C> {
             shared: self.shared.clone(),
             classifier: self.classifier.clone(),
             cached: self.cached.clone(),
-            checks: self.checks,
             rejected: None,
             waiting: None,
             rng: self.shared.rng.next_u64(),
@@ -76,14 +73,12 @@ impl<K, S, C> Pool<K, S, C> {
         shared: Arc<Shared<K, S>>,
         cached: Arc<Snapshot<K, S>>,
         classifier: C,
-        checks: Option<HealthChecks>,
     ) -> Self {
         Self {
             classifier,
             rng: shared.rng.next_u64(),
             shared,
             cached,
-            checks,
             rejected: None,
             waiting: None,
         }
@@ -139,11 +134,11 @@ where
         }
         let reject = || {
             NoHealthyReplica::new(
-                shared.settings.name.clone(),
+                shared.settings().name.clone(),
                 shared.retry_after(&self.cached, moment),
             )
         };
-        match shared.settings.when_none_healthy {
+        match shared.settings().when_none_healthy {
             WhenNoneHealthy::FailFast => {
                 self.rejected = Some(Box::new(reject()));
                 Poll::Ready(Ok(()))
@@ -270,12 +265,12 @@ where
         if declined {
             // The hedge layer above drops this unpolled and waits.
             return ResponseFuture::rejected(NoHealthyReplica::new(
-                shared.settings.name.clone(),
+                shared.settings().name.clone(),
                 None,
             ));
         }
         ResponseFuture::rejected(NoHealthyReplica::new(
-            shared.settings.name.clone(),
+            shared.settings().name.clone(),
             shared.retry_after(snapshot, now),
         ))
     }

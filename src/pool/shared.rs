@@ -6,6 +6,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -72,12 +73,15 @@ pub(super) struct Settings {
     /// What every replica's breaker is built from, for replicas that join
     /// later (discovery) as for the first ones.
     pub(super) breaker: Option<crate::circuit_breaker::Builder>,
+    /// The active checks' schedule, read by the checks' future each round.
+    pub(super) checks: Option<crate::health::HealthChecks>,
 }
 
 /// State shared by every clone of a pool, its handle and its drivers.
 #[derive(Debug)]
 pub(super) struct Shared<K, S> {
-    pub(super) settings: Settings,
+    /// Swapped whole by [`PoolHandle::apply`](super::PoolHandle::apply).
+    pub(super) settings: ArcSwap<Settings>,
     pub(super) base: Instant,
     pub(super) rng: Rng,
     pub(super) ejection_rng: Rng,
@@ -116,6 +120,12 @@ impl<K, S> Drop for Shared<K, S> {
 }
 
 impl<K, S> Shared<K, S> {
+    /// The settings now.
+    #[inline]
+    pub(super) fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
+        self.settings.load()
+    }
+
     /// The pool's moment now.
     pub(super) fn now(&self) -> Moment {
         self.moment(Instant::now())

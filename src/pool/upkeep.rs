@@ -101,7 +101,7 @@ impl<K, S> Shared<K, S> {
         let members = staying(&old.members);
         let standings: Vec<Standing> = members
             .iter()
-            .map(|m| m.state.standing(now, self.settings.failback))
+            .map(|m| m.state.standing(now, self.settings().failback))
             .collect();
         let rows: Vec<Row<'_>> = members
             .iter()
@@ -114,9 +114,9 @@ impl<K, S> Shared<K, S> {
             .collect();
         let table = Table::build(
             &rows,
-            self.settings.local_zone.as_deref(),
-            self.settings.overprovisioning,
-            self.settings.panic_threshold,
+            self.settings().local_zone.as_deref(),
+            self.settings().overprovisioning,
+            self.settings().panic_threshold,
         );
         for (m, s) in members.iter().zip(&standings) {
             m.state
