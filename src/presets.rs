@@ -145,8 +145,8 @@ impl HttpClient {
     /// window under twice the attempt timeout, or an invalid part.
     pub fn build(self) -> Result<HttpClientLayer, ConfigError> {
         self.check()?;
-        let budget = match self.budget {
-            Some(b) => b,
+        let budget = match &self.budget {
+            Some(b) => b.clone(),
             None => Arc::new(RetryBudget::builder().name(&*self.name).build()?),
         };
         let retry = RetryLayer::builder()
@@ -161,12 +161,9 @@ impl HttpClient {
             .budget(budget)
             .deadline(self.total_timeout)
             .build()?;
-        let breaker = CircuitBreakerLayer::builder()
-            .name(&*self.name)
+        let breaker = self
+            .breaker_settings()
             .classify(ServerErrorsAsFailures::new())
-            .window(SlidingWindow::time(self.breaker_window))
-            .min_calls(10)
-            .failure_rate(0.5)
             .build()
             .map_err(|e| e.within("breaker"))?;
         Ok(HttpClientLayer {
@@ -195,6 +192,18 @@ fn check_timeouts(total: Duration, attempt: Duration) -> Result<(), ConfigError>
 }
 
 impl HttpClient {
+    /// The settings of the stack's circuit breaker: what it is built with,
+    /// and what [`Circuit::apply`](crate::circuit_breaker::Circuit::apply)
+    /// takes to reload it from new preset settings (the timeouts and the
+    /// attempt cap are fixed once built).
+    pub fn breaker_settings(&self) -> crate::circuit_breaker::Builder {
+        CircuitBreakerLayer::builder()
+            .name(&*self.name)
+            .window(SlidingWindow::time(self.breaker_window))
+            .min_calls(10)
+            .failure_rate(0.5)
+    }
+
     /// Checks the settings without building the layer (which would
     /// register its metrics): what [`build`](Self::build) refuses.
     pub(crate) fn check(&self) -> Result<(), ConfigError> {
@@ -302,21 +311,36 @@ impl<K, S> std::fmt::Debug for ReplicaStackParts<K, S> {
 }
 
 impl ReplicaStack {
+    /// The settings of the stack's pool: what it is built with, and what
+    /// [`PoolHandle::apply`](crate::pool::PoolHandle::apply) takes to reload
+    /// it from new preset settings (outlier rules, checks, locality,
+    /// failback, replica breakers; the timeouts, the hedge and the attempt
+    /// cap are fixed once built).
+    pub fn pool_settings(&self) -> crate::pool::Builder {
+        let mut pool = Pool::builder()
+            .name(&*self.name)
+            .outlier(self.outlier.clone());
+        if let Some(zone) = &self.local_zone {
+            pool = pool.local_zone(&**zone);
+        }
+        if let Some(checks) = self.checks {
+            pool = pool.health_checks(checks);
+        }
+        if let Some(wait) = self.failback_after {
+            pool = pool.failback_after(wait);
+        }
+        if let Some(breaker) = &self.breaker {
+            pool = pool.circuit_breaker(breaker.clone());
+        }
+        pool
+    }
+
     /// Checks the settings without building the stack (which would
     /// register its metrics): what [`build`](Self::build) refuses of the
     /// settings themselves (the replicas are checked when it is built).
     pub(crate) fn check(&self) -> Result<(), ConfigError> {
         check_timeouts(self.total_timeout, self.attempt_timeout)?;
-        let mut pool = Pool::builder()
-            .name(&*self.name)
-            .outlier(self.outlier.clone());
-        if let Some(checks) = self.checks {
-            pool = pool.health_checks(checks);
-        }
-        if let Some(breaker) = &self.breaker {
-            pool = pool.circuit_breaker(breaker.clone());
-        }
-        pool.validate()?;
+        self.pool_settings().validate()?;
         HedgeLayer::builder()
             .name(&*self.name)
             .delay(self.hedge)
@@ -447,27 +471,12 @@ impl ReplicaStack {
         S: Clone + Send + Sync + 'static,
     {
         self.check()?;
-        let budget = match self.budget {
-            Some(b) => b,
+        let budget = match &self.budget {
+            Some(b) => b.clone(),
             None => Arc::new(RetryBudget::builder().name(&*self.name).build()?),
         };
         let attempt = self.attempt_timeout;
-        let mut pool = Pool::builder()
-            .name(&*self.name)
-            .classify(ServerErrorsAsFailures::new())
-            .outlier(self.outlier);
-        if let Some(zone) = &self.local_zone {
-            pool = pool.local_zone(&**zone);
-        }
-        if let Some(checks) = self.checks {
-            pool = pool.health_checks(checks);
-        }
-        if let Some(wait) = self.failback_after {
-            pool = pool.failback_after(wait);
-        }
-        if let Some(breaker) = self.breaker {
-            pool = pool.circuit_breaker(breaker);
-        }
+        let pool = self.pool_settings().classify(ServerErrorsAsFailures::new());
         let replicas = replicas
             .into_iter()
             .map(|(id, r)| (id, r.map_service(|s| Timeout::new(s, attempt))));

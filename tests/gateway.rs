@@ -179,3 +179,58 @@ async fn metrics_hold_the_series_and_readiness_follows_the_breaker() {
     );
     drop(parts.background);
 }
+
+#[tokio::test]
+async fn the_gateway_takes_new_settings_and_refuses_what_cannot_change() {
+    let example = include_str!("../examples/steadfast.toml");
+    let read = |text: &str| -> Result<Config, steadfast::config::ConfigFileError> {
+        steadfast::config::from_deserializer(toml::Deserializer::parse(text).expect("TOML"))
+    };
+    let config = read(example).expect("the example's settings");
+    let payments = Upstream::start().await;
+    let search = [
+        Upstream::start().await,
+        Upstream::start().await,
+        Upstream::start().await,
+    ];
+    let handle = PrometheusBuilder::new().build_recorder().handle();
+    let parts = Gateway::build(&config, &payments, &search, handle).expect("the gateway builds");
+    let gateway = parts.gateway;
+    let router = app::router(gateway.clone());
+    let addr = app::serve(router).await;
+    let client = app::client();
+    for _ in 0..10 {
+        assert_eq!(app::get_from(&client, addr, "/pay").await.0, StatusCode::OK);
+    }
+    // A longer breaker window and stricter outlier rules apply, and the
+    // circuit keeps the calls it counted.
+    let changed = example
+        .replace("breaker_window = \"30s\"", "breaker_window = \"1m\"")
+        .replace(
+            "consecutive_failures = 5\nfailure_percentage = { rate = 0.5, min_calls = 20 }",
+            "consecutive_failures = 2\nfailure_percentage = { rate = 0.5, min_calls = 20 }",
+        );
+    assert_ne!(changed, example, "the edit found its lines");
+    gateway
+        .apply(&read(&changed).expect("valid"))
+        .expect("applied");
+    assert_eq!(
+        gateway.payments_circuit.snapshot().calls,
+        10,
+        "the window is kept"
+    );
+    // A pool's replicas cannot gain or lose breakers at run time.
+    let start = example
+        .find("[upstreams.search.circuit_breaker]")
+        .expect("the section");
+    let end = example[start..]
+        .find("\n# ---")
+        .map_or(example.len(), |i| start + i);
+    let without_breakers = format!("{}{}", &example[..start], &example[end..]);
+    let err = gateway
+        .apply(&read(&without_breakers).expect("valid on its own"))
+        .expect_err("refused");
+    assert_eq!(err.field(), "circuit_breaker");
+    assert_eq!(gateway.payments_circuit.snapshot().calls, 10);
+    drop(parts.background);
+}

@@ -190,6 +190,18 @@ impl Gateway {
         })
     }
 
+    /// Takes new settings at run time, keeping what the stacks learnt: the
+    /// payments circuit's and the search pool's (the timeouts and attempt
+    /// caps are fixed once built). Each upstream's settings apply whole, or
+    /// are refused and its old ones stay. (A file read through
+    /// `steadfast::config` was checked as it was read.)
+    pub fn apply(&self, config: &Config) -> Result<(), ConfigError> {
+        let upstreams = &config.upstreams;
+        self.payments_circuit
+            .apply(&upstreams.payments.breaker_settings())?;
+        self.search_pool.apply(&upstreams.search.pool_settings())
+    }
+
     /// Ready while every critical upstream can be called: the payments
     /// circuit is not open, and search has a replica taking traffic.
     /// The reasons it is not, otherwise.

@@ -26,7 +26,15 @@
 //! 2 s to 5 s), and one search replica from 5 s to 20 s (`--quick`: 2 s to
 //! 7 s). Each second it prints what the callers got, what `/ready` said,
 //! and what `/metrics` shows, so the metrics and readiness can be seen
-//! moving. All traffic stays on 127.0.0.1; the example exits by itself.
+//! moving.
+//!
+//! The settings file is watched while it runs: edit it (say, the search
+//! pool's `outlier` rules, or the payments `breaker_window`) and the new
+//! settings apply at once, through `steadfast::reload::follow`, keeping
+//! the circuit's window and the pool's ejections; settings that do not
+//! read or are refused are reported, and the old ones stay.
+//!
+//! All traffic stays on 127.0.0.1; the example exits by itself.
 
 mod app;
 
@@ -106,6 +114,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.break_at, t.payments_back_at, t.break_at, t.search_back_at
     );
 
+    // Reload: the file is watched (its modification time, twice a
+    // second), each new version read and checked, and sent into a watch
+    // channel that `steadfast::reload::follow` applies to the handles.
+    let (settings, changes) = tokio::sync::watch::channel(config);
+    tokio::spawn(watch_file(path.clone(), settings));
+    let reloaded = gateway.clone();
+    tokio::spawn(steadfast::reload::follow(
+        changes,
+        move |config: &Config| {
+            reloaded.apply(config)?;
+            println!("  -- settings reloaded: kept the circuit's window and the pool's ejections");
+            Ok(())
+        },
+        |err: steadfast::error::ConfigError| {
+            println!("  -- new settings refused, the old ones stay: {err}")
+        },
+    ));
+
     let counts = Counts::default();
     let start = Instant::now();
     let load = tokio::spawn(drive(addr, counts.clone(), start, t.run));
@@ -142,6 +168,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (_, status) = app::get_from(&client, addr, "/status").await;
     println!("\n/status at the end:\n{status}");
     Ok(())
+}
+
+/// Sends the settings in `path` into `settings` each time the file
+/// changes and reads as valid settings; says why when it does not.
+async fn watch_file(path: String, settings: tokio::sync::watch::Sender<Config>) {
+    let modified = |path: &str| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        every.tick().await;
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let read = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                let parsed = toml::Deserializer::parse(&text).map_err(|e| e.to_string())?;
+                steadfast::config::from_deserializer::<Config, _>(parsed).map_err(|e| e.to_string())
+            });
+        match read {
+            Ok(config) => {
+                if settings.send(config).is_err() {
+                    return;
+                }
+            }
+            Err(err) => println!("  -- {path} not reloaded: {err}"),
+        }
+    }
 }
 
 /// What the callers got, per route and status, since the last report.
