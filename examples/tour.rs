@@ -475,7 +475,9 @@ mod tour {
     #[derive(Clone)]
     enum Caller {
         Plain {
-            client: HttpClient,
+            // Boxed: the client is several times the size of the stack's
+            // handle, and callers are cloned per request.
+            client: Box<HttpClient>,
             servers: Arc<[(Authority, Arc<ServerState>)]>,
             next: Arc<AtomicUsize>,
         },
@@ -929,7 +931,7 @@ mod tour {
 
         // The plain client: round robin over every address, no retries.
         let plain = Caller::Plain {
-            client: http_client(),
+            client: Box::new(http_client()),
             servers: fleet
                 .iter()
                 .map(|s| (s.authority(), s.state.clone()))

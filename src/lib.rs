@@ -19,6 +19,8 @@ pub mod classify;
 pub mod config;
 pub mod error;
 pub mod fallback;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 pub mod health;
 pub mod hedge;
 #[cfg(feature = "http")]

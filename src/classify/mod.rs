@@ -44,9 +44,13 @@
 //! assert!(!classify.classify(Err(&DbError::Broken)).is_retryable());
 //! ```
 
+#[cfg(feature = "grpc")]
+pub(crate) mod grpc;
 #[cfg(feature = "http")]
 mod http;
 
+#[cfg(feature = "grpc")]
+pub use self::grpc::{GrpcErrorsAsFailures, PUSHBACK_HEADER};
 #[cfg(feature = "http")]
 pub use self::http::ServerErrorsAsFailures;
 
