@@ -15,12 +15,16 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use steadfast::CircuitBreakerLayer;
+use steadfast::Pool;
 use steadfast::backoff::Backoff;
 use steadfast::circuit_breaker::{SlidingWindow, State};
 use steadfast::classify::{Classify, GrpcErrorsAsFailures, PUSHBACK_HEADER, Verdict};
-use steadfast::grpc::GrpcStatusLayer;
+use steadfast::grpc::{GrpcCheck, GrpcStatusLayer};
+use steadfast::health::{HealthCheck, HealthChecks};
+use steadfast::pool::{Health, Replica};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint, Server};
+use tonic_health::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tower::{Layer, Service, ServiceBuilder};
@@ -28,12 +32,20 @@ use tower::{Layer, Service, ServiceBuilder};
 type Body = tonic::body::Body;
 
 /// Answers every call with trailers-only `UNAVAILABLE` (and, if set, a
-/// pushback header) while `down` is on; otherwise the service behind.
+/// pushback header) while `down` is on, `UNIMPLEMENTED` while
+/// `unimplemented` is, never while `hang` is; otherwise the service behind.
 #[derive(Clone)]
 struct Switch<S> {
     inner: S,
     down: Arc<AtomicBool>,
     pushback: Arc<Mutex<Option<&'static str>>>,
+    modes: Arc<Modes>,
+}
+
+#[derive(Default)]
+struct Modes {
+    unimplemented: AtomicBool,
+    hang: AtomicBool,
 }
 
 impl<S> Service<http::Request<Body>> for Switch<S>
@@ -50,6 +62,13 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        if self.modes.hang.load(Ordering::Relaxed) {
+            return Box::pin(std::future::pending());
+        }
+        if self.modes.unimplemented.load(Ordering::Relaxed) {
+            let res = tonic::Status::unimplemented("no such service").into_http();
+            return Box::pin(async move { Ok(res) });
+        }
         if self.down.load(Ordering::Relaxed) {
             let mut res: http::Response<Body> =
                 tonic::Status::unavailable("switched off").into_http();
@@ -67,6 +86,7 @@ struct Server1 {
     addr: SocketAddr,
     down: Arc<AtomicBool>,
     pushback: Arc<Mutex<Option<&'static str>>>,
+    modes: Arc<Modes>,
     reporter: tonic_health::server::HealthReporter,
 }
 
@@ -78,11 +98,13 @@ async fn start() -> Server1 {
     let (reporter, health) = tonic_health::server::health_reporter();
     let down = Arc::new(AtomicBool::new(false));
     let pushback = Arc::new(Mutex::new(None));
-    let (d, p) = (down.clone(), pushback.clone());
+    let modes = Arc::new(Modes::default());
+    let (d, p, m) = (down.clone(), pushback.clone(), modes.clone());
     let switch = tower::layer::layer_fn(move |inner| Switch {
         inner,
         down: d.clone(),
         pushback: p.clone(),
+        modes: m.clone(),
     });
     tokio::spawn(async move {
         Server::builder()
@@ -95,6 +117,7 @@ async fn start() -> Server1 {
         addr,
         down,
         pushback,
+        modes,
         reporter,
     }
 }
@@ -241,4 +264,106 @@ async fn an_open_breaker_reaches_the_generated_client_as_unavailable_with_pushba
         Code::Unknown,
         "tonic's own mapping of a CircuitOpen"
     );
+}
+
+#[tokio::test]
+async fn grpc_check_reads_every_answer() {
+    let server = start().await;
+    let check = GrpcCheck::new(channel(server.addr), "search.v1.Search");
+    server
+        .reporter
+        .set_service_status("search.v1.Search", ServingStatus::Serving)
+        .await;
+    check.check().await.expect("SERVING: healthy");
+    server
+        .reporter
+        .set_service_status("search.v1.Search", ServingStatus::NotServing)
+        .await;
+    let err = check.check().await.expect_err("NOT_SERVING: down");
+    assert_eq!(err.to_string(), "the health service answered NOT_SERVING");
+    let unknown = GrpcCheck::new(channel(server.addr), "no.such.Service");
+    let err = unknown.check().await.expect_err("NOT_FOUND: down");
+    assert!(err.to_string().contains("NotFound"), "{err}");
+    server.modes.unimplemented.store(true, Ordering::Relaxed);
+    check
+        .check()
+        .await
+        .expect("UNIMPLEMENTED: no health service, healthy");
+    server.modes.unimplemented.store(false, Ordering::Relaxed);
+    // A health service that never answers: the check stays pending until
+    // the pool's timeout ends it (here a timeout of 1 s, on paused time).
+    server.modes.hang.store(true, Ordering::Relaxed);
+    tokio::time::pause();
+    let hung = tokio::time::timeout(Duration::from_secs(1), check.check()).await;
+    assert!(hung.is_err(), "still pending after the timeout");
+}
+
+/// Waits, on the pool's change notifications (at most 10 s), until `ok`
+/// holds for `replica`'s health.
+async fn until_health(
+    pool: &steadfast::pool::PoolHandle<&'static str, Channel>,
+    replica: &str,
+    ok: impl Fn(&Health) -> bool,
+) {
+    let mut changes = pool.subscribe();
+    let wait = async {
+        loop {
+            let health = pool
+                .snapshot()
+                .into_iter()
+                .find(|r| r.id == replica)
+                .map(|r| r.health)
+                .expect("the replica");
+            if ok(&health) {
+                return;
+            }
+            changes.changed().await.expect("the pool is alive");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("the replica's health changed in time");
+}
+
+#[tokio::test]
+async fn a_pool_takes_a_replica_out_and_back_in_on_its_grpc_check() {
+    let (a, b) = (start().await, start().await);
+    for s in [&a, &b] {
+        s.reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+    }
+    let replica = |s: &Server1| {
+        let channel = channel(s.addr);
+        Replica::new(channel.clone()).health_check(GrpcCheck::new(channel, ""))
+    };
+    let pool = Pool::builder()
+        .name("grpc")
+        .classify(GrpcErrorsAsFailures::new())
+        .health_checks(
+            HealthChecks::default()
+                .interval(Duration::from_millis(50))
+                .unhealthy_interval(Duration::from_millis(20))
+                .timeout(Duration::from_millis(500))
+                .healthy_threshold(1)
+                .unhealthy_threshold(1),
+        )
+        .build([("a", replica(&a)), ("b", replica(&b))])
+        .expect("a valid pool");
+    let handle = pool.handle();
+    let checks = tokio::spawn(pool.health_checks());
+    let mut client = HealthClient::new(GrpcStatusLayer::new().layer(pool));
+
+    b.reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    until_health(&handle, "b", |h| *h == Health::FailingChecks).await;
+    for _ in 0..10 {
+        client.check(check("")).await.expect("served by a");
+    }
+    b.reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    until_health(&handle, "b", |h| *h != Health::FailingChecks).await;
+    checks.abort();
 }

@@ -1,5 +1,6 @@
 //! gRPC integration (feature `grpc`): a stack's errors as the
-//! `tonic::Status` a generated client hands its caller.
+//! `tonic::Status` a generated client hands its caller, and the active
+//! health check over `grpc.health.v1` ([`GrpcCheck`]).
 //!
 //! A tonic client is generic over any `Service<http::Request<tonic::body::Body>>`,
 //! so steadfast's layers sit between a generated client and a `Channel` (one
@@ -36,6 +37,8 @@
 //! error from `poll_ready` into `UNKNOWN` too; with it, the caller sees
 //! what happened, and when to come back.
 
+mod check;
 mod status;
 
+pub use self::check::GrpcCheck;
 pub use self::status::{GrpcStatus, GrpcStatusLayer, ResponseFuture, status_for};
