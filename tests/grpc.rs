@@ -367,3 +367,48 @@ async fn a_pool_takes_a_replica_out_and_back_in_on_its_grpc_check() {
     until_health(&handle, "b", |h| *h != Health::FailingChecks).await;
     checks.abort();
 }
+
+/// The next status a `Watch` stream sends (within 10 s).
+async fn next(watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>) -> i32 {
+    tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("in time")
+        .expect("a message")
+        .expect("the stream goes on")
+        .status
+}
+
+#[tokio::test]
+async fn the_server_reports_not_serving_while_its_dependency_is_open() {
+    let server = start().await;
+    let breaker = CircuitBreakerLayer::builder()
+        .name("payments")
+        .build()
+        .expect("a valid breaker");
+    let circuit = breaker.circuit().clone();
+    let sync = steadfast::grpc::HealthSync::new(server.reporter.clone(), "shop.v1.Checkout")
+        .circuit(circuit.clone())
+        .hold_down(Duration::ZERO);
+    let task = tokio::spawn(sync.run());
+    // A client watching the server's health over loopback.
+    let mut client = HealthClient::new(channel(server.addr));
+    let mut watch = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.watch(check("shop.v1.Checkout")),
+    )
+    .await
+    .expect("in time")
+    .expect("watching")
+    .into_inner();
+    // The first status may be the one from before the sync's first report.
+    let mut status = next(&mut watch).await;
+    if status != ServingStatus::Serving as i32 {
+        status = next(&mut watch).await;
+    }
+    assert_eq!(status, ServingStatus::Serving as i32);
+    circuit.force_open();
+    assert_eq!(next(&mut watch).await, ServingStatus::NotServing as i32);
+    circuit.reset();
+    assert_eq!(next(&mut watch).await, ServingStatus::Serving as i32);
+    task.abort();
+}

@@ -1,6 +1,7 @@
 //! gRPC integration (feature `grpc`): a stack's errors as the
-//! `tonic::Status` a generated client hands its caller, and the active
-//! health check over `grpc.health.v1` ([`GrpcCheck`]).
+//! `tonic::Status` a generated client hands its caller, the active
+//! health check over `grpc.health.v1` ([`GrpcCheck`]), and a server's own
+//! health status kept in step with its dependencies ([`HealthSync`]).
 //!
 //! A tonic client is generic over any `Service<http::Request<tonic::body::Body>>`,
 //! so steadfast's layers sit between a generated client and a `Channel` (one
@@ -9,7 +10,6 @@
 //! [`GrpcStatusLayer`] on top, right under the generated client:
 //!
 //! ```
-//! use std::time::Duration;
 //! use steadfast::classify::GrpcErrorsAsFailures;
 //! use steadfast::grpc::GrpcStatusLayer;
 //! use steadfast::CircuitBreakerLayer;
@@ -38,7 +38,9 @@
 //! what happened, and when to come back.
 
 mod check;
+mod health_sync;
 mod status;
 
 pub use self::check::GrpcCheck;
+pub use self::health_sync::HealthSync;
 pub use self::status::{GrpcStatus, GrpcStatusLayer, ResponseFuture, status_for};
