@@ -94,6 +94,11 @@ async fn start() -> Server1 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a port");
+    start_on(listener)
+}
+
+/// A server on `listener`.
+fn start_on(listener: tokio::net::TcpListener) -> Server1 {
     let addr = listener.local_addr().expect("an address");
     let (reporter, health) = tonic_health::server::health_reporter();
     let down = Arc::new(AtomicBool::new(false));
@@ -411,4 +416,63 @@ async fn the_server_reports_not_serving_while_its_dependency_is_open() {
     circuit.reset();
     assert_eq!(next(&mut watch).await, ServingStatus::Serving as i32);
     task.abort();
+}
+
+/// Runs `check` until it says `healthy` (or 10,000 rounds, yielding
+/// between them so the connection's task can deliver what the server
+/// sent): whether it did.
+async fn until_check(check: &GrpcCheck<Channel>, healthy: bool) -> bool {
+    for _ in 0..10_000 {
+        if check.check().await.is_ok() == healthy {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_watching_check_follows_the_stream_and_opens_it_again() {
+    let server = start().await;
+    let addr = server.addr;
+    let service = "search.v1.Search";
+    server
+        .reporter
+        .set_service_status(service, ServingStatus::Serving)
+        .await;
+    let check = GrpcCheck::watching(channel(addr), service);
+    check
+        .check()
+        .await
+        .expect("SERVING, read from the stream's first message");
+    server
+        .reporter
+        .set_service_status(service, ServingStatus::NotServing)
+        .await;
+    assert!(
+        until_check(&check, false).await,
+        "NOT_SERVING arrives on the open stream"
+    );
+    server
+        .reporter
+        .set_service_status(service, ServingStatus::Serving)
+        .await;
+    assert!(until_check(&check, true).await, "and SERVING again");
+
+    // The server forgets the service: its stream ends, and the round
+    // that finds it ended opens another, which the server refuses.
+    let mut reporter = server.reporter.clone();
+    reporter.clear_service_status(service).await;
+    assert!(
+        until_check(&check, false).await,
+        "down: the service is unknown now"
+    );
+    // Known again: the next round opens a new stream.
+    reporter
+        .set_service_status(service, ServingStatus::Serving)
+        .await;
+    check.check().await.expect("back with a new stream");
+    // An unknown service: NOT_FOUND on Watch too.
+    let unknown = GrpcCheck::watching(channel(addr), "no.such.Service");
+    assert!(unknown.check().await.is_err());
 }

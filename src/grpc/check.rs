@@ -2,12 +2,16 @@
 
 use std::fmt;
 
+use std::sync::Arc;
+
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use http_body::Body;
+use tokio::sync::Mutex;
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use crate::error::BoxError;
 use crate::health::HealthCheck;
@@ -22,6 +26,9 @@ use crate::health::HealthCheck;
 /// | the status `NOT_FOUND` (the server does not know the service) | down |
 /// | the status `UNIMPLEMENTED` (the server has no health service: gRFC A17) | healthy |
 /// | any other status or error | down |
+///
+/// [`watching`](Self::watching) keeps a `Watch` stream open instead of
+/// calling `Check` every round.
 ///
 /// A check that hangs is bounded by the pool's check timeout
 /// ([`HealthChecks::timeout`](crate::health::HealthChecks::timeout)), as
@@ -42,6 +49,16 @@ use crate::health::HealthCheck;
 pub struct GrpcCheck<T> {
     client: HealthClient<T>,
     service: String,
+    /// With [`watching`](GrpcCheck::watching): the `Watch` stream, kept
+    /// open from one check to the next.
+    watch: Option<Arc<Mutex<Watched>>>,
+}
+
+/// A `Watch` stream and the latest status it sent.
+#[derive(Default)]
+struct Watched {
+    stream: Option<tonic::Streaming<HealthCheckResponse>>,
+    status: i32,
 }
 
 impl<T> fmt::Debug for GrpcCheck<T> {
@@ -65,6 +82,20 @@ where
         Self {
             client: HealthClient::new(channel),
             service: service.into(),
+            watch: None,
+        }
+    }
+
+    /// Checks with a `Watch` stream instead of a `Check` call on every
+    /// round: the stream stays open, and each round reads the statuses the
+    /// server sent since the last (a round costs no call while it is
+    /// open). A stream that ends or fails is opened again at once, in the
+    /// same round; a round whose stream cannot be opened, or sends nothing
+    /// before the check timeout, fails. The answers read as for `Check`.
+    pub fn watching(channel: T, service: impl Into<String>) -> Self {
+        Self {
+            watch: Some(Arc::default()),
+            ..Self::new(channel, service)
         }
     }
 }
@@ -106,13 +137,57 @@ where
         let request = HealthCheckRequest {
             service: self.service.clone(),
         };
+        let Some(watch) = self.watch.clone() else {
+            return Box::pin(async move {
+                let answer = client
+                    .check(request)
+                    .await
+                    .map(|res| res.into_inner().status);
+                judge(answer)
+            });
+        };
         Box::pin(async move {
-            let answer = client
-                .check(request)
-                .await
-                .map(|res| res.into_inner().status);
-            judge(answer)
+            // Held for the round: rounds of one replica do not overlap on
+            // one stream (a round cut short by the timeout lets go of it).
+            let mut watched = watch.lock().await;
+            if watched.read_since().is_err() {
+                // Ended or failed: opened again now.
+                let mut stream = match client.watch(request).await {
+                    Ok(res) => res.into_inner(),
+                    Err(status) => return judge(Err(status)),
+                };
+                match stream.message().await {
+                    Ok(Some(first)) => {
+                        watched.status = first.status;
+                        watched.stream = Some(stream);
+                    }
+                    Ok(None) => return Err("the health stream ended at once".into()),
+                    Err(status) => return judge(Err(status)),
+                }
+            }
+            judge(Ok(watched.status))
         })
+    }
+}
+
+impl Watched {
+    /// Reads what the stream sent since the last round, without waiting;
+    /// `Err` when there is no stream, or it ended or failed.
+    fn read_since(&mut self) -> Result<(), ()> {
+        let Some(stream) = &mut self.stream else {
+            return Err(());
+        };
+        loop {
+            match stream.message().now_or_never() {
+                // Nothing more yet: the stream is open.
+                None => return Ok(()),
+                Some(Ok(Some(message))) => self.status = message.status,
+                Some(Ok(None) | Err(_)) => {
+                    self.stream = None;
+                    return Err(());
+                }
+            }
+        }
     }
 }
 
