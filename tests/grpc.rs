@@ -46,6 +46,10 @@ struct Switch<S> {
 struct Modes {
     unimplemented: AtomicBool,
     hang: AtomicBool,
+    /// Calls still to answer `UNAVAILABLE` before the service answers.
+    fail_first: std::sync::atomic::AtomicUsize,
+    /// Each call's `grpc-timeout` and `grpc-previous-rpc-attempts`.
+    seen: Mutex<Vec<(Option<String>, Option<String>)>>,
 }
 
 impl<S> Service<http::Request<Body>> for Switch<S>
@@ -62,6 +66,22 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .map(|v| v.to_str().expect("ascii").to_owned())
+        };
+        let seen = (header("grpc-timeout"), header("grpc-previous-rpc-attempts"));
+        self.modes.seen.lock().expect("not poisoned").push(seen);
+        let failing = self
+            .modes
+            .fail_first
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            let res = tonic::Status::unavailable("not yet").into_http();
+            return Box::pin(async move { Ok(res) });
+        }
         if self.modes.hang.load(Ordering::Relaxed) {
             return Box::pin(std::future::pending());
         }
@@ -475,4 +495,109 @@ async fn a_watching_check_follows_the_stream_and_opens_it_again() {
     // An unknown service: NOT_FOUND on Watch too.
     let unknown = GrpcCheck::watching(channel(addr), "no.such.Service");
     assert!(unknown.check().await.is_err());
+}
+
+/// The stack a retrying gRPC client builds: statuses for the caller, a
+/// replayable body, a retry that reads gRPC statuses, a `Channel`.
+fn retrying(
+    addr: SocketAddr,
+) -> HealthClient<
+    impl tonic::client::GrpcService<
+        Body,
+        Error = tonic::Status,
+        ResponseBody = Body,
+        Future = impl Send,
+    > + Clone,
+> {
+    let retry = steadfast::RetryLayer::builder()
+        .name("health")
+        .classify(GrpcErrorsAsFailures::new())
+        .replay(steadfast::grpc::GrpcReplay::new())
+        .max_attempts(3)
+        .backoff(Backoff::constant(Duration::from_millis(1)))
+        .build()
+        .expect("a valid retry");
+    let stack = ServiceBuilder::new()
+        .layer(GrpcStatusLayer::new())
+        .map_request(steadfast::grpc::replayable)
+        .layer(retry)
+        .map_request(steadfast::grpc::into_tonic_body)
+        .service(channel(addr));
+    HealthClient::new(stack)
+}
+
+#[tokio::test]
+async fn a_retry_over_a_channel_replays_the_request_within_its_deadline() {
+    let server = start().await;
+    server
+        .reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    server.modes.fail_first.store(2, Ordering::Relaxed);
+    let mut client = retrying(server.addr);
+    let mut request = tonic::Request::new(check(""));
+    request.set_timeout(Duration::from_secs(5));
+    let answer = client
+        .check(request)
+        .await
+        .expect("the third attempt answers");
+    assert_eq!(answer.into_inner().status, ServingStatus::Serving as i32);
+    let seen = std::mem::take(&mut *server.modes.seen.lock().expect("not poisoned"));
+    assert_eq!(seen.len(), 3, "two retries");
+    let previous: Vec<Option<&str>> = seen.iter().map(|(_, p)| p.as_deref()).collect();
+    assert_eq!(previous, [None, Some("1"), Some("2")]);
+    // The deadline covers every attempt: each one is sent with less time.
+    let timeouts: Vec<Duration> = seen
+        .iter()
+        .map(|(t, _)| grpc_timeout(t.as_deref().expect("a grpc-timeout")))
+        .collect();
+    assert!(timeouts[0] <= Duration::from_secs(5));
+    assert!(
+        timeouts[1] < timeouts[0] && timeouts[2] < timeouts[1],
+        "{timeouts:?}"
+    );
+
+    // Opted out: sent once, and its status is the caller's.
+    server.modes.fail_first.store(1, Ordering::Relaxed);
+    let mut request = tonic::Request::new(check(""));
+    request
+        .extensions_mut()
+        .insert(steadfast::http::Idempotent(false));
+    let status = client.check(request).await.expect_err("not retried");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(server.modes.seen.lock().expect("not poisoned").len(), 1);
+}
+
+/// A `grpc-timeout` value as a duration (the tests' own reading).
+fn grpc_timeout(value: &str) -> Duration {
+    let (n, unit) = value.split_at(value.len() - 1);
+    let n: u64 = n.parse().expect("digits");
+    match unit {
+        "H" => Duration::from_secs(n * 3_600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        other => panic!("unit {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_server_stream_is_committed_once_its_headers_arrive() {
+    // `Watch` answers with headers, then messages: a success to the
+    // classifier, so the retry sends it once.
+    let server = start().await;
+    server
+        .reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    let mut client = retrying(server.addr);
+    let mut watch = client
+        .watch(check(""))
+        .await
+        .expect("watching")
+        .into_inner();
+    assert_eq!(next(&mut watch).await, ServingStatus::Serving as i32);
+    assert_eq!(server.modes.seen.lock().expect("not poisoned").len(), 1);
 }

@@ -39,8 +39,10 @@
 
 mod check;
 mod health_sync;
+mod replay;
 mod status;
 
 pub use self::check::GrpcCheck;
 pub use self::health_sync::HealthSync;
+pub use self::replay::{GrpcReplay, into_tonic_body, replayable};
 pub use self::status::{GrpcStatus, GrpcStatusLayer, ResponseFuture, status_for};
