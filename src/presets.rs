@@ -208,7 +208,7 @@ impl HttpClient {
     /// register its metrics): what [`build`](Self::build) refuses.
     pub(crate) fn check(&self) -> Result<(), ConfigError> {
         check_timeouts(self.total_timeout, self.attempt_timeout)?;
-        if self.breaker_window < self.attempt_timeout * 2 {
+        if self.breaker_window < self.attempt_timeout.saturating_mul(2) {
             return Err(ConfigError::new(
                 "breaker_window",
                 format!(

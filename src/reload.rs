@@ -47,14 +47,16 @@ pub fn follow<T, E>(
     mut refused: impl FnMut(E) + Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static
 where
-    T: Send + Sync + 'static,
+    T: Clone + Send + Sync + 'static,
     E: 'static,
 {
     settings.mark_unchanged();
     async move {
         while settings.changed().await.is_ok() {
-            let result = apply(&settings.borrow_and_update());
-            if let Err(err) = result {
+            // A copy: the channel's lock is not held while the settings are
+            // applied (a sender would wait on it).
+            let next = settings.borrow_and_update().clone();
+            if let Err(err) = apply(&next) {
                 refused(err);
             }
         }

@@ -542,6 +542,13 @@ fn invalid_inputs_are_refused_naming_the_field() {
             "upstreams.payments.breaker_window",
             "twice the attempt timeout",
         ),
+        // Twice an attempt timeout past half of what a duration holds:
+        // refused, not an overflow.
+        (
+            "[upstreams.payments]\ntotal_timeout = \"500000000000years\"\nattempt_timeout = \"300000000000years\"",
+            "upstreams.payments.breaker_window",
+            "twice the attempt timeout",
+        ),
         (
             "[upstreams.payments.budget]\nratio = -1",
             "upstreams.payments.budget.ratio",
@@ -560,7 +567,7 @@ fn invalid_inputs_are_refused_naming_the_field() {
         (
             "[stacks.search.outlier]\nmax_ejected = 2",
             "stacks.search.outlier.max_ejected",
-            "",
+            "must be in",
         ),
     ];
     assert!(cases.len() >= 30);

@@ -671,6 +671,10 @@ impl Shared {
 
     /// Empties the window and the counters, before a close or on reset.
     fn clear(&self) {
+        // Under the reload lock: a reload carrying the old window over
+        // while it is emptied would bring back the outcomes just cleared.
+        // A close or a reset is rare; no call waits on it.
+        let _reloading = crate::sync::lock(&self.reloading);
         if let Some(window) = &self.rules.load().window {
             window.reset();
         }
