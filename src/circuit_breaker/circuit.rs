@@ -378,6 +378,7 @@ impl Circuit {
     /// circuit open before its period ends (with the time left), or forced
     /// open. `None` while it is closed, half-open (or due to be), disabled,
     /// or only recording.
+    #[cfg(feature = "http")]
     pub(crate) fn refusal(&self) -> Option<CircuitOpen> {
         let shared = &self.shared;
         let word = shared.core.load();

@@ -118,13 +118,7 @@ impl GrpcErrorsAsFailures {
     /// A [`ConfigError`] for zero (which would ignore every pushback; use a
     /// classifier that reads none instead).
     pub fn max_pushback(mut self, max: Duration) -> Result<Self, ConfigError> {
-        if max.is_zero() {
-            return Err(ConfigError::new(
-                "max_pushback",
-                "must be greater than zero",
-            ));
-        }
-        self.max_pushback = max;
+        self.max_pushback = super::pushback_cap(max)?;
         Ok(self)
     }
 

@@ -67,13 +67,7 @@ impl ServerErrorsAsFailures {
     /// A [`ConfigError`] when `max` is zero (use a classifier that drops the
     /// pushback instead).
     pub fn max_pushback(mut self, max: Duration) -> Result<Self, ConfigError> {
-        if max.is_zero() {
-            return Err(ConfigError::new(
-                "max_pushback",
-                "must be greater than zero",
-            ));
-        }
-        self.max_pushback = max;
+        self.max_pushback = super::pushback_cap(max)?;
         Ok(self)
     }
 }

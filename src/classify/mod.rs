@@ -56,6 +56,19 @@ pub use self::http::ServerErrorsAsFailures;
 
 use std::time::Duration;
 
+/// A classifier's cap on a server's pushback, checked: zero would drop
+/// every pushback, which a classifier that reads none does plainly.
+#[cfg(feature = "http")]
+fn pushback_cap(max: Duration) -> Result<Duration, crate::error::ConfigError> {
+    if max.is_zero() {
+        return Err(crate::error::ConfigError::new(
+            "max_pushback",
+            "must be greater than zero",
+        ));
+    }
+    Ok(max)
+}
+
 /// Whether an outcome counts for or against the health of a dependency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -263,24 +263,38 @@ mod tests {
         layer.circuit().clone()
     }
 
-    fn route(
-        circuit: Circuit,
-    ) -> impl Service<Request<()>, Response = Response<String>, Error = BoxError> {
-        ShedWhenOpenLayer::new(circuit).layer(service_fn(|_: Request<()>| async {
+    /// A route answering `served`, behind `layer`.
+    fn behind(
+        layer: &ShedWhenOpenLayer,
+    ) -> impl Service<Request<()>, Response = Response<String>, Error = BoxError> + use<> {
+        layer.layer(service_fn(|_: Request<()>| async {
             Ok::<_, BoxError>(Response::new("served".to_owned()))
         }))
     }
 
-    async fn answer(
+    fn route(
+        circuit: Circuit,
+    ) -> impl Service<Request<()>, Response = Response<String>, Error = BoxError> {
+        behind(&ShedWhenOpenLayer::new(circuit))
+    }
+
+    /// One request through `route`.
+    async fn respond(
         route: &mut impl Service<Request<()>, Response = Response<String>, Error = BoxError>,
-    ) -> (u16, Option<String>) {
-        let res = route
+    ) -> Response<String> {
+        route
             .ready()
             .await
             .expect("ready")
             .call(Request::new(()))
             .await
-            .expect("an answer");
+            .expect("an answer")
+    }
+
+    async fn answer(
+        route: &mut impl Service<Request<()>, Response = Response<String>, Error = BoxError>,
+    ) -> (u16, Option<String>) {
+        let res = respond(route).await;
         let retry_after = res
             .headers()
             .get(http::header::RETRY_AFTER)
@@ -327,26 +341,12 @@ mod tests {
             .build()
             .expect("valid");
         let layer = ShedWhenOpenLayer::new(closed.circuit().clone()).or_when_open(open.clone());
-        let mut route = layer.layer(service_fn(|_: Request<()>| async {
-            Ok::<_, BoxError>(Response::new("served".to_owned()))
-        }));
-        let res = route
-            .ready()
-            .await
-            .expect("ready")
-            .call(Request::new(()))
-            .await
-            .expect("an answer");
+        let mut route = behind(&layer);
+        let res = respond(&mut route).await;
         assert_eq!(res.status().as_u16(), 503);
         assert_eq!(res.body(), "circuit `db` is open\n");
         open.reset();
-        let res = route
-            .ready()
-            .await
-            .expect("ready")
-            .call(Request::new(()))
-            .await
-            .expect("an answer");
+        let res = respond(&mut route).await;
         assert_eq!(res.body(), "served");
     }
 }

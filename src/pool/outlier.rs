@@ -426,6 +426,7 @@ impl<K, S> Shared<K, S> {
         pushback: Option<Duration>,
     ) {
         let now = Moment::from_nanos(now_ns);
+        let settings = self.settings();
         match pushback {
             // Honoured by avoiding the replica for that long: its latency
             // estimate is not inflated too, or it would stay out long after.
@@ -438,21 +439,20 @@ impl<K, S> Shared<K, S> {
             None => {
                 state.latency.observe(
                     now_ns,
-                    elapsed.max(self.settings().failure_penalty.as_nanos() as f64),
+                    elapsed.max(settings.failure_penalty.as_nanos() as f64),
                     RATE,
                 );
                 state.shunned.store(true, Ordering::Release);
             }
         }
         let in_a_row = state.record_outcome(true);
-        let by_consecutive = self
-            .settings()
+        let by_consecutive = settings
             .outlier
             .consecutive_failures
             .is_some_and(|n| in_a_row >= u64::from(n));
         let why = if by_consecutive {
             Some(Why::ConsecutiveFailures)
-        } else if self.failure_rate_exceeded(state) {
+        } else if failure_rate_exceeded(&settings.outlier, state) {
             Some(Why::FailureRate)
         } else {
             None
@@ -477,7 +477,7 @@ impl<K, S> Shared<K, S> {
     /// success may be the call that brings the window to the rule's
     /// minimum of calls. Call it only while the window holds a failure.
     pub(super) fn on_success_after_failures(&self, state: &ReplicaState, now_ns: u64) {
-        if self.failure_rate_exceeded(state) {
+        if failure_rate_exceeded(&self.settings().outlier, state) {
             let snapshot = lock(&self.current).clone();
             self.eject_now(
                 &snapshot,
@@ -486,18 +486,6 @@ impl<K, S> Shared<K, S> {
                 Why::FailureRate,
             );
         }
-    }
-
-    /// The failure-percentage rule over the replica's last calls.
-    fn failure_rate_exceeded(&self, state: &ReplicaState) -> bool {
-        self.settings()
-            .outlier
-            .failure_percentage
-            .is_some_and(|(rate, min_calls)| {
-                let counts = state.window.counts();
-                counts.calls >= u64::from(min_calls)
-                    && counts.failures as f64 / counts.calls as f64 >= rate
-            })
     }
 
     /// Ejects `state`'s replica for `why` by a rule of its own calls; an
@@ -538,5 +526,12 @@ fn others_answer<K, S>(snapshot: &Snapshot<K, S>, state: &ReplicaState, now_ns: 
         !std::ptr::eq(&m.state, state)
             && m.state.consecutive.load(Ordering::Acquire) == 0
             && m.state.answer_latency.updated_within(now_ns, within)
+    })
+}
+/// The failure-percentage rule of `outlier` over the replica's last calls.
+fn failure_rate_exceeded(outlier: &OutlierDetection, state: &ReplicaState) -> bool {
+    outlier.failure_percentage.is_some_and(|(rate, min_calls)| {
+        let counts = state.window.counts();
+        counts.calls >= u64::from(min_calls) && counts.failures as f64 / counts.calls as f64 >= rate
     })
 }

@@ -99,9 +99,11 @@ impl<K, S> Shared<K, S> {
         self.dirty.swap(false, Ordering::AcqRel);
         let old = lock(&self.current).clone();
         let members = staying(&old.members);
+        // One version of the settings for the whole table.
+        let settings = self.settings();
         let standings: Vec<Standing> = members
             .iter()
-            .map(|m| m.state.standing(now, self.settings().failback))
+            .map(|m| m.state.standing(now, settings.failback))
             .collect();
         let rows: Vec<Row<'_>> = members
             .iter()
@@ -114,9 +116,9 @@ impl<K, S> Shared<K, S> {
             .collect();
         let table = Table::build(
             &rows,
-            self.settings().local_zone.as_deref(),
-            self.settings().overprovisioning,
-            self.settings().panic_threshold,
+            settings.local_zone.as_deref(),
+            settings.overprovisioning,
+            settings.panic_threshold,
         );
         for (m, s) in members.iter().zip(&standings) {
             m.state
