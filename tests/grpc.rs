@@ -601,3 +601,59 @@ async fn a_server_stream_is_committed_once_its_headers_arrive() {
     assert_eq!(next(&mut watch).await, ServingStatus::Serving as i32);
     assert_eq!(server.modes.seen.lock().expect("not poisoned").len(), 1);
 }
+
+#[tokio::test]
+async fn a_hedge_over_two_replicas_answers_from_the_fast_one() {
+    // One of two replicas hangs: whenever the pool sends a call's first
+    // attempt there, the hedge sent 20 ms later to the other one answers.
+    let (hung, fast) = (start().await, start().await);
+    for s in [&hung, &fast] {
+        s.reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+    }
+    hung.modes.hang.store(true, Ordering::Relaxed);
+    let pool = Pool::builder()
+        .name("hedged")
+        .classify(GrpcErrorsAsFailures::new())
+        .build([
+            ("hung", Replica::new(channel(hung.addr))),
+            ("fast", Replica::new(channel(fast.addr))),
+        ])
+        .expect("a valid pool");
+    let hedge = steadfast::HedgeLayer::builder()
+        .name("hedged")
+        .classify(GrpcErrorsAsFailures::new())
+        .replay(steadfast::grpc::GrpcReplay::new())
+        .delay(steadfast::hedge::HedgeDelay::Fixed(Duration::from_millis(
+            20,
+        )))
+        .build()
+        .expect("a valid hedge");
+    let stack = ServiceBuilder::new()
+        .layer(GrpcStatusLayer::new())
+        .map_request(steadfast::grpc::replayable)
+        .layer(hedge)
+        .map_request(steadfast::grpc::into_tonic_body)
+        .service(pool);
+    let mut client = HealthClient::new(stack);
+    let seen = |s: &Server1| s.modes.seen.lock().expect("not poisoned").len();
+    for _ in 0..50 {
+        let answer = tokio::time::timeout(Duration::from_secs(5), client.check(check("")))
+            .await
+            .expect("answered without waiting for the hung replica")
+            .expect("served");
+        assert_eq!(answer.into_inner().status, ServingStatus::Serving as i32);
+        if seen(&hung) > 0 {
+            break;
+        }
+    }
+    assert!(seen(&hung) > 0, "the pool never tried the hung replica");
+    let hedged = fast.modes.seen.lock().expect("not poisoned").clone();
+    assert!(
+        hedged
+            .iter()
+            .any(|(_, previous)| previous.as_deref() == Some("1")),
+        "a hedge reached the fast replica: {hedged:?}"
+    );
+}

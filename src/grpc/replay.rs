@@ -81,6 +81,16 @@ where
 /// the first attempt's, so that the deadline covers every attempt. The
 /// body must be a [`ReplayBody`] ([`replayable`]); a body past its cap is
 /// not sent again.
+///
+/// # Hedging
+///
+/// A hedge runs beside the attempt it backs up, so it can replay the body
+/// only once that attempt has sent all of it. A unary call's body (one
+/// message) is sent at once, so its hedges work (tested over two tonic
+/// replicas, one hung). A client stream still uploading when the hedge
+/// is due is not hedged: its copy is refused and the first attempt goes
+/// on alone. Buffering a whole stream before the first attempt, so that it
+/// could be hedged too, is not built yet.
 #[derive(Debug, Clone, Default)]
 pub struct GrpcReplay {
     /// Paths (`/package.Service/Method`) never sent twice.
