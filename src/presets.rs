@@ -5,6 +5,8 @@
 //! - [`ReplicaStack`]: several replicas — total timeout → retry → hedge
 //!   (sharing one budget) → [`Pool`] with outlier detection and health
 //!   checks → attempt timeout per replica.
+//! - `GrpcClient` (feature `grpc`): [`HttpClient`]'s stack over a tonic
+//!   `Channel`, with gRPC's status rules, replay and `tonic::Status` errors.
 //!
 //! Both take any HTTP client service (a hyper-util `Client`, for one).
 //!
@@ -32,6 +34,12 @@
 //! costs what cloning its headers costs; a clone of the stack first used on
 //! another thread than the one it was cloned from takes a handle of its own
 //! there, one allocation per layer).
+
+#[cfg(feature = "grpc")]
+mod grpc;
+
+#[cfg(feature = "grpc")]
+pub use self::grpc::{GrpcClient, GrpcClientLayer, GrpcClientService};
 
 use std::future::Future;
 use std::hash::Hash;

@@ -657,3 +657,45 @@ async fn a_hedge_over_two_replicas_answers_from_the_fast_one() {
         "a hedge reached the fast replica: {hedged:?}"
     );
 }
+
+#[tokio::test]
+async fn the_grpc_client_preset_retries_and_maps_its_errors() {
+    let server = start().await;
+    server
+        .reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    let layer = steadfast::presets::GrpcClient::new("preset")
+        .total_timeout(Duration::from_millis(400))
+        .attempt_timeout(Duration::from_millis(100))
+        .breaker_window(Duration::from_millis(200))
+        .build()
+        .expect("a valid preset");
+    let mut client = HealthClient::new(layer.layer(channel(server.addr)));
+
+    // Two UNAVAILABLE answers, then the service's: retried and answered.
+    server.modes.fail_first.store(2, Ordering::Relaxed);
+    let answer = client.check(check("")).await.expect("the third attempt");
+    assert_eq!(answer.into_inner().status, ServingStatus::Serving as i32);
+    let previous: Vec<Option<String>> = std::mem::take(&mut *server.modes.seen.lock().unwrap())
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(previous, [None, Some("1".into()), Some("2".into())]);
+
+    // Hung: the total timeout reaches the caller as DEADLINE_EXCEEDED.
+    server.modes.hang.store(true, Ordering::Relaxed);
+    let status = client.check(check("")).await.expect_err("hung");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    server.modes.hang.store(false, Ordering::Relaxed);
+
+    // Down: the attempts end in UNAVAILABLE, the caller's code too.
+    server.down.store(true, Ordering::Relaxed);
+    let status = client.check(check("")).await.expect_err("down");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    let invalid = steadfast::presets::GrpcClient::new("bad")
+        .attempt_timeout(Duration::from_secs(20))
+        .build();
+    assert!(invalid.is_err(), "an attempt timeout above the total");
+}
