@@ -39,7 +39,7 @@
 mod grpc;
 
 #[cfg(feature = "grpc")]
-pub use self::grpc::{GrpcClient, GrpcClientLayer, GrpcClientService};
+pub use self::grpc::{GrpcClient, GrpcClientLayer, GrpcClientService, GrpcReplicaStackService};
 
 use std::future::Future;
 use std::hash::Hash;
@@ -297,9 +297,9 @@ pub struct ReplicaStack {
 
 /// What [`ReplicaStack::build`] gives: the service, the pool's handle, and
 /// the futures to spawn (health checks, and for large fleets the upkeep).
-pub struct ReplicaStackParts<K, S> {
+pub struct ReplicaStackParts<K, S, Svc = ReplicaStackService<K, S>> {
     /// The stack, to call.
-    pub service: ReplicaStackService<K, S>,
+    pub service: Svc,
     /// The pool's handle: snapshots, drain, disable.
     pub handle: PoolHandle<K, Timeout<S>>,
     /// The active health checks: spawn it (a no-op without checks).
@@ -312,7 +312,7 @@ pub struct ReplicaStackParts<K, S> {
     pub budget: Arc<RetryBudget>,
 }
 
-impl<K, S> std::fmt::Debug for ReplicaStackParts<K, S> {
+impl<K, S, Svc> std::fmt::Debug for ReplicaStackParts<K, S, Svc> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplicaStackParts").finish_non_exhaustive()
     }
@@ -360,6 +360,13 @@ impl ReplicaStack {
             .check()
     }
 }
+
+/// The replica stack over `P` (the pool, or a map above it): total timeout
+/// → retry → hedge.
+type Repeated<P, C, R> = Timeout<Retry<Hedge<P, C, R>, C, R>>;
+
+/// The parts of a replica stack over `P`.
+type RepeatedParts<K, S, P, C, R> = ReplicaStackParts<K, S, Repeated<P, C, R>>;
 
 /// The service [`ReplicaStack`] builds.
 pub type ReplicaStackService<K, S> = Timeout<
@@ -478,13 +485,31 @@ impl ReplicaStack {
         K: Clone + Eq + Hash + std::fmt::Display + Send + Sync + 'static,
         S: Clone + Send + Sync + 'static,
     {
+        self.assemble(replicas, ServerErrorsAsFailures::new(), REPLAY, |pool| pool)
+    }
+
+    /// The stack's parts over `replicas`, judged by `classify` and copied
+    /// by `replay`, with `below_hedge` put between the hedge and the pool.
+    fn assemble<K, S, C, R, P>(
+        self,
+        replicas: impl IntoIterator<Item = (K, Replica<S>)>,
+        classify: C,
+        replay: R,
+        below_hedge: impl FnOnce(Pool<K, Timeout<S>, C>) -> P,
+    ) -> Result<RepeatedParts<K, S, P, C, R>, ConfigError>
+    where
+        K: Clone + Eq + Hash + std::fmt::Display + Send + Sync + 'static,
+        S: Clone + Send + Sync + 'static,
+        C: Clone + Send + Sync + 'static,
+        R: Clone,
+    {
         self.check()?;
         let budget = match &self.budget {
             Some(b) => b.clone(),
             None => Arc::new(RetryBudget::builder().name(&*self.name).build()?),
         };
         let attempt = self.attempt_timeout;
-        let pool = self.pool_settings().classify(ServerErrorsAsFailures::new());
+        let pool = self.pool_settings().classify(classify.clone());
         let replicas = replicas
             .into_iter()
             .map(|(id, r)| (id, r.map_service(|s| Timeout::new(s, attempt))));
@@ -494,16 +519,16 @@ impl ReplicaStack {
         let upkeep = Box::pin(pool.upkeep());
         let hedge = HedgeLayer::builder()
             .name(&*self.name)
-            .classify(ServerErrorsAsFailures::new())
-            .replay(REPLAY)
+            .classify(classify.clone())
+            .replay(replay.clone())
             .delay(self.hedge)
             .budget(budget.clone())
             .build()
             .map_err(|e| e.within("hedge"))?;
         let retry = RetryLayer::builder()
             .name(&*self.name)
-            .classify(ServerErrorsAsFailures::new())
-            .replay(REPLAY)
+            .classify(classify)
+            .replay(replay)
             .max_attempts(self.max_attempts)
             .backoff(
                 Backoff::exponential(Duration::from_millis(10), Duration::from_millis(500))
@@ -511,11 +536,14 @@ impl ReplicaStack {
             )
             .budget(budget.clone())
             .deadline(self.total_timeout)
-            // A replica's `Retry-After` is honoured by the pool, which avoids
+            // A replica's pushback is honoured by the pool, which avoids
             // that replica; the retry goes elsewhere at once.
             .max_pushback(Duration::ZERO)
             .build()?;
-        let service = Timeout::new(retry.layer(hedge.layer(pool)), self.total_timeout);
+        let service = Timeout::new(
+            retry.layer(hedge.layer(below_hedge(pool))),
+            self.total_timeout,
+        );
         Ok(ReplicaStackParts {
             service,
             handle,

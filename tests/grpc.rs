@@ -325,8 +325,8 @@ async fn grpc_check_reads_every_answer() {
 
 /// Waits, on the pool's change notifications (at most 10 s), until `ok`
 /// holds for `replica`'s health.
-async fn until_health(
-    pool: &steadfast::pool::PoolHandle<&'static str, Channel>,
+async fn until_health<S: Clone>(
+    pool: &steadfast::pool::PoolHandle<&'static str, S>,
     replica: &str,
     ok: impl Fn(&Health) -> bool,
 ) {
@@ -698,4 +698,114 @@ async fn the_grpc_client_preset_retries_and_maps_its_errors() {
         .attempt_timeout(Duration::from_secs(20))
         .build();
     assert!(invalid.is_err(), "an attempt timeout above the total");
+}
+
+/// `ReplicaStack::build_grpc` over `servers` (ids `a`, `b`, `c`), with
+/// gRPC health checks if `checks`.
+fn grpc_fleet(
+    servers: &[Server1],
+    checks: bool,
+) -> steadfast::presets::ReplicaStackParts<
+    &'static str,
+    Channel,
+    steadfast::presets::GrpcReplicaStackService<&'static str, Channel>,
+> {
+    let replicas = ["a", "b", "c"].into_iter().zip(servers).map(|(id, s)| {
+        let channel = channel(s.addr);
+        let replica = Replica::new(channel.clone());
+        let replica = match checks {
+            true => replica.health_check(GrpcCheck::new(channel, "")),
+            false => replica,
+        };
+        (id, replica)
+    });
+    let mut stack = steadfast::presets::ReplicaStack::new("grpc-fleet");
+    if checks {
+        stack = stack.health_checks(
+            HealthChecks::default()
+                .interval(Duration::from_millis(50))
+                .unhealthy_interval(Duration::from_millis(20))
+                .timeout(Duration::from_millis(200))
+                .healthy_threshold(1)
+                .unhealthy_threshold(1),
+        );
+    }
+    stack.build_grpc(replicas).expect("a valid stack")
+}
+
+/// The calls' own attempts a server saw (the checks carry no
+/// `grpc-timeout`).
+fn calls_seen(server: &Server1) -> usize {
+    let seen = server.modes.seen.lock().expect("not poisoned");
+    seen.iter().filter(|(timeout, _)| timeout.is_some()).count()
+}
+
+/// `n` calls through `service`, each of which must answer `SERVING`.
+async fn calls_all_answer(
+    service: steadfast::presets::GrpcReplicaStackService<&'static str, Channel>,
+    n: usize,
+) {
+    let mut client = HealthClient::new(service);
+    for _ in 0..n {
+        let mut request = tonic::Request::new(check(""));
+        request.set_timeout(Duration::from_secs(5));
+        let answer = tokio::time::timeout(Duration::from_secs(5), client.check(request))
+            .await
+            .expect("answered in time")
+            .expect("no call fails");
+        assert_eq!(answer.into_inner().status, ServingStatus::Serving as i32);
+    }
+}
+
+#[tokio::test]
+async fn a_grpc_replica_stack_loses_no_call_to_a_faulty_replica() {
+    // Three real servers behind `ReplicaStack::build_grpc`. One answers
+    // UNAVAILABLE to everything, or hangs: no call fails, as those that
+    // reach it are retried or hedged elsewhere. It reports NOT_SERVING:
+    // its gRPC check takes it out, no call reaches it, and it comes back.
+    let servers = [start().await, start().await, start().await];
+    for s in &servers {
+        s.reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+    }
+    let faulty = &servers[0];
+
+    faulty.down.store(true, Ordering::Relaxed);
+    calls_all_answer(grpc_fleet(&servers, false).service, 30).await;
+    assert!(
+        calls_seen(faulty) > 0,
+        "the stack tried the failing replica"
+    );
+    faulty.down.store(false, Ordering::Relaxed);
+
+    faulty.modes.hang.store(true, Ordering::Relaxed);
+    let before = calls_seen(faulty);
+    calls_all_answer(grpc_fleet(&servers, false).service, 30).await;
+    assert!(
+        calls_seen(faulty) > before,
+        "the stack tried the hung replica"
+    );
+    faulty.modes.hang.store(false, Ordering::Relaxed);
+
+    let parts = grpc_fleet(&servers, true);
+    let checks = tokio::spawn(parts.health_checks);
+    faulty
+        .reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    until_health(&parts.handle, "a", |h| *h == Health::FailingChecks).await;
+    let before = calls_seen(faulty);
+    calls_all_answer(parts.service.clone(), 20).await;
+    assert_eq!(
+        calls_seen(faulty),
+        before,
+        "no call reaches a NOT_SERVING replica"
+    );
+    faulty
+        .reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    until_health(&parts.handle, "a", |h| *h != Health::FailingChecks).await;
+    checks.abort();
 }

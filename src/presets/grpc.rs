@@ -1,5 +1,6 @@
 //! The gRPC client preset (feature `grpc`).
 
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,14 +9,16 @@ use tower::Layer;
 use tower::timeout::{Timeout, TimeoutLayer};
 use tower::util::MapRequest;
 
-use super::HttpClient;
+use super::{HttpClient, ReplicaStack, ReplicaStackParts};
 use crate::backoff::{Backoff, Jitter};
 use crate::budget::RetryBudget;
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::classify::GrpcErrorsAsFailures;
 use crate::error::ConfigError;
 use crate::grpc::{GrpcReplay, GrpcStatus, GrpcStatusLayer, into_tonic_body, replayable};
+use crate::hedge::Hedge;
 use crate::http::ReplayBody;
+use crate::pool::{Pool, Replica};
 use crate::retry::{Retry, RetryLayer};
 
 /// A tonic request's body, the way a `Channel` takes it.
@@ -191,5 +194,85 @@ impl<S> Layer<S> for GrpcClientLayer {
         let retry = self.retry.layer(breaker);
         let total = TimeoutLayer::new(self.total).layer(retry);
         GrpcStatusLayer::new().layer(MapRequest::new(total, replayable as Replayable))
+    }
+}
+
+/// The service [`ReplicaStack::build_grpc`] builds over channels `S`.
+pub type GrpcReplicaStackService<K, S> = GrpcStatus<
+    MapRequest<
+        Timeout<
+            Retry<
+                Hedge<
+                    MapRequest<Pool<K, Timeout<S>, GrpcErrorsAsFailures>, IntoTonic>,
+                    GrpcErrorsAsFailures,
+                    GrpcReplay,
+                >,
+                GrpcErrorsAsFailures,
+                GrpcReplay,
+            >,
+        >,
+        Replayable,
+    >,
+>;
+
+impl ReplicaStack {
+    /// Validates and builds the stack over replicas that are tonic
+    /// `Channel`s (one `Endpoint::connect_lazy` channel each, with a
+    /// [`GrpcCheck`](crate::grpc::GrpcCheck) as their health check if
+    /// wanted): the same stack and defaults as [`build`](Self::build), with
+    /// gRPC's rules. Attempts are judged by [`GrpcErrorsAsFailures`]
+    /// (`UNAVAILABLE` retried on another replica, a replica's pushback
+    /// honoured by the pool), every method is replayed ([`GrpcReplay`],
+    /// each attempt with the time left in `grpc-timeout`), and
+    /// [`GrpcStatusLayer`] on top gives the caller a `tonic::Status` for
+    /// every error of the stack. A unary call is hedged; a client stream
+    /// still uploading is not (see [`GrpcReplay`]).
+    ///
+    /// ```
+    /// use steadfast::grpc::GrpcCheck;
+    /// use steadfast::pool::Replica;
+    /// use steadfast::presets::ReplicaStack;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), steadfast::error::ConfigError> {
+    /// let replicas = ["127.0.0.1:50051", "127.0.0.1:50052"].map(|addr| {
+    ///     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    ///         .expect("a URI")
+    ///         .connect_lazy();
+    ///     (addr, Replica::new(channel.clone()).health_check(GrpcCheck::new(channel, "")))
+    /// });
+    /// let parts = ReplicaStack::new("search").build_grpc(replicas)?;
+    /// tokio::spawn(parts.health_checks);
+    /// let client = tonic_health::pb::health_client::HealthClient::new(parts.service);
+    /// # drop(client);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`]: what [`build`](Self::build) refuses.
+    pub fn build_grpc<K, S>(
+        self,
+        replicas: impl IntoIterator<Item = (K, Replica<S>)>,
+    ) -> Result<ReplicaStackParts<K, S, GrpcReplicaStackService<K, S>>, ConfigError>
+    where
+        K: Clone + Eq + Hash + std::fmt::Display + Send + Sync + 'static,
+        S: Clone + Send + Sync + 'static,
+    {
+        let parts = self.assemble(
+            replicas,
+            GrpcErrorsAsFailures::new(),
+            GrpcReplay::new(),
+            |pool| MapRequest::new(pool, into_tonic_body as IntoTonic),
+        )?;
+        let service = MapRequest::new(parts.service, replayable as Replayable);
+        Ok(ReplicaStackParts {
+            service: GrpcStatusLayer::new().layer(service),
+            handle: parts.handle,
+            health_checks: parts.health_checks,
+            upkeep: parts.upkeep,
+            budget: parts.budget,
+        })
     }
 }
