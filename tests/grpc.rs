@@ -809,3 +809,91 @@ async fn a_grpc_replica_stack_loses_no_call_to_a_faulty_replica() {
     until_health(&parts.handle, "a", |h| *h != Health::FailingChecks).await;
     checks.abort();
 }
+
+/// A retry over `addr` drawing from `budget`, up to 3 attempts.
+fn retrying_with(
+    addr: SocketAddr,
+    budget: Arc<steadfast::budget::RetryBudget>,
+) -> HealthClient<
+    impl tonic::client::GrpcService<
+        Body,
+        Error = tonic::Status,
+        ResponseBody = Body,
+        Future = impl Send,
+    > + Clone,
+> {
+    let retry = steadfast::RetryLayer::builder()
+        .name("storm")
+        .classify(GrpcErrorsAsFailures::new())
+        .replay(steadfast::grpc::GrpcReplay::new())
+        .max_attempts(3)
+        .backoff(Backoff::constant(Duration::from_millis(1)))
+        .max_pushback(Duration::from_secs(1))
+        .budget(budget)
+        .build()
+        .expect("a valid retry");
+    HealthClient::new(
+        ServiceBuilder::new()
+            .layer(GrpcStatusLayer::new())
+            .map_request(steadfast::grpc::replayable)
+            .layer(retry)
+            .map_request(steadfast::grpc::into_tonic_body)
+            .service(channel(addr)),
+    )
+}
+
+#[tokio::test]
+async fn the_budget_caps_a_retry_storm_and_pushback_is_honoured() {
+    let server = start().await;
+    server.down.store(true, Ordering::Relaxed);
+    let seen = |s: &Server1| s.modes.seen.lock().expect("not poisoned").len();
+    let budget = Arc::new(
+        steadfast::budget::RetryBudget::builder()
+            .name("storm")
+            .ratio(0.1)
+            .min_per_sec(1)
+            .build()
+            .expect("a valid budget"),
+    );
+    let mut client = retrying_with(server.addr, budget.clone());
+    const CALLS: usize = 100;
+    for _ in 0..CALLS {
+        let status = client.check(check("")).await.expect_err("down");
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    // Unbudgeted, 3 attempts each: 300. The budget allows 10% of the
+    // calls and its floor (1/s over its 10 s window) on top.
+    let attempts = seen(&server);
+    assert!(
+        attempts > CALLS && attempts <= CALLS + CALLS / 10 + 10 + 1,
+        "{attempts} attempts for {CALLS} calls"
+    );
+
+    // A pushback that says "do not retry" (gRFC A6: negative): one attempt.
+    let roomy = Arc::new(
+        steadfast::budget::RetryBudget::builder()
+            .name("roomy")
+            .build()
+            .expect("a valid budget"),
+    );
+    let mut client = retrying_with(server.addr, roomy);
+    *server.pushback.lock().expect("not poisoned") = Some("-1");
+    let before = seen(&server);
+    client.check(check("")).await.expect_err("down");
+    assert_eq!(
+        seen(&server) - before,
+        1,
+        "a negative pushback stops retries"
+    );
+
+    // A pushback of 50 ms: the retry waits at least that long.
+    *server.pushback.lock().expect("not poisoned") = Some("50");
+    let before = seen(&server);
+    let started = std::time::Instant::now();
+    client.check(check("")).await.expect_err("down");
+    assert_eq!(seen(&server) - before, 3, "retried after each pushback");
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "two waits of 50 ms"
+    );
+}
