@@ -889,7 +889,7 @@ async fn the_budget_caps_a_retry_storm_and_pushback_is_honoured() {
     // A pushback of 50 ms: the retry waits at least that long.
     *server.pushback.lock().expect("not poisoned") = Some("50");
     let before = seen(&server);
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     client.check(check("")).await.expect_err("down");
     assert_eq!(seen(&server) - before, 3, "retried after each pushback");
     assert!(
