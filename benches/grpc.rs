@@ -15,7 +15,7 @@
 //! - `steadfast`: `GrpcStatusLayer` → `replayable` → `RetryLayer` with
 //!   `GrpcErrorsAsFailures` and `GrpcReplay` (up to 3 attempts, a budget)
 //!   → `into_tonic_body` → the server;
-//! - `tower`: the same maps around `tower::retry::Retry` with a policy
+//! - `tower`: the same layers around `tower::retry::Retry` with a policy
 //!   that does what steadfast's retry does for a call: copies the request
 //!   through the same `ReplayBody`, retries a trailers-only `UNAVAILABLE`
 //!   or an error (up to 3 attempts), deposits into a `TpsBudget` once per
@@ -134,6 +134,7 @@ fn calls(c: &mut Criterion) {
     };
     let mut tower = HealthClient::new(
         ServiceBuilder::new()
+            .layer(GrpcStatusLayer::new())
             .map_request(replayable)
             .layer(tower::retry::RetryLayer::new(policy))
             .map_request(into_tonic_body)

@@ -56,6 +56,9 @@ const PHASE: Duration = Duration::from_millis(2_500);
 const CALLERS: usize = 4;
 /// The pause between a caller's calls.
 const PAUSE: Duration = Duration::from_millis(5);
+/// How often, and how far apart, a server tries to take its port.
+const BIND_TRIES: u32 = 50;
+const BIND_PAUSE: Duration = Duration::from_millis(100);
 /// The replicas' names, in order.
 const NAMES: [&str; 3] = ["a", "b", "c"];
 
@@ -83,9 +86,7 @@ fn serve(port: u16) {
         reporter
             .set_service_status(CHECKED, ServingStatus::Serving)
             .await;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .expect("the port is free");
+        let listener = bind(port).await;
         let (lines, mut control) = tokio::sync::mpsc::unbounded_channel();
         std::thread::spawn(move || {
             for line in std::io::stdin().lock().lines() {
@@ -113,6 +114,20 @@ fn serve(port: u16) {
             .await
             .expect("the server runs");
     });
+}
+
+/// A listener on `port`, waiting up to 5 s for it to be free (a restarted
+/// server takes its port back; a client reconnecting to it may hold it
+/// for a moment).
+async fn bind(port: u16) -> tokio::net::TcpListener {
+    for _ in 0..BIND_TRIES {
+        if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            return listener;
+        }
+        tokio::time::sleep(BIND_PAUSE).await;
+    }
+    eprintln!("port {port} stayed taken");
+    std::process::exit(2);
 }
 
 /// One server process.

@@ -8,7 +8,8 @@
 //! - `GrpcClient` (feature `grpc`): [`HttpClient`]'s stack over a tonic
 //!   `Channel`, with gRPC's status rules, replay and `tonic::Status` errors.
 //!
-//! Both take any HTTP client service (a hyper-util `Client`, for one).
+//! Both take any HTTP client service (a hyper-util `Client`, for one);
+//! their gRPC flavours take tonic `Channel`s.
 //!
 //! # Why this order
 //!
@@ -33,13 +34,17 @@
 //! succeeds allocates nothing in the stack (copying the request for replay
 //! costs what cloning its headers costs; a clone of the stack first used on
 //! another thread than the one it was cloned from takes a handle of its own
-//! there, one allocation per layer).
+//! there, one allocation per layer). The gRPC flavours mark repeats with
+//! `grpc-previous-rpc-attempts` instead, and their body maps box each
+//! attempt's body as tonic does.
 
 #[cfg(feature = "grpc")]
 mod grpc;
 
 #[cfg(feature = "grpc")]
-pub use self::grpc::{GrpcClient, GrpcClientLayer, GrpcClientService, GrpcReplicaStackService};
+pub use self::grpc::{
+    GrpcClient, GrpcClientLayer, GrpcClientService, GrpcReplicaStackParts, GrpcReplicaStackService,
+};
 
 use std::future::Future;
 use std::hash::Hash;
@@ -295,7 +300,7 @@ pub struct ReplicaStack {
     pub(crate) breaker: Option<crate::circuit_breaker::Builder>,
 }
 
-/// What [`ReplicaStack::build`] gives: the service, the pool's handle, and
+/// What [`ReplicaStack::build`] (and `build_grpc`) gives: the service, the pool's handle, and
 /// the futures to spawn (health checks, and for large fleets the upkeep).
 pub struct ReplicaStackParts<K, S, Svc = ReplicaStackService<K, S>> {
     /// The stack, to call.
@@ -397,7 +402,8 @@ impl ReplicaStack {
 
     /// Gives every replica a circuit breaker built from `breaker` (named
     /// `<stack>/<replica>`), judging each attempt on that replica with the
-    /// stack's classifier (5xx are failures): a replica whose breaker is
+    /// stack's classifier (5xx are failures; with `build_grpc`, the gRPC
+    /// failures): a replica whose breaker is
     /// open takes no traffic until its probes pass. Off by default, as
     /// outlier detection already takes a failing replica out.
     ///

@@ -34,17 +34,21 @@ type IntoTonic = fn(Request<ReplayBody<TonicBody>>) -> Request<TonicBody>;
 ///
 /// | setting | default | why |
 /// |---|---|---|
-/// | total timeout | 10 s | what a caller will wait, retries included; every attempt's `grpc-timeout` is the time left |
+/// | total timeout | 10 s | what a caller will wait, retries included |
 /// | attempt timeout | 2 s | three attempts and their backoff fit in the total |
-/// | max attempts | 3 | the first and two retries, on `UNAVAILABLE` (gRFC A6) |
+/// | max attempts | 3 | the first and two retries: on `UNAVAILABLE` (gRFC A6), an attempt timeout or a transport error |
 /// | retry budget | 20% extra, 10/s floor | caps the load when everything fails |
 /// | breaker | 50% failures over the last 30 s, at least 10 calls; open 5 s doubling to 60 s | as [`HttpClient`] |
 ///
 /// Outermost, [`GrpcStatusLayer`] gives the caller a `tonic::Status` for
-/// every error of the stack: an open circuit or a spent budget is
-/// `UNAVAILABLE` with `grpc-retry-pushback-ms`, a timeout
-/// `DEADLINE_EXCEEDED`. Every method is retried ([`GrpcReplay`]) unless
-/// the request carries `Idempotent(false)`.
+/// every error of the stack: an open circuit is `UNAVAILABLE` with
+/// `grpc-retry-pushback-ms`, a timeout `DEADLINE_EXCEEDED` (a spent budget
+/// stops the retries and the caller gets the last attempt's own status).
+/// Every method is retried ([`GrpcReplay`]), after an attempt timeout too,
+/// when a call may still be running on the server: give a method that must
+/// not run twice `Idempotent(false)` on its request. When the caller sets a
+/// deadline (`tonic::Request::set_timeout`), each retry carries the time
+/// left of it in `grpc-timeout`; the preset's own timeouts are not sent.
 ///
 /// ```
 /// use steadfast::presets::GrpcClient;
@@ -197,6 +201,9 @@ impl<S> Layer<S> for GrpcClientLayer {
     }
 }
 
+/// What [`ReplicaStack::build_grpc`] gives over channels `S`.
+pub type GrpcReplicaStackParts<K, S> = ReplicaStackParts<K, S, GrpcReplicaStackService<K, S>>;
+
 /// The service [`ReplicaStack::build_grpc`] builds over channels `S`.
 pub type GrpcReplicaStackService<K, S> = GrpcStatus<
     MapRequest<
@@ -226,7 +233,10 @@ impl ReplicaStack {
     /// each attempt with the time left in `grpc-timeout`), and
     /// [`GrpcStatusLayer`] on top gives the caller a `tonic::Status` for
     /// every error of the stack. A unary call is hedged; a client stream
-    /// still uploading is not (see [`GrpcReplay`]).
+    /// still uploading is not (see [`GrpcReplay`]). As with
+    /// [`GrpcClient`], a method that must not run twice needs
+    /// `Idempotent(false)` on its request, and `grpc-timeout` is rewritten
+    /// only when the caller set one.
     ///
     /// ```
     /// use steadfast::grpc::GrpcCheck;
@@ -255,7 +265,7 @@ impl ReplicaStack {
     pub fn build_grpc<K, S>(
         self,
         replicas: impl IntoIterator<Item = (K, Replica<S>)>,
-    ) -> Result<ReplicaStackParts<K, S, GrpcReplicaStackService<K, S>>, ConfigError>
+    ) -> Result<GrpcReplicaStackParts<K, S>, ConfigError>
     where
         K: Clone + Eq + Hash + std::fmt::Display + Send + Sync + 'static,
         S: Clone + Send + Sync + 'static,
