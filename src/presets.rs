@@ -157,6 +157,22 @@ impl HttpClient {
     /// A [`ConfigError`]: an attempt timeout not below the total, a breaker
     /// window under twice the attempt timeout, or an invalid part.
     pub fn build(self) -> Result<HttpClientLayer, ConfigError> {
+        let (retry, breaker) = self.layers(ServerErrorsAsFailures::new(), REPLAY)?;
+        Ok(HttpClientLayer {
+            total: self.total_timeout,
+            attempt: self.attempt_timeout,
+            retry,
+            breaker,
+        })
+    }
+
+    /// The stack's retry and breaker from these settings, checked, judging
+    /// by `classify` and copying by `replay` (the HTTP and gRPC flavours).
+    pub(crate) fn layers<C: Clone, R>(
+        &self,
+        classify: C,
+        replay: R,
+    ) -> Result<(RetryLayer<C, R>, CircuitBreakerLayer<C>), ConfigError> {
         self.check()?;
         let budget = match &self.budget {
             Some(b) => b.clone(),
@@ -164,8 +180,8 @@ impl HttpClient {
         };
         let retry = RetryLayer::builder()
             .name(&*self.name)
-            .classify(ServerErrorsAsFailures::new())
-            .replay(REPLAY)
+            .classify(classify.clone())
+            .replay(replay)
             .max_attempts(self.max_attempts)
             .backoff(
                 Backoff::exponential(Duration::from_millis(50), Duration::from_secs(1))
@@ -176,15 +192,10 @@ impl HttpClient {
             .build()?;
         let breaker = self
             .breaker_settings()
-            .classify(ServerErrorsAsFailures::new())
+            .classify(classify)
             .build()
             .map_err(|e| e.within("breaker"))?;
-        Ok(HttpClientLayer {
-            total: self.total_timeout,
-            attempt: self.attempt_timeout,
-            retry,
-            breaker,
-        })
+        Ok((retry, breaker))
     }
 }
 

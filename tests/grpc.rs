@@ -498,7 +498,8 @@ async fn a_watching_check_follows_the_stream_and_opens_it_again() {
 }
 
 /// The stack a retrying gRPC client builds: statuses for the caller, a
-/// replayable body, a retry that reads gRPC statuses, a `Channel`.
+/// replayable body, a retry that reads gRPC statuses, a `Channel`; with a
+/// budget of the defaults.
 fn retrying(
     addr: SocketAddr,
 ) -> HealthClient<
@@ -509,21 +510,11 @@ fn retrying(
         Future = impl Send,
     > + Clone,
 > {
-    let retry = steadfast::RetryLayer::builder()
+    let budget = steadfast::budget::RetryBudget::builder()
         .name("health")
-        .classify(GrpcErrorsAsFailures::new())
-        .replay(steadfast::grpc::GrpcReplay::new())
-        .max_attempts(3)
-        .backoff(Backoff::constant(Duration::from_millis(1)))
         .build()
-        .expect("a valid retry");
-    let stack = ServiceBuilder::new()
-        .layer(GrpcStatusLayer::new())
-        .map_request(steadfast::grpc::replayable)
-        .layer(retry)
-        .map_request(steadfast::grpc::into_tonic_body)
-        .service(channel(addr));
-    HealthClient::new(stack)
+        .expect("a valid budget");
+    retrying_with(addr, Arc::new(budget))
 }
 
 #[tokio::test]

@@ -10,7 +10,6 @@ use tower::timeout::{Timeout, TimeoutLayer};
 use tower::util::MapRequest;
 
 use super::{HttpClient, ReplicaStack, ReplicaStackParts};
-use crate::backoff::{Backoff, Jitter};
 use crate::budget::RetryBudget;
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::classify::GrpcErrorsAsFailures;
@@ -122,28 +121,7 @@ impl GrpcClient {
     /// A [`ConfigError`]: what [`HttpClient::build`] refuses.
     pub fn build(self) -> Result<GrpcClientLayer, ConfigError> {
         let s = &self.settings;
-        s.check()?;
-        let budget = match &s.budget {
-            Some(b) => b.clone(),
-            None => Arc::new(RetryBudget::builder().name(&*s.name).build()?),
-        };
-        let retry = RetryLayer::builder()
-            .name(&*s.name)
-            .classify(GrpcErrorsAsFailures::new())
-            .replay(GrpcReplay::new())
-            .max_attempts(s.max_attempts)
-            .backoff(
-                Backoff::exponential(Duration::from_millis(50), Duration::from_secs(1))
-                    .jitter(Jitter::Full),
-            )
-            .budget(budget)
-            .deadline(s.total_timeout)
-            .build()?;
-        let breaker = s
-            .breaker_settings()
-            .classify(GrpcErrorsAsFailures::new())
-            .build()
-            .map_err(|e| e.within("breaker"))?;
+        let (retry, breaker) = s.layers(GrpcErrorsAsFailures::new(), GrpcReplay::new())?;
         Ok(GrpcClientLayer {
             total: s.total_timeout,
             attempt: s.attempt_timeout,
