@@ -48,6 +48,9 @@ struct Modes {
     hang: AtomicBool,
     /// Calls still to answer `UNAVAILABLE` before the service answers.
     fail_first: std::sync::atomic::AtomicUsize,
+    /// Answers the service's headers and first message, then ends with
+    /// `UNAVAILABLE` in the trailers: a failure seen only at the end.
+    fail_in_trailers: AtomicBool,
     /// Each call's `grpc-timeout` and `grpc-previous-rpc-attempts`.
     seen: Mutex<Vec<(Option<String>, Option<String>)>>,
 }
@@ -85,6 +88,19 @@ where
         if self.modes.hang.load(Ordering::Relaxed) {
             return Box::pin(std::future::pending());
         }
+        if self.modes.fail_in_trailers.load(Ordering::Relaxed) {
+            let call = self.inner.call(req);
+            return Box::pin(async move {
+                let res = call.await?;
+                Ok(res.map(|inner| {
+                    Body::new(FailAfterData {
+                        inner,
+                        data_sent: false,
+                        over: false,
+                    })
+                }))
+            });
+        }
         if self.modes.unimplemented.load(Ordering::Relaxed) {
             let res = tonic::Status::unimplemented("no such service").into_http();
             return Box::pin(async move { Ok(res) });
@@ -99,6 +115,44 @@ where
             return Box::pin(async move { Ok(res) });
         }
         Box::pin(self.inner.call(req))
+    }
+}
+
+/// A response body that passes its first message on, then ends with
+/// trailers that say `UNAVAILABLE`.
+struct FailAfterData {
+    inner: Body,
+    data_sent: bool,
+    over: bool,
+}
+
+impl http_body::Body for FailAfterData {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if this.over {
+            return Poll::Ready(None);
+        }
+        if this.data_sent {
+            this.over = true;
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+            trailers.insert(
+                "grpc-message",
+                http::HeaderValue::from_static("failed after data"),
+            );
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        }
+        let frame = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_frame(cx));
+        if matches!(&frame, Some(Ok(f)) if f.is_data()) {
+            this.data_sent = true;
+        }
+        Poll::Ready(frame)
     }
 }
 
@@ -885,4 +939,159 @@ async fn the_budget_caps_a_retry_storm_and_pushback_is_honoured() {
         started.elapsed() >= Duration::from_millis(100),
         "two waits of 50 ms"
     );
+}
+
+#[tokio::test]
+async fn a_status_in_trailers_is_judged_when_the_body_ends() {
+    // The server answers each call's headers and message, then ends it
+    // with UNAVAILABLE in the trailers. The breaker sees those failures
+    // when the bodies end, and opens; the retry above it, seeing data,
+    // does not send any call twice.
+    let server = start().await;
+    let breaker = CircuitBreakerLayer::builder()
+        .name("trailers")
+        .classify(GrpcErrorsAsFailures::new())
+        .window(SlidingWindow::count(4))
+        .min_calls(4)
+        .open_backoff(Backoff::constant(Duration::from_secs(30)))
+        .build()
+        .expect("a valid breaker");
+    let circuit = breaker.circuit().clone();
+    let mut client = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(GrpcStatusLayer::new())
+            .layer(breaker)
+            .service(channel(server.addr)),
+    );
+
+    // Healthy bodies read to their end: successes.
+    for _ in 0..2 {
+        client.check(check("")).await.expect("serving");
+    }
+    assert_eq!(circuit.snapshot().calls, 2);
+    assert_eq!(circuit.snapshot().failures, 0);
+
+    // A stream dropped after its first message counts as neither.
+    for _ in 0..3 {
+        let mut watch = client
+            .watch(check(""))
+            .await
+            .expect("watching")
+            .into_inner();
+        assert_eq!(next(&mut watch).await, ServingStatus::Serving as i32);
+    }
+    assert_eq!(
+        circuit.snapshot().calls,
+        2,
+        "dropped streams count as neither"
+    );
+
+    circuit.reset();
+    server.modes.fail_in_trailers.store(true, Ordering::Relaxed);
+    let before = server.modes.seen.lock().expect("not poisoned").len();
+    for _ in 0..4 {
+        let status = client
+            .check(check(""))
+            .await
+            .expect_err("failed after data");
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "failed after data");
+    }
+    assert_eq!(circuit.state(), State::Open, "{:?}", circuit.snapshot());
+    let seen = server.modes.seen.lock().expect("not poisoned").len();
+    assert_eq!(seen - before, 4, "each call sent once");
+    let status = client.check(check("")).await.expect_err("open");
+    assert_eq!(status.message(), "circuit `trailers` is open");
+}
+
+#[tokio::test]
+async fn a_replica_that_fails_after_its_data_is_ejected() {
+    // One replica of three answers every call's message, then UNAVAILABLE
+    // in its trailers. The calls it takes fail (they are committed: the
+    // retry above the pool does not send them again), and the pool's
+    // outlier detection, told at each body's end, ejects it.
+    let servers = [start().await, start().await, start().await];
+    for s in &servers {
+        s.reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+    }
+    let faulty = &servers[0];
+    faulty.modes.fail_in_trailers.store(true, Ordering::Relaxed);
+    let parts = grpc_fleet(&servers, false);
+    let mut client = HealthClient::new(parts.service.clone());
+    let health = || {
+        parts
+            .handle
+            .snapshot()
+            .into_iter()
+            .find(|r| r.id == "a")
+            .map(|r| r.health)
+            .expect("the replica")
+    };
+    let (mut calls, mut failed) = (0, 0);
+    // Calls until it is ejected, bounded (about 1 ms a call here).
+    while !matches!(health(), Health::Ejected { .. }) && calls < 5_000 {
+        let mut request = tonic::Request::new(check(""));
+        request.set_timeout(Duration::from_secs(5));
+        if let Err(status) = client.check(request).await {
+            assert_eq!(status.message(), "failed after data");
+            failed += 1;
+        }
+        calls += 1;
+    }
+    assert!(
+        matches!(health(), Health::Ejected { .. }),
+        "{:?} after {calls} calls, {failed} failed",
+        health()
+    );
+    assert!((1..=10).contains(&failed), "{failed} calls failed");
+    let seen = faulty.modes.seen.lock().expect("not poisoned").clone();
+    assert!(
+        seen.iter().all(|(_, previous)| previous.is_none()),
+        "no call was sent again: {seen:?}"
+    );
+    // Once it is out, every call answers.
+    calls_all_answer(parts.service, 20).await;
+}
+
+#[tokio::test]
+async fn a_pool_counts_a_stream_in_flight_until_its_body_ends() {
+    // A `Watch` stream holds its replica's count of calls in flight while
+    // it is open; dropped before its end, it gives it back and counts as
+    // neither a success nor a failure.
+    let server = start().await;
+    server
+        .reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    let pool = Pool::builder()
+        .name("streams")
+        .classify(GrpcErrorsAsFailures::new())
+        .build([("a", Replica::new(channel(server.addr)))])
+        .expect("a valid pool");
+    let handle = pool.handle();
+    let replica = || handle.snapshot().into_iter().next().expect("the replica");
+    let mut client = HealthClient::new(pool);
+    let mut watch = client
+        .watch(check(""))
+        .await
+        .expect("watching")
+        .into_inner();
+    assert_eq!(next(&mut watch).await, ServingStatus::Serving as i32);
+    assert_eq!(replica().in_flight, 1, "counted while the stream is open");
+    drop(watch);
+    assert_eq!(replica().in_flight, 0, "given back when it is dropped");
+    assert_eq!(replica().health, Health::Healthy);
+
+    // Ended by the server with UNAVAILABLE after its message: a failure,
+    // told when the body ended.
+    server.modes.fail_in_trailers.store(true, Ordering::Relaxed);
+    let status = client
+        .check(check(""))
+        .await
+        .expect_err("failed after data");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(replica().in_flight, 0);
+    assert_eq!(replica().health, Health::Failing { in_a_row: 1 });
 }

@@ -396,6 +396,12 @@ impl Circuit {
         Some(CircuitOpen::new(shared.name.clone(), retry_after))
     }
 
+    /// An admitted call answered and is judged when its response's body
+    /// ends (see [`Shared::answered`]).
+    pub(crate) fn answered(&self, permit: &mut CircuitPermit) {
+        self.shared.answered(&mut permit.0);
+    }
+
     /// Records the outcome of an admitted call.
     pub(crate) fn complete(&self, permit: CircuitPermit, verdict: Verdict) {
         self.shared.complete(&permit.0, verdict);
@@ -513,6 +519,24 @@ impl Shared {
                 }
             }
             Role::Passive => {}
+        }
+    }
+
+    /// An admitted call answered, and its verdict waits for the end of its
+    /// response's body (`Classify::defer`): whether it was slow is decided
+    /// now, by the time it took to answer, not by how long its body
+    /// streams. A call that answered in time stops its clock; one that
+    /// was already slow keeps it, and is slow when it completes.
+    pub(super) fn answered(&self, permit: &mut Permit) {
+        let Some((threshold, _)) = self.rules.load().config.slow_calls else {
+            return;
+        };
+        if permit.started == Permit::UNTIMED {
+            return;
+        }
+        let elapsed = self.clock_ns().saturating_sub(permit.started);
+        if u128::from(elapsed) < threshold.as_nanos() {
+            permit.started = Permit::UNTIMED;
         }
     }
 

@@ -8,7 +8,7 @@ use pin_project_lite::pin_project;
 
 use super::Circuit;
 use super::circuit::Permit;
-use crate::classify::Classify;
+use crate::classify::{AtEnd, Classify, Verdict};
 use crate::error::{BoxError, CircuitOpen};
 use crate::per_clone::PerClone;
 
@@ -70,6 +70,59 @@ impl<C> Guard<C> {
     }
 }
 
+/// An admitted call that answered and is judged when its response's body
+/// ends ([`Classify::defer`]): its admission, kept until then.
+#[derive(Debug)]
+struct Answered {
+    circuit: Circuit,
+    permit: Permit,
+    told: bool,
+}
+
+impl AtEnd for Answered {
+    fn verdict(mut self, verdict: Verdict) {
+        self.circuit.shared.complete(&self.permit, verdict);
+        self.told = true;
+    }
+}
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        if !self.told {
+            self.circuit.shared.release(self.permit);
+        }
+    }
+}
+
+impl<C> Guard<C> {
+    /// Judges the call's `result`, now or, for a response whose outcome
+    /// arrives at the end of its body, then.
+    fn judge<T, E>(&mut self, result: &mut Result<T, E>)
+    where
+        C: Classify<T, E>,
+    {
+        let local = &self.local;
+        let permit = self.permit;
+        let deferred = match result {
+            Ok(response) => local.classifier.defer(response, || {
+                let mut permit = permit;
+                local.circuit.shared.answered(&mut permit);
+                Answered {
+                    circuit: local.circuit.clone(),
+                    permit,
+                    told: false,
+                }
+            }),
+            Err(_) => false,
+        };
+        if !deferred {
+            let verdict = local.classifier.classify(result.as_ref());
+            local.circuit.shared.complete(&self.permit, verdict);
+        }
+        self.done = true;
+    }
+}
+
 impl<C> Drop for Guard<C> {
     fn drop(&mut self) {
         if !self.done {
@@ -108,12 +161,9 @@ where
         let this = self.project();
         match this.kind.project() {
             KindProj::Called { future } => {
-                let result = ready!(future.poll(cx));
+                let mut result = ready!(future.poll(cx));
                 if let Some(guard) = this.guard.as_mut() {
-                    let local = &guard.local;
-                    let verdict = local.classifier.classify(result.as_ref());
-                    local.circuit.shared.complete(&guard.permit, verdict);
-                    guard.done = true;
+                    guard.judge(&mut result);
                 }
                 *this.guard = None;
                 Poll::Ready(result.map_err(Into::into))

@@ -2,12 +2,14 @@
 
 use std::any::Any;
 use std::error::Error;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::HeaderMap;
 use tonic::Code;
 
-use super::{Classify, Verdict};
+use super::{AtEnd, Classify, Verdict};
 use crate::error::{BoxError, ConfigError};
 
 /// The header a gRPC server sends with a trailers-only response to say
@@ -57,7 +59,7 @@ const RETRYABLE: Codes = Codes::of(&[Code::Unavailable]);
 ///
 /// | status | outcome | another attempt |
 /// |---|---|---|
-/// | `OK`, or no status yet (it comes in the trailers, after the messages) | success | — |
+/// | `OK` | success | — |
 /// | `UNAVAILABLE` | failure | yes (and the codes added with [`retry_on`](Self::retry_on)) |
 /// | `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `INTERNAL`, `UNKNOWN`, `DATA_LOSS` | failure | no |
 /// | `CANCELLED` | neither | no |
@@ -67,7 +69,17 @@ const RETRYABLE: Codes = Codes::of(&[Code::Unavailable]);
 /// `grpc-status` in the headers, what a server sends for an error before
 /// any message. Once headers without a status arrive, messages follow and
 /// the call is committed: it is not retried (gRFC A6), and its status
-/// comes in the trailers. A response that is not HTTP 200 (a proxy
+/// comes in the trailers.
+///
+/// That status is judged when the body ends ([`Classify::defer`]): the
+/// layers that record outcomes (a circuit breaker, a pool's replicas and
+/// their outlier detection) wrap a `tonic::body::Body` in place, and are
+/// told the trailers' status, the error that cut the body off, or
+/// `UNKNOWN` for a body that ended without a status. A body dropped
+/// before its end counts as neither; the breaker's slow-call rule and the
+/// pool's latency take the time to the headers, not the length of the
+/// stream. The layers that decide on an answer (retry, hedge) see a
+/// committed call as a success. A response that is not HTTP 200 (a proxy
 /// answered) is mapped as gRPC maps HTTP statuses (502, 503, 504 and 429
 /// to `UNAVAILABLE`). A malformed `grpc-status` reads as `UNKNOWN`;
 /// nothing in the headers can make this panic.
@@ -236,7 +248,72 @@ fn as_error<E: 'static>(err: &E) -> Option<&(dyn Error + 'static)> {
     None
 }
 
-impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcErrorsAsFailures {
+/// A gRPC response's body, watched for the status that ends it: told to
+/// an [`AtEnd`] from its trailers, or from the error that cut it off.
+struct StatusAtEnd<J> {
+    inner: tonic::body::Body,
+    at_end: Option<J>,
+    classifier: GrpcErrorsAsFailures,
+}
+
+impl<J: AtEnd> StatusAtEnd<J> {
+    fn tell(&mut self, verdict: Verdict) {
+        if let Some(at_end) = self.at_end.take() {
+            at_end.verdict(verdict);
+        }
+    }
+
+    /// The verdict of the status in `trailers`. None there is a broken
+    /// call, `UNKNOWN` as gRPC reads it.
+    fn of_trailers(&self, trailers: &HeaderMap) -> Verdict {
+        let code = trailers
+            .get("grpc-status")
+            .map_or(Code::Unknown, |value| Code::from_bytes(value.as_bytes()));
+        self.classifier
+            .with_pushback(self.classifier.judge(code), trailers)
+    }
+}
+
+impl<J: AtEnd> http_body::Body for StatusAtEnd<J> {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        // Every field is `Unpin` but the `AtEnd`, which is never pinned.
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let verdict = this.of_trailers(trailers);
+                    this.tell(verdict);
+                }
+            }
+            Some(Err(status)) => {
+                let verdict = this.classifier.judge(status.code());
+                this.tell(verdict);
+            }
+            // The end without trailers: no status came.
+            None => this.tell(this.classifier.judge(Code::Unknown)),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<J> Unpin for StatusAtEnd<J> {}
+
+impl<B: 'static, E: 'static> Classify<http::Response<B>, E> for GrpcErrorsAsFailures {
     fn classify(&self, result: Result<&http::Response<B>, &E>) -> Verdict {
         match result {
             Ok(res) => match response_code(res) {
@@ -253,6 +330,37 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for GrpcErrorsAsFailures {
                 None => Verdict::retryable_failure(),
             },
         }
+    }
+
+    /// A response with headers but no status in them carries its status
+    /// in trailers, after its messages: its body, a `tonic::body::Body`
+    /// (what a tonic `Channel` answers), is wrapped in place to tell
+    /// `at_end` the verdict of that status, or of the error that cuts the
+    /// body off. Trailers-only responses and bodies of other types are
+    /// judged at once.
+    fn defer<J: AtEnd>(
+        &self,
+        response: &mut http::Response<B>,
+        at_end: impl FnOnce() -> J,
+    ) -> bool {
+        if response_code(response).is_some() {
+            return false;
+        }
+        let body: &mut dyn Any = response.body_mut();
+        let Some(body) = body.downcast_mut::<tonic::body::Body>() else {
+            return false;
+        };
+        // Already over: there are no trailers to wait for.
+        if http_body::Body::is_end_stream(body) {
+            return false;
+        }
+        let inner = std::mem::take(body);
+        *body = tonic::body::Body::new(StatusAtEnd {
+            inner,
+            at_end: Some(at_end()),
+            classifier: *self,
+        });
+        true
     }
 }
 
@@ -400,5 +508,158 @@ mod tests {
                 .max_pushback(Duration::ZERO)
                 .is_err()
         );
+    }
+
+    /// What an [`AtEnd`] was told: `None` while untold, and whether it was
+    /// dropped.
+    #[derive(Default)]
+    struct Told {
+        verdict: std::sync::Mutex<Option<Verdict>>,
+        dropped: std::sync::atomic::AtomicBool,
+    }
+
+    struct Tell(std::sync::Arc<Told>);
+
+    impl AtEnd for Tell {
+        fn verdict(self, verdict: Verdict) {
+            *self.0.verdict.lock().expect("not poisoned") = Some(verdict);
+        }
+    }
+
+    impl Drop for Tell {
+        fn drop(&mut self) {
+            self.0
+                .dropped
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    type Frames = Vec<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>;
+
+    /// A response with headers only (no `grpc-status`), its body `frames`,
+    /// deferred: what its `AtEnd` was told, if it was deferred.
+    fn deferred(
+        frames: Frames,
+    ) -> (
+        http::Response<tonic::body::Body>,
+        Option<std::sync::Arc<Told>>,
+    ) {
+        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+        let mut res = http::Response::new(tonic::body::Body::new(body));
+        let told = std::sync::Arc::new(Told::default());
+        let deferred =
+            Classify::<_, BoxError>::defer(&GrpcErrorsAsFailures::new(), &mut res, || {
+                Tell(told.clone())
+            });
+        (res, deferred.then_some(told))
+    }
+
+    fn read_to_end(res: http::Response<tonic::body::Body>) {
+        use http_body_util::BodyExt;
+        let mut body = res.into_body();
+        futures::executor::block_on(async {
+            while let Some(frame) = body.frame().await {
+                if frame.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    fn data() -> Result<http_body::Frame<bytes::Bytes>, tonic::Status> {
+        Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            b"\0\0\0\0\0",
+        )))
+    }
+
+    fn trailers(status: &'static str) -> Result<http_body::Frame<bytes::Bytes>, tonic::Status> {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static(status));
+        Ok(http_body::Frame::trailers(trailers))
+    }
+
+    fn told(told: &Told) -> Option<Verdict> {
+        *told.verdict.lock().expect("not poisoned")
+    }
+
+    #[test]
+    fn a_status_in_trailers_is_told_when_the_body_ends() {
+        let (res, t) = deferred(vec![data(), trailers("14")]);
+        let t = t.expect("deferred");
+        assert_eq!(told(&t), None, "not before the end");
+        read_to_end(res);
+        let v = told(&t).expect("told");
+        assert!(v.is_failure() && v.is_retryable());
+
+        let (res, t) = deferred(vec![data(), trailers("0")]);
+        read_to_end(res);
+        assert!(told(&t.expect("deferred")).expect("told").is_success());
+
+        let (res, t) = deferred(vec![data(), trailers("5")]);
+        read_to_end(res);
+        let v = told(&t.expect("deferred")).expect("told");
+        assert_eq!(v.outcome(), Outcome::Success, "NOT_FOUND is the caller's");
+    }
+
+    #[test]
+    fn a_body_cut_off_or_without_a_status_is_a_failure() {
+        let (res, t) = deferred(vec![data(), Err(tonic::Status::internal("reset"))]);
+        read_to_end(res);
+        let v = told(&t.expect("deferred")).expect("told");
+        assert!(v.is_failure() && !v.is_retryable());
+
+        // No trailers at all: no status came, UNKNOWN.
+        let (res, t) = deferred(vec![data()]);
+        read_to_end(res);
+        let v = told(&t.expect("deferred")).expect("told");
+        assert!(v.is_failure());
+
+        // Trailers without a status (or a garbled one).
+        let mut empty = HeaderMap::new();
+        empty.insert("grpc-message", http::HeaderValue::from_static("?"));
+        let (res, t) = deferred(vec![data(), Ok(http_body::Frame::trailers(empty))]);
+        read_to_end(res);
+        assert!(told(&t.expect("deferred")).expect("told").is_failure());
+        let (res, t) = deferred(vec![data(), trailers("garbage")]);
+        read_to_end(res);
+        assert!(told(&t.expect("deferred")).expect("told").is_failure());
+    }
+
+    #[test]
+    fn a_body_dropped_before_its_end_is_told_nothing() {
+        let (res, t) = deferred(vec![data(), trailers("14")]);
+        let t = t.expect("deferred");
+        drop(res);
+        assert_eq!(told(&t), None);
+        assert!(t.dropped.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
+    #[test]
+    fn what_is_known_at_once_is_not_deferred() {
+        let c = GrpcErrorsAsFailures::new();
+        // Trailers-only: the status is in the headers.
+        let mut res = trailers_only("14", &[]).map(|()| tonic::body::Body::empty());
+        assert!(!Classify::<_, BoxError>::defer(&c, &mut res, || -> Tell {
+            unreachable!()
+        }));
+        // An HTTP error from a proxy.
+        let mut res = http::Response::builder()
+            .status(503)
+            .body(tonic::body::Body::new(http_body_util::Full::new(
+                bytes::Bytes::from_static(b"x"),
+            )))
+            .expect("a response");
+        assert!(!Classify::<_, BoxError>::defer(&c, &mut res, || -> Tell {
+            unreachable!()
+        }));
+        // A body that already ended, and a body of another type.
+        let mut res = http::Response::new(tonic::body::Body::empty());
+        assert!(!Classify::<_, BoxError>::defer(&c, &mut res, || -> Tell {
+            unreachable!()
+        }));
+        let mut res = http::Response::new(String::from("not a tonic body"));
+        assert!(!Classify::<_, BoxError>::defer(&c, &mut res, || -> Tell {
+            unreachable!()
+        }));
     }
 }

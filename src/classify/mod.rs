@@ -19,7 +19,9 @@
 //!   failures, `Retry-After` becomes a pushback.
 //! - Any closure `Fn(Result<&Res, &E>) -> Verdict`.
 //!
-//! The gRPC classifier comes with the gRPC integration (planned).
+//! - `GrpcErrorsAsFailures` (feature `grpc`): the gRPC status of
+//!   trailers-only responses and of `tonic::Status` errors, and a status in
+//!   trailers when the body ends ([`Classify::defer`]).
 //!
 //! Slowness is a separate signal: layers that care about it (the breaker's
 //! slow-call rate) measure durations themselves.
@@ -169,6 +171,39 @@ impl Verdict {
 pub trait Classify<Res, E> {
     /// Classifies one finished call.
     fn classify(&self, result: Result<&Res, &E>) -> Verdict;
+
+    /// Defers the verdict on `response` to the end of its body, for a
+    /// response whose outcome arrives only then (a gRPC status in trailers,
+    /// after the messages): wraps the body so that the [`AtEnd`] made by
+    /// `at_end` is told the verdict when the body ends, and returns `true`.
+    ///
+    /// Returns `false`, without calling `at_end`, when the outcome is known
+    /// now, and [`classify`](Self::classify) judges it: the default, and
+    /// what every classifier but `GrpcErrorsAsFailures` (feature `grpc`)
+    /// does.
+    ///
+    /// The layers that record outcomes (the circuit breaker, a pool's
+    /// replicas) ask it; the layers that decide on an answer (retry,
+    /// hedge) do not: a response with data is committed.
+    ///
+    /// The response's type does not change (its body is wrapped inside its
+    /// own type), so a stack's types are the same with or without it.
+    fn defer<J: AtEnd>(&self, response: &mut Res, at_end: impl FnOnce() -> J) -> bool {
+        let _ = (response, at_end);
+        false
+    }
+}
+
+/// A call whose verdict is told when its response's body ends (see
+/// [`Classify::defer`]).
+///
+/// The layer that recorded the call keeps its part of it (a breaker's
+/// admission, a replica's count of calls in flight) in its `AtEnd` until
+/// then. Dropped untold (the body dropped before its end), the call counts
+/// as neither a success nor a failure.
+pub trait AtEnd: Send + 'static {
+    /// The verdict, now that the body ended.
+    fn verdict(self, verdict: Verdict);
 }
 
 impl<F, Res, E> Classify<Res, E> for F

@@ -261,8 +261,8 @@ impl<C> Builder<C> {
         replicas: impl IntoIterator<Item = (K, Replica<S>)>,
     ) -> Result<Pool<K, S, C>, ConfigError>
     where
-        K: Clone + Eq + Hash + fmt::Display,
-        S: Clone,
+        K: Clone + Eq + Hash + fmt::Display + Send + Sync + 'static,
+        S: Clone + Send + Sync + 'static,
     {
         self.validate()?;
         let base = Instant::now();
@@ -283,7 +283,7 @@ impl<C> Builder<C> {
                     break;
                 }
                 match member(&settings, id, replica, pool.clone()) {
-                    Ok(member) => members.push(Arc::new(member)),
+                    Ok(member) => members.push(member),
                     Err(e) => {
                         error = Some(e);
                         break;
@@ -318,12 +318,16 @@ impl<C> Builder<C> {
 
 /// A new member of a pool with `settings`: its state (and breaker) for
 /// `replica`, which must have a weight of at least 1.
-pub(super) fn member<K: fmt::Display, S>(
+pub(super) fn member<K, S>(
     settings: &Settings,
     id: K,
     replica: Replica<S>,
     pool: Weak<Shared<K, S>>,
-) -> Result<Member<K, S>, ConfigError> {
+) -> Result<Arc<Member<K, S>>, ConfigError>
+where
+    K: fmt::Display + Send + Sync + 'static,
+    S: Send + Sync + 'static,
+{
     let label: Arc<str> = Arc::from(id.to_string());
     if replica.weight == 0 {
         return Err(ConfigError::new(
@@ -345,10 +349,11 @@ pub(super) fn member<K: fmt::Display, S>(
         breaker,
         OUTCOME_WINDOW,
     );
-    Ok(Member {
+    Ok(Arc::new_cyclic(|erased: &Weak<Member<K, S>>| Member {
         id,
         state,
         service: replica.service,
         pool,
-    })
+        erased: erased.clone(),
+    }))
 }

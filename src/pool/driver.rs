@@ -281,7 +281,7 @@ where
                             for m in members.iter().filter(|m| m.id == member.id) {
                                 m.state.admin.store(Admin::Removed, Ordering::Release);
                             }
-                            members.push(Arc::new(member));
+                            members.push(member);
                         });
                     }
                     Change::Remove(id) => update_members(&shared, |members| {

@@ -11,9 +11,9 @@ use tower::Service;
 use tower::util::Oneshot;
 
 use super::replica::RATE;
-use super::shared::Member;
+use super::shared::{ErasedMember, Member, Outcomes};
 use crate::circuit_breaker::CircuitPermit;
-use crate::classify::{Classify, Verdict};
+use crate::classify::{AtEnd, Classify, Verdict};
 use crate::error::{BoxError, NoHealthyReplica};
 use crate::sync::Ordering;
 
@@ -32,7 +32,7 @@ pin_project! {
     {
         #[pin]
         kind: Kind<S, Req>,
-        tracked: Option<Tracked<K, S>>,
+        tracked: Option<Tracked<Member<K, S>>>,
         classifier: Option<C>,
     }
 }
@@ -54,7 +54,10 @@ where
     S: Service<Req>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let replica = self.tracked.as_ref().map(|t| t.member.state.label.clone());
+        let replica = self
+            .tracked
+            .as_ref()
+            .map(|t| t.member.state().label.clone());
         f.debug_struct("ResponseFuture")
             .field("replica", &replica)
             .finish_non_exhaustive()
@@ -62,13 +65,17 @@ where
 }
 
 /// A call in flight on one replica: counted in its load until it ends.
-#[derive(Debug)]
-pub(super) struct Tracked<K, S> {
-    pub(super) member: Arc<Member<K, S>>,
+/// `M` is the replica's `Member`, or the member erased for a call that
+/// lives on in its response's body ([`Answered`]).
+pub(super) struct Tracked<M: Outcomes + ?Sized> {
+    pub(super) member: Arc<M>,
     permit: Option<CircuitPermit>,
     /// The pool's clock: its base, and when the call started on it.
     base: Instant,
     started_ns: u64,
+    /// When its replica answered, for a call judged when its response's
+    /// body ends (`Classify::defer`): its latency, and a call that answered.
+    answered_ns: Option<u64>,
     done: bool,
     /// Whether it is its request's first attempt (or the pool is called
     /// without a retry or hedge above): only such a call, dropped, hints
@@ -77,35 +84,40 @@ pub(super) struct Tracked<K, S> {
     first: bool,
 }
 
-impl<K, S> Tracked<K, S> {
+impl<M: Outcomes + ?Sized> Tracked<M> {
     pub(super) fn new(
-        member: Arc<Member<K, S>>,
+        member: Arc<M>,
         permit: Option<CircuitPermit>,
         base: Instant,
         started_ns: u64,
         first: bool,
     ) -> Self {
-        member.state.in_flight.fetch_add(1, Ordering::AcqRel);
+        member.state().in_flight.fetch_add(1, Ordering::AcqRel);
         Self {
             member,
             permit,
             base,
             started_ns,
+            answered_ns: None,
             done: false,
             first,
         }
     }
 }
 
-impl<K, S> Drop for Tracked<K, S> {
+impl<M: Outcomes + ?Sized> Drop for Tracked<M> {
     fn drop(&mut self) {
-        let state = &self.member.state;
+        let state = self.member.state();
         state.in_flight.fetch_sub(1, Ordering::AcqRel);
         if !self.done {
             if let (Some(circuit), Some(permit)) = (state.breaker(), self.permit) {
                 circuit.release(permit);
             }
-            self.cut_short();
+            // A body dropped before its end: the replica answered, and the
+            // call counts as neither.
+            if self.answered_ns.is_none() {
+                self.cut_short();
+            }
         }
     }
 }
@@ -115,7 +127,7 @@ impl<K, S> Drop for Tracked<K, S> {
 /// nothing about the replica.
 const UNANSWERED_AFTER: f64 = 0.1;
 
-impl<K, S> Tracked<K, S> {
+impl<M: Outcomes + ?Sized> Tracked<M> {
     /// The call was dropped unfinished (a hedge won elsewhere, the caller
     /// gave up, a timeout above the pool): it would have taken at least as
     /// long as it ran. That lower bound feeds the load estimate when it is
@@ -127,7 +139,7 @@ impl<K, S> Tracked<K, S> {
     /// slow.
     fn cut_short(&self) {
         let member = &self.member;
-        let state = &member.state;
+        let state = member.state();
         let now_ns = crate::stats::nanos_since(self.base, Instant::now());
         let ran = now_ns.saturating_sub(self.started_ns) as f64;
         state.latency.observe_at_least(now_ns, ran, RATE);
@@ -139,9 +151,7 @@ impl<K, S> Tracked<K, S> {
         if !self.first || ran < answers_in * UNANSWERED_AFTER || answered_meanwhile {
             return;
         }
-        if let Some(shared) = member.pool.upgrade() {
-            shared.on_unanswered(state, now_ns);
-        }
+        member.on_unanswered(now_ns);
     }
 }
 
@@ -149,7 +159,12 @@ impl<K, S, Req, C> ResponseFuture<K, S, Req, C>
 where
     S: Service<Req>,
 {
-    pub(super) fn called(service: S, req: Req, tracked: Tracked<K, S>, classifier: C) -> Self {
+    pub(super) fn called(
+        service: S,
+        req: Req,
+        tracked: Tracked<Member<K, S>>,
+        classifier: C,
+    ) -> Self {
         Self {
             kind: Kind::Called {
                 call: Oneshot::new(service, req),
@@ -160,7 +175,7 @@ where
     }
 
     /// A call already made, on a service that was ready.
-    pub(super) fn calling(call: S::Future, tracked: Tracked<K, S>, classifier: C) -> Self {
+    pub(super) fn calling(call: S::Future, tracked: Tracked<Member<K, S>>, classifier: C) -> Self {
         Self {
             kind: Kind::Calling { call },
             tracked: Some(tracked),
@@ -204,31 +219,82 @@ where
     }
 }
 
-/// Judges a finished call and reports it (once), and hands its result on.
+/// A call that answered and is judged when its response's body ends
+/// ([`Classify::defer`]): still counted in its replica's load until then.
+/// `None` only if its member was gone, which a call in flight prevents.
+struct Answered(Option<Tracked<ErasedMember>>);
+
+impl Answered {
+    /// The call in `tracked` (taken from its future, so always `Some`),
+    /// answered now, its member erased to live on in the body.
+    fn new<K, S>(tracked: Option<Tracked<Member<K, S>>>) -> Self {
+        let Some(mut tracked) = tracked else {
+            return Self(None);
+        };
+        let Some(member) = tracked.member.erased.upgrade() else {
+            return Self(None);
+        };
+        let mut permit = tracked.permit.take();
+        if let (Some(circuit), Some(permit)) = (member.state().breaker(), permit.as_mut()) {
+            circuit.answered(permit);
+        }
+        // The count in flight moves to the erased call: it counts itself,
+        // and `tracked`, done, gives its own back when it drops here.
+        let mut answered = Tracked::new(
+            member,
+            permit,
+            tracked.base,
+            tracked.started_ns,
+            tracked.first,
+        );
+        answered.answered_ns = Some(crate::stats::nanos_since(tracked.base, Instant::now()));
+        tracked.done = true;
+        Self(Some(answered))
+    }
+}
+
+impl AtEnd for Answered {
+    fn verdict(mut self, verdict: Verdict) {
+        if let Some(mut tracked) = self.0.take() {
+            tracked.done = true;
+            report(&tracked, verdict);
+        }
+    }
+}
+
+/// Judges a finished call and reports it (once: now, or when its response's
+/// body ends), and hands its result on.
 fn finish<K, S, C, T, E>(
-    tracked: &mut Option<Tracked<K, S>>,
+    tracked: &mut Option<Tracked<Member<K, S>>>,
     classifier: &mut Option<C>,
-    result: Result<T, E>,
+    mut result: Result<T, E>,
 ) -> Result<T, BoxError>
 where
     C: Classify<T, E>,
     E: Into<BoxError>,
 {
-    if let (Some(mut tracked), Some(classifier)) = (tracked.take(), classifier.take()) {
-        let verdict = classifier.classify(result.as_ref());
-        tracked.done = true;
-        report(&tracked, verdict);
+    if let Some(classifier) = classifier.take() {
+        let deferred = match &mut result {
+            Ok(response) => classifier.defer(response, || Answered::new(tracked.take())),
+            Err(_) => false,
+        };
+        if let (false, Some(mut tracked)) = (deferred, tracked.take()) {
+            let verdict = classifier.classify(result.as_ref());
+            tracked.done = true;
+            report(&tracked, verdict);
+        }
     }
     result.map_err(Into::into)
 }
 
 /// Feeds one finished call to the replica's load estimate, its breaker and
 /// outlier detection.
-fn report<K, S>(tracked: &Tracked<K, S>, verdict: Verdict) {
+fn report<M: Outcomes + ?Sized>(tracked: &Tracked<M>, verdict: Verdict) {
     let member = &tracked.member;
-    let state = &member.state;
+    let state = member.state();
     let now_ns = crate::stats::nanos_since(tracked.base, Instant::now());
-    let elapsed = now_ns.saturating_sub(tracked.started_ns) as f64;
+    let answered_ns = tracked.answered_ns.unwrap_or(now_ns);
+    let elapsed = answered_ns.saturating_sub(tracked.started_ns) as f64;
     if let (Some(circuit), Some(permit)) = (state.breaker(), tracked.permit) {
         circuit.complete(permit, verdict);
     }
@@ -246,17 +312,10 @@ fn report<K, S>(tracked: &Tracked<K, S>, verdict: Verdict) {
             state.answer_latency.observe_lossy(now_ns, elapsed, RATE);
             state.record_outcome(false);
             if state.window.holds_failures() {
-                if let Some(shared) = member.pool.upgrade() {
-                    shared.on_success_after_failures(state, now_ns);
-                }
+                member.on_success_after_failures(now_ns);
             }
         }
         return;
     }
-    // A failure: outlier detection needs the pool (gone only if every
-    // clone and handle was dropped while this call ran).
-    let Some(shared) = member.pool.upgrade() else {
-        return;
-    };
-    shared.on_failure(state, now_ns, elapsed, verdict.pushback());
+    member.on_failure(now_ns, elapsed, verdict.pushback());
 }

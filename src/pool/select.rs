@@ -180,6 +180,7 @@ mod tests {
                     service: (),
                     id,
                     pool: Weak::new(),
+                    erased: Weak::<Member<usize, ()>>::new(),
                 })
             })
             .collect();

@@ -32,6 +32,57 @@ pub(super) struct Member<K, S> {
     /// The pool, for a failed call's outlier detection (weak: the pool
     /// holds its members).
     pub(super) pool: Weak<Shared<K, S>>,
+    /// Itself, its types erased (see [`Outcomes`]).
+    pub(super) erased: Weak<ErasedMember>,
+}
+
+/// What a call reports to the member it ran on, reached without the
+/// member's id and service types.
+///
+/// A call judged when its response's body ends lives on in that body
+/// (`Classify::defer`), which must be `Send + 'static`. Required of the
+/// pool's types, those bounds would reach every service stacked over the
+/// pool, and a `&'static str` id would no longer pass through a tonic
+/// client's call in a spawned task (rustc cannot prove `'static` of a
+/// lifetime it has erased there). So a member is erased once, when it
+/// joins, where its types are known to be `Send + Sync + 'static`.
+pub(super) trait Outcomes {
+    fn state(&self) -> &ReplicaState;
+    /// A first attempt dropped unanswered after a while (see
+    /// `Tracked::cut_short`).
+    fn on_unanswered(&self, now_ns: u64);
+    /// A success after failures in the outcome window.
+    fn on_success_after_failures(&self, now_ns: u64);
+    fn on_failure(&self, now_ns: u64, elapsed: f64, pushback: Option<Duration>);
+}
+
+/// A member, as its [`Outcomes`].
+pub(super) type ErasedMember = dyn Outcomes + Send + Sync;
+
+impl<K, S> Outcomes for Member<K, S> {
+    fn state(&self) -> &ReplicaState {
+        &self.state
+    }
+
+    // Each needs the pool, gone only if every clone and handle was dropped
+    // while the call ran.
+    fn on_unanswered(&self, now_ns: u64) {
+        if let Some(shared) = self.pool.upgrade() {
+            shared.on_unanswered(&self.state, now_ns);
+        }
+    }
+
+    fn on_success_after_failures(&self, now_ns: u64) {
+        if let Some(shared) = self.pool.upgrade() {
+            shared.on_success_after_failures(&self.state, now_ns);
+        }
+    }
+
+    fn on_failure(&self, now_ns: u64, elapsed: f64, pushback: Option<Duration>) {
+        if let Some(shared) = self.pool.upgrade() {
+            shared.on_failure(&self.state, now_ns, elapsed, pushback);
+        }
+    }
 }
 
 /// A pool's members, in one list that snapshots share while membership
