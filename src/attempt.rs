@@ -48,6 +48,24 @@
 //! the pool. (The pool itself calls a replica's service from its response
 //! future: a retry layer inside a replica keeps a record of its own.)
 //!
+//! # Deadlines
+//!
+//! The record also keeps when the call must be over: the earliest of the
+//! repeating layers' own deadlines (a retry's
+//! [`deadline`](crate::retry::Builder::deadline)) and the time the request
+//! itself allows ([`Replay::time_allowed`]: a gRPC `grpc-timeout`, an HTTP
+//! header named with [`HttpReplay::deadline_header`](crate::http::HttpReplay::deadline_header)).
+//! With one:
+//!
+//! - every attempt carries the time left ([`Replay::mark_time_left`]), so
+//!   the server bounds its own work by it;
+//! - a [`Pool`](crate::pool::Pool) below declines a repeat (a retry or a
+//!   hedge) when the time left is less than the replica it chose takes to
+//!   answer (its typical latency, as the pool measures it): it would not
+//!   answer in time, and would only add load. Nothing is sent; the retry
+//!   returns the last failure, the hedge lets its attempts in flight run on,
+//!   and neither sends another (counted as refused for `deadline`).
+//!
 //! # What the service below sees
 //!
 //! [`Replay::mark`] puts each attempt's number on the request, for servers
@@ -83,8 +101,11 @@
 use std::cell::{Cell, RefCell};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use metrics::Counter;
+
+use tokio::time::Instant;
 
 use crate::budget::RetryBudget;
 
@@ -108,6 +129,24 @@ pub trait Replay<Req> {
     /// [module docs](self)); the default does nothing.
     fn mark(&self, req: &mut Req, number: u32) {
         let _ = (req, number);
+    }
+
+    /// The time `req` itself allows for the call, if it says (a gRPC
+    /// `grpc-timeout`, an HTTP header of your choice): with the repeating
+    /// layer's own deadline, the earlier of the two is the call's deadline,
+    /// which every attempt must finish within (see the [module
+    /// docs](self#deadlines)). The default says nothing.
+    fn time_allowed(&self, req: &Req) -> Option<Duration> {
+        let _ = req;
+        None
+    }
+
+    /// Writes the time left to the call's deadline on an attempt about to
+    /// be sent, for the service below (and the server) to bound its work:
+    /// called for every attempt of a call that has a deadline. The default
+    /// writes nothing.
+    fn mark_time_left(&self, req: &mut Req, left: Duration) {
+        let _ = (req, left);
     }
 }
 
@@ -200,23 +239,42 @@ struct Frame {
     /// Whether the call being made is a hedge, and what a pool below made
     /// of it.
     hedge: Hedging,
+    /// When the call must be over (see the [module docs](self#deadlines)).
+    deadline: Option<Instant>,
 }
 
-/// A hedge's call, as the pool below sees it: a hedge (an extra attempt
+/// An attempt's call, as the pool below sees it: a hedge (an extra attempt
 /// while another is still in flight) goes only to a replica that can start
-/// it at once; the pool declines it otherwise.
+/// it at once, and no repeat goes to a replica that would not answer before
+/// the call's deadline; the pool declines it otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hedging {
     /// Not a hedge: a first attempt, or one sent after the others failed.
     No,
     /// A hedge being called.
     Asked,
-    /// A hedge the pool declined: nothing was sent.
+    /// A hedge the pool declined, no replica being free: nothing was sent.
     Declined,
+    /// A repeat (a hedge or a retry) the pool declined, the time left being
+    /// less than the chosen replica takes to answer: nothing was sent.
+    TooLate,
+}
+
+/// What became of an attempt called through [`Share::call_repeat`] or
+/// [`Share::call_hedge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// It was sent (or the service below will say why not).
+    Sent,
+    /// A hedge declined, no replica being free: try again later.
+    Busy,
+    /// Declined, as it would not finish before the deadline: no later
+    /// attempt would either.
+    TooLate,
 }
 
 impl Frame {
-    fn first(limit: u32, counted_in: usize) -> Self {
+    fn first(limit: u32, counted_in: usize, deadline: Option<Instant>) -> Self {
         Self {
             sent: 1,
             limit: u16::try_from(limit).unwrap_or(u16::MAX),
@@ -226,6 +284,7 @@ impl Frame {
             counted_in,
             first_tried: None,
             hedge: Hedging::No,
+            deadline,
         }
     }
 
@@ -236,6 +295,14 @@ impl Frame {
 
 fn identity(budget: &RetryBudget) -> usize {
     std::ptr::from_ref(budget) as usize
+}
+
+/// The earlier of two deadlines, either of which may be absent.
+pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 thread_local! {
@@ -341,28 +408,31 @@ pub(crate) struct Share {
     /// module docs): the cap it starts its own record with, and its budget.
     fallback_limit: u32,
     fallback_budget: usize,
+    fallback_deadline: Option<Instant>,
 }
 
 impl Share {
     /// Joins the record of the call being made, or starts one if there is
     /// none (this layer is the outermost). The original is deposited in
     /// `budget` unless it was counted there already. `limit` is this
-    /// layer's cap on attempts in all.
+    /// layer's cap on attempts in all; `deadline`, when the call must be
+    /// over by this layer's reckoning (the record keeps the earliest).
     #[inline]
-    pub(crate) fn join(limit: u32, budget: &RetryBudget) -> Self {
+    pub(crate) fn join(limit: u32, budget: &RetryBudget, deadline: Option<Instant>) -> Self {
         let own = match lent_for_call() {
             Some(mut frame) => {
                 if frame.counted_in != identity(budget) {
                     budget.deposit();
                 }
                 frame.joined = true;
+                frame.deadline = earliest(frame.deadline, deadline);
                 LENT.set(Some(frame));
                 None
             }
             None => {
                 budget.deposit();
                 Some(Own {
-                    frame: Frame::first(limit, identity(budget)),
+                    frame: Frame::first(limit, identity(budget), deadline),
                     more: Vec::new(),
                 })
             }
@@ -371,7 +441,15 @@ impl Share {
             own,
             fallback_limit: limit,
             fallback_budget: identity(budget),
+            fallback_deadline: deadline,
         }
+    }
+
+    /// The time left to the call's deadline, if it has one (zero once it
+    /// passed).
+    pub(crate) fn time_left(&mut self) -> Option<Duration> {
+        let deadline = self.with(|frame| frame.deadline)?;
+        Some(deadline.saturating_duration_since(Instant::now()))
     }
 
     /// Whether this layer owns the record: it sends the original request,
@@ -393,7 +471,11 @@ impl Share {
         // Polled without the record (a hop that moved the future, see the
         // module docs): from here on, a record of its own, counted already.
         let own = self.own.insert(Own {
-            frame: Frame::first(self.fallback_limit, self.fallback_budget),
+            frame: Frame::first(
+                self.fallback_limit,
+                self.fallback_budget,
+                self.fallback_deadline,
+            ),
             more: Vec::new(),
         });
         f(&mut own.frame)
@@ -425,15 +507,26 @@ impl Share {
 
     /// Calls the service below (`f`) for a hedge: an extra attempt while
     /// another is in flight. A pool below may decline it (see
-    /// [`Tried::decline_hedge`]); then nothing was sent, the second value
-    /// is `true`, and the attempt should be given back
+    /// [`Tried::decline_hedge`] and [`Tried::decline_too_late`]); then
+    /// nothing was sent, and the attempt should be given back
     /// ([`Admission::give_back`]).
-    pub(crate) fn call_hedge<T>(&mut self, f: impl FnOnce() -> T) -> (T, bool) {
+    pub(crate) fn call_hedge<T>(&mut self, f: impl FnOnce() -> T) -> (T, Taken) {
         self.with(|frame| frame.hedge = Hedging::Asked);
+        self.call_repeat(f)
+    }
+
+    /// Calls the service below (`f`) for a repeat sent after the attempts
+    /// before it failed. A pool below may decline it as too late (see
+    /// [`Tried::decline_too_late`]); then nothing was sent, and the attempt
+    /// should be given back ([`Admission::give_back`]).
+    pub(crate) fn call_repeat<T>(&mut self, f: impl FnOnce() -> T) -> (T, Taken) {
         let out = self.call(f);
-        let declined = self.with(|frame| std::mem::replace(&mut frame.hedge, Hedging::No))
-            == Hedging::Declined;
-        (out, declined)
+        let taken = match self.with(|frame| std::mem::replace(&mut frame.hedge, Hedging::No)) {
+            Hedging::Declined => Taken::Busy,
+            Hedging::TooLate => Taken::TooLate,
+            Hedging::No | Hedging::Asked => Taken::Sent,
+        };
+        (out, taken)
     }
 
     /// Polls the futures below (`f`) with the record lent to them, if a
@@ -485,6 +578,7 @@ pub(crate) struct Tried {
     first: Option<ReplicaId>,
     pushed: u16,
     hedge: Hedging,
+    deadline: Option<Instant>,
 }
 
 impl Default for Tried {
@@ -493,6 +587,7 @@ impl Default for Tried {
             first: None,
             pushed: 0,
             hedge: Hedging::No,
+            deadline: None,
         }
     }
 }
@@ -510,6 +605,19 @@ impl Tried {
         if self.hedge == Hedging::Asked {
             self.hedge = Hedging::Declined;
         }
+    }
+
+    /// The time left at `now` to the call's deadline, if it has one.
+    pub(crate) fn time_left(&self, now: Instant) -> Option<Duration> {
+        self.deadline
+            .map(|deadline| deadline.saturating_duration_since(now))
+    }
+
+    /// Declines the repeat being called (a hedge or a retry) as too late to
+    /// finish before the deadline: the pool sends nothing, and the layer
+    /// that called gives the attempt back and sends no more.
+    pub(crate) fn decline_too_late(&mut self) {
+        self.hedge = Hedging::TooLate;
     }
 
     /// Whether no attempt has been recorded.
@@ -562,6 +670,7 @@ pub(crate) fn with_tried<T>(f: impl FnOnce(Option<&mut Tried>) -> T) -> T {
         first: frame.first_tried,
         pushed: frame.pushed,
         hedge: frame.hedge,
+        deadline: frame.deadline,
     };
     let out = f(Some(&mut tried));
     frame.first_tried = tried.first;
@@ -619,12 +728,7 @@ impl Admission {
             name: name.clone(),
             max_attempts: refused("max_attempts"),
             not_replayable: refused("not_replayable"),
-            // Only the retry layer has a deadline; a hedge counts none.
-            deadline: if layer == "retry" {
-                refused("deadline")
-            } else {
-                Counter::noop()
-            },
+            deadline: refused("deadline"),
             budget: refused("budget"),
         }
     }
@@ -675,6 +779,13 @@ impl Admission {
         budget.give_back();
     }
 
+    /// Gives back an attempt admitted but declined by a pool below as too
+    /// late to finish before the deadline, counted as refused for it.
+    pub(crate) fn decline_too_late(&self, share: &mut Share, budget: &RetryBudget) {
+        self.give_back(share, budget);
+        self.refused(Refusal::Deadline, share.sent());
+    }
+
     fn refused(&self, refusal: Refusal, sent: u32) {
         let counter = match refusal {
             Refusal::MaxAttempts => &self.max_attempts,
@@ -715,9 +826,9 @@ mod tests {
     #[test]
     fn the_outermost_layer_owns_the_record_and_lends_it_below() {
         let budget = budget();
-        let mut outer = Share::join(3, &budget);
+        let mut outer = Share::join(3, &budget, None);
         assert!(outer.is_outermost());
-        let inner = outer.call(|| Share::join(5, &budget));
+        let inner = outer.call(|| Share::join(5, &budget, None));
         assert!(!inner.is_outermost(), "a call below joins the record");
         // Counted once: one deposit of ratio 1 allows one withdrawal.
         assert!(budget.withdraw());
@@ -728,9 +839,9 @@ mod tests {
     #[test]
     fn a_call_made_while_polling_does_not_join() {
         let budget = budget();
-        let mut outer = Share::join(3, &budget);
-        let _inner = outer.call(|| Share::join(3, &budget));
-        let other = outer.poll(|| Share::join(3, &budget));
+        let mut outer = Share::join(3, &budget, None);
+        let _inner = outer.call(|| Share::join(3, &budget, None));
+        let other = outer.poll(|| Share::join(3, &budget, None));
         assert!(other.is_outermost());
     }
 
@@ -742,8 +853,8 @@ mod tests {
             .build()
             .unwrap();
         let admission = Admission::new("test", "test_refused_total", &Arc::from("t"));
-        let mut outer = Share::join(3, &budget);
-        let mut inner = outer.call(|| Share::join(10, &budget));
+        let mut outer = Share::join(3, &budget, None);
+        let mut inner = outer.call(|| Share::join(10, &budget, None));
         let template = 7u32;
         let admit = |share: &mut Share| {
             admission.admit(
@@ -771,7 +882,7 @@ mod tests {
         let budget = budget();
         let replicas: Vec<Arc<()>> = (0..4).map(|_| Arc::new(())).collect();
         let id = |i: usize| ReplicaId::of(&replicas[i]);
-        let mut outer = Share::join(5, &budget);
+        let mut outer = Share::join(5, &budget, None);
         assert!(with_tried(|t| t.is_none()), "no record outside a loan");
         for i in 0..3 {
             outer.call(|| with_tried(|t| t.unwrap().record(id(i))));
@@ -791,8 +902,8 @@ mod tests {
     fn a_nested_layer_calls_below_with_the_record_from_above() {
         let budget = budget();
         let replica = Arc::new(());
-        let mut outer = Share::join(3, &budget);
-        let mut inner = outer.call(|| Share::join(3, &budget));
+        let mut outer = Share::join(3, &budget, None);
+        let mut inner = outer.call(|| Share::join(3, &budget, None));
         // Polled by the outer layer, the inner one sends a hedge: the pool
         // below sees the record as lent for a call.
         outer.poll(|| inner.call(|| with_tried(|t| t.unwrap().record(ReplicaId::of(&replica)))));
@@ -808,12 +919,12 @@ mod tests {
         let budget = budget();
         let replicas: Vec<Arc<()>> = (0..4).map(|_| Arc::new(())).collect();
         let id = |i: usize| ReplicaId::of(&replicas[i]);
-        let mut outer = Share::join(5, &budget);
-        let _inner = outer.call(|| Share::join(5, &budget));
+        let mut outer = Share::join(5, &budget, None);
+        let _inner = outer.call(|| Share::join(5, &budget, None));
         outer.call(|| with_tried(|t| t.unwrap().record(id(0))));
         outer.call(|| with_tried(|t| t.unwrap().record(id(1))));
         outer.poll(|| {
-            let mut foreign = Share::join(5, &budget);
+            let mut foreign = Share::join(5, &budget, None);
             assert!(foreign.is_outermost());
             foreign.call(|| with_tried(|t| t.unwrap().record(id(2))));
             foreign.call(|| with_tried(|t| t.unwrap().record(id(3))));
@@ -837,7 +948,7 @@ mod tests {
     fn a_panic_below_leaves_no_record_behind() {
         let budget = budget();
         let replicas: Vec<Arc<()>> = (0..2).map(|_| Arc::new(())).collect();
-        let mut outer = Share::join(3, &budget);
+        let mut outer = Share::join(3, &budget, None);
         outer.call(|| with_tried(|t| t.unwrap().record(ReplicaId::of(&replicas[0]))));
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             outer.call(|| {
@@ -847,14 +958,14 @@ mod tests {
         }));
         assert!(caught.is_err());
         assert!(slot_is_empty(), "no stale record");
-        assert!(Share::join(3, &budget).is_outermost());
+        assert!(Share::join(3, &budget, None).is_outermost());
     }
 
     #[test]
     fn a_layer_polled_without_the_record_keeps_its_own() {
         let budget = budget();
-        let mut outer = Share::join(3, &budget);
-        let mut moved = outer.call(|| Share::join(2, &budget));
+        let mut outer = Share::join(3, &budget, None);
+        let mut moved = outer.call(|| Share::join(2, &budget, None));
         // Polled elsewhere (no loan): it starts a record of its own, cap 2.
         assert!(moved.may_send_more());
         assert_eq!(moved.next_number(), 2);

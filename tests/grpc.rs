@@ -722,11 +722,17 @@ async fn the_grpc_client_preset_retries_and_maps_its_errors() {
     server.modes.fail_first.store(2, Ordering::Relaxed);
     let answer = client.check(check("")).await.expect("the third attempt");
     assert_eq!(answer.into_inner().status, ServingStatus::Serving as i32);
-    let previous: Vec<Option<String>> = std::mem::take(&mut *server.modes.seen.lock().unwrap())
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
+    let seen = std::mem::take(&mut *server.modes.seen.lock().unwrap());
+    let previous: Vec<Option<String>> = seen.iter().map(|(_, p)| p.clone()).collect();
     assert_eq!(previous, [None, Some("1".into()), Some("2".into())]);
+    // The preset's own deadline travels downstream: every attempt carries
+    // the time left of the 400 ms, less on each.
+    let left: Vec<Duration> = seen
+        .iter()
+        .map(|(t, _)| grpc_timeout(t.as_deref().expect("a grpc-timeout")))
+        .collect();
+    assert!(left[0] <= Duration::from_millis(400), "{left:?}");
+    assert!(left.windows(2).all(|w| w[1] < w[0]), "{left:?}");
 
     // Hung: the attempts time out, and the caller sees DEADLINE_EXCEEDED.
     server.modes.hang.store(true, Ordering::Relaxed);
@@ -945,8 +951,8 @@ async fn the_budget_caps_a_retry_storm_and_pushback_is_honoured() {
 async fn a_status_in_trailers_is_judged_when_the_body_ends() {
     // The server answers each call's headers and message, then ends it
     // with UNAVAILABLE in the trailers. The breaker sees those failures
-    // when the bodies end, and opens; the retry above it, seeing data,
-    // does not send any call twice.
+    // when the bodies end, and opens; a retry, seeing data, does not send
+    // such a call twice.
     let server = start().await;
     let breaker = CircuitBreakerLayer::builder()
         .name("trailers")
@@ -1002,6 +1008,16 @@ async fn a_status_in_trailers_is_judged_when_the_body_ends() {
     assert_eq!(seen - before, 4, "each call sent once");
     let status = client.check(check("")).await.expect_err("open");
     assert_eq!(status.message(), "circuit `trailers` is open");
+
+    let mut retrying = retrying(server.addr);
+    let before = server.modes.seen.lock().expect("not poisoned").len();
+    let status = retrying
+        .check(check(""))
+        .await
+        .expect_err("failed after data");
+    assert_eq!(status.code(), Code::Unavailable);
+    let seen = server.modes.seen.lock().expect("not poisoned").len();
+    assert_eq!(seen - before, 1, "committed: not retried");
 }
 
 #[tokio::test]
@@ -1046,11 +1062,6 @@ async fn a_replica_that_fails_after_its_data_is_ejected() {
         health()
     );
     assert!((1..=10).contains(&failed), "{failed} calls failed");
-    let seen = faulty.modes.seen.lock().expect("not poisoned").clone();
-    assert!(
-        seen.iter().all(|(_, previous)| previous.is_none()),
-        "no call was sent again: {seen:?}"
-    );
     // Once it is out, every call answers.
     calls_all_answer(parts.service, 20).await;
 }

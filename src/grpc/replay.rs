@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use http::{HeaderValue, Request};
 use http_body::Body;
-use tokio::time::Instant;
 
 use crate::attempt::Replay;
 use crate::error::BoxError;
@@ -19,12 +18,6 @@ const TIMEOUT: &str = "grpc-timeout";
 const PREVIOUS_ATTEMPTS: &str = "grpc-previous-rpc-attempts";
 /// The most digits a `grpc-timeout` value may have.
 const MAX_TIMEOUT_DIGITS: u64 = 99_999_999;
-
-/// When the call must be over, from the first attempt's `grpc-timeout`:
-/// every later attempt is sent with the time left (gRFC A6: the deadline
-/// covers all attempts).
-#[derive(Debug, Clone, Copy)]
-struct Deadline(Instant);
 
 /// Wraps a request's body so that it can be sent again ([`ReplayBody`],
 /// buffering up to 64 KiB): map requests with it above the retry and hedge
@@ -77,10 +70,15 @@ where
 /// given to [`never`](Self::never).
 ///
 /// Each attempt after the first carries `grpc-previous-rpc-attempts` (how
-/// many went before it) and a `grpc-timeout` rewritten to the time left of
-/// the first attempt's, so that the deadline covers every attempt. The
-/// body must be a [`ReplayBody`] ([`replayable`]); a body past its cap is
-/// not sent again.
+/// many went before it). The call's `grpc-timeout` is its deadline
+/// ([`Replay::time_allowed`]), with the retry layer's own
+/// [`deadline`](crate::retry::Builder::deadline), whichever ends first:
+/// every attempt carries the time left to it in its `grpc-timeout`
+/// ([`Replay::mark_time_left`]), so that the deadline covers every attempt
+/// (gRFC A6), and a pool below sends no retry or hedge that would not
+/// answer in time (see [deadlines](crate::attempt#deadlines)). The body
+/// must be a [`ReplayBody`] ([`replayable`]); a body past its cap is not
+/// sent again.
 ///
 /// # Hedging
 ///
@@ -139,26 +137,22 @@ impl<B> Replay<Request<ReplayBody<B>>> for GrpcReplay {
     }
 
     fn mark(&self, req: &mut Request<ReplayBody<B>>, number: u32) {
-        let now = Instant::now();
-        if number <= 1 {
-            let timeout = req.headers().get(TIMEOUT).and_then(parse_timeout);
-            if let Some(timeout) = timeout {
-                req.extensions_mut()
-                    .insert(Deadline(crate::stats::later(now, timeout)));
-            }
-            return;
+        if number > 1 {
+            req.headers_mut()
+                .insert(PREVIOUS_ATTEMPTS, HeaderValue::from(number - 1));
         }
-        let headers = req.headers_mut();
-        headers.insert(PREVIOUS_ATTEMPTS, HeaderValue::from(number - 1));
-        if let Some(Deadline(at)) = req.extensions().get::<Deadline>().copied() {
-            // At least a nanosecond: a deadline already passed is the
-            // server's to refuse (the retry layer's own deadline stops
-            // retries before it, when set).
-            let left = at
-                .saturating_duration_since(now)
-                .max(Duration::from_nanos(1));
-            req.headers_mut().insert(TIMEOUT, encode_timeout(left));
-        }
+    }
+
+    /// The caller's deadline, from its `grpc-timeout` (unreadable: none).
+    fn time_allowed(&self, req: &Request<ReplayBody<B>>) -> Option<Duration> {
+        req.headers().get(TIMEOUT).and_then(parse_timeout)
+    }
+
+    fn mark_time_left(&self, req: &mut Request<ReplayBody<B>>, left: Duration) {
+        // At least a nanosecond: a deadline already passed is the server's
+        // to refuse (the retry layer stops retries before it).
+        let left = left.max(Duration::from_nanos(1));
+        req.headers_mut().insert(TIMEOUT, encode_timeout(left));
     }
 }
 
@@ -243,8 +237,8 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn attempts_carry_the_time_left_and_their_predecessors() {
+    #[test]
+    fn attempts_carry_the_time_left_and_their_predecessors() {
         let replay = GrpcReplay::new().never("/shop.v1.Checkout/Pay");
         let mut first = Request::post("http://x/grpc.health.v1.Health/Check")
             .header(TIMEOUT, "2S")
@@ -252,18 +246,24 @@ mod tests {
                 Bytes::from_static(b"m"),
             )))
             .expect("a request");
+        assert_eq!(replay.time_allowed(&first), Some(Duration::from_secs(2)));
         replay.mark(&mut first, 1);
         assert!(first.headers().get(PREVIOUS_ATTEMPTS).is_none());
         let mut second = replay.replay(&first).expect("replayable");
-        tokio::time::advance(Duration::from_millis(500)).await;
         replay.mark(&mut second, 2);
+        replay.mark_time_left(&mut second, Duration::from_millis(1_500));
         assert_eq!(second.headers()[PREVIOUS_ATTEMPTS], "1");
         assert_eq!(second.headers()[TIMEOUT], "1500000u");
         let mut third = replay.replay(&second).expect("replayable");
-        tokio::time::advance(Duration::from_secs(3)).await;
         replay.mark(&mut third, 3);
+        replay.mark_time_left(&mut third, Duration::ZERO);
         assert_eq!(third.headers()[PREVIOUS_ATTEMPTS], "2");
         assert_eq!(third.headers()[TIMEOUT], "1n", "past the deadline");
+        let mut garbled = replay.replay(&first).expect("replayable");
+        garbled
+            .headers_mut()
+            .insert(TIMEOUT, HeaderValue::from_static("soon"));
+        assert_eq!(replay.time_allowed(&garbled), None);
 
         let pay = Request::post("http://x/shop.v1.Checkout/Pay")
             .body(ReplayBody::new(http_body_util::Full::new(Bytes::new())))

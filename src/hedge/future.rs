@@ -10,7 +10,7 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use super::config::Policy;
-use crate::attempt::{Replay, Share};
+use crate::attempt::{Replay, Share, Taken};
 use crate::classify::Classify;
 use crate::per_clone::PerClone;
 
@@ -239,26 +239,44 @@ where
                             || true,
                             &policy.budget,
                         );
-                        let Ok(req) = admitted else {
+                        let Ok(mut req) = admitted else {
                             // Due -> Closed: refused (counted by the admission).
                             *this.next = Next::Closed;
                             continue;
                         };
+                        if let Some(left) = this.share.time_left() {
+                            policy.replay.mark_time_left(&mut req, left);
+                        }
                         let service = &mut *this.service;
-                        let (future, declined) = if in_flight {
+                        let (future, taken) = if in_flight {
                             this.share.call_hedge(|| service.call(req))
                         } else {
                             // Every attempt failed: a retry, not a hedge.
-                            (this.share.call(|| service.call(req)), false)
+                            this.share.call_repeat(|| service.call(req))
                         };
-                        if declined {
-                            // Due -> Unarmed: the pool below had no replica
-                            // free to start it; try again after a delay.
-                            drop(future);
-                            policy.admission.give_back(this.share, &policy.budget);
-                            policy.metrics.declined.increment(1);
-                            *this.next = Next::Unarmed;
-                            continue;
+                        match taken {
+                            Taken::Sent => {}
+                            Taken::Busy => {
+                                // Due -> Unarmed: the pool below had no
+                                // replica free to start it; try again after
+                                // a delay.
+                                drop(future);
+                                policy.admission.give_back(this.share, &policy.budget);
+                                policy.metrics.declined.increment(1);
+                                *this.next = Next::Unarmed;
+                                continue;
+                            }
+                            Taken::TooLate => {
+                                // Due -> Closed: it would not answer before
+                                // the deadline, nor would a later one. The
+                                // attempts in flight run on.
+                                drop(future);
+                                policy
+                                    .admission
+                                    .decline_too_late(this.share, &policy.budget);
+                                *this.next = Next::Closed;
+                                continue;
+                            }
                         }
                         let future = Box::pin(future);
                         *this.sent += 1;

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::time::Instant;
 use tower::Service;
 
 use super::config::Policy;
@@ -73,9 +74,18 @@ where
         let policy = &*self.policy;
         // Under a retry, this is the retry's attempt: counted and marked
         // already. Alone, this layer counts and marks the original.
-        let mut share = Share::join(1 + policy.max_extra_attempts, &policy.budget);
+        // The time the request allows is the call's deadline (a hedge has
+        // none of its own).
+        let deadline = policy
+            .replay
+            .time_allowed(&req)
+            .map(|allowed| crate::stats::later(Instant::now(), allowed));
+        let mut share = Share::join(1 + policy.max_extra_attempts, &policy.budget, deadline);
         if share.is_outermost() {
             policy.replay.mark(&mut req, 1);
+            if let Some(left) = share.time_left() {
+                policy.replay.mark_time_left(&mut req, left);
+            }
         }
         // No copy for a request that may not be sent again (the cap of a
         // retry above is spent).

@@ -1,9 +1,13 @@
 //! Which HTTP requests may be sent twice, and how they are copied.
 
-use http::{Method, Request};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{HeaderValue, Method, Request};
 
 use super::ReplayBody;
 use crate::attempt::{Attempt, Replay};
+use crate::error::ConfigError;
 
 /// Overrides, for one request, whether it may be sent more than once.
 ///
@@ -75,6 +79,9 @@ impl<B> TryCloneBody for ReplayBody<B> {
 pub struct HttpReplay {
     all_methods: bool,
     mark_first: bool,
+    /// The header that carries the call's time left, if any (a valid,
+    /// lowercase name: checked by `deadline_header`).
+    deadline_header: Option<&'static str>,
 }
 
 impl Default for HttpReplay {
@@ -90,6 +97,7 @@ impl HttpReplay {
         Self {
             all_methods: false,
             mark_first: true,
+            deadline_header: None,
         }
     }
 
@@ -100,6 +108,7 @@ impl HttpReplay {
         Self {
             all_methods: true,
             mark_first: true,
+            deadline_header: None,
         }
     }
 
@@ -110,6 +119,33 @@ impl HttpReplay {
     pub const fn mark_first(mut self, mark: bool) -> Self {
         self.mark_first = mark;
         self
+    }
+
+    /// Carries the call's deadline in header `name` (off by default), in
+    /// whole milliseconds left, as Envoy's `x-envoy-expected-rq-timeout-ms`
+    /// does: a request that arrives with it has that long
+    /// ([`Replay::time_allowed`]), and every attempt is sent with the time
+    /// left to the call's deadline (the earlier of that and the retry
+    /// layer's own [`deadline`](crate::retry::Builder::deadline)), so the
+    /// server can bound its work, and a pool below sends no retry or hedge
+    /// that would not answer in time (see
+    /// [deadlines](crate::attempt#deadlines)). A value that is not a
+    /// number of milliseconds is ignored.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] if `name` is not a valid header name in lowercase.
+    pub fn deadline_header(mut self, name: &'static str) -> Result<Self, ConfigError> {
+        let valid =
+            HeaderName::from_bytes(name.as_bytes()).is_ok_and(|parsed| parsed.as_str() == name);
+        if !valid {
+            return Err(ConfigError::new(
+                "deadline_header",
+                format!("must be a valid header name in lowercase, got {name:?}"),
+            ));
+        }
+        self.deadline_header = Some(name);
+        Ok(self)
     }
 }
 
@@ -139,6 +175,25 @@ impl<B: TryCloneBody> Replay<Request<B>> for HttpReplay {
             // A first attempt carries no mark, even one it arrived with
             // (from a stack further out): removing allocates nothing.
             req.extensions_mut().remove::<Attempt>();
+        }
+    }
+
+    fn time_allowed(&self, req: &Request<B>) -> Option<Duration> {
+        let value = req.headers().get(self.deadline_header?)?.to_str().ok()?;
+        let value = value.trim();
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        // All digits: a number too large for a u64 still means "a long time".
+        Some(value.parse().map_or(Duration::MAX, Duration::from_millis))
+    }
+
+    fn mark_time_left(&self, req: &mut Request<B>, left: Duration) {
+        if let Some(name) = self.deadline_header {
+            // Whole milliseconds, rounded down: the server must not think
+            // it has more time than the caller.
+            let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+            req.headers_mut().insert(name, HeaderValue::from(ms));
         }
     }
 }
@@ -218,5 +273,51 @@ mod tests {
         let mut copy = replay.replay(&original).unwrap();
         replay.mark(&mut copy, 2);
         assert_eq!(copy.extensions().get::<Attempt>(), Some(&Attempt::new(2)));
+    }
+
+    #[test]
+    fn a_deadline_header_is_read_and_written_in_milliseconds() {
+        let replay = HttpReplay::new()
+            .deadline_header("x-deadline-ms")
+            .expect("a valid name");
+        let with = |value: &str| {
+            let mut r = req(Method::GET);
+            r.headers_mut().insert(
+                "x-deadline-ms",
+                HeaderValue::from_str(value).expect("a value"),
+            );
+            replay.time_allowed(&r)
+        };
+        assert_eq!(with("250"), Some(Duration::from_millis(250)));
+        assert_eq!(with(" 7 "), Some(Duration::from_millis(7)));
+        assert_eq!(with("99999999999999999999999"), Some(Duration::MAX));
+        for bad in ["", "-5", "1.5", "5s", "soon"] {
+            assert_eq!(with(bad), None, "{bad:?}");
+        }
+        assert_eq!(replay.time_allowed(&req(Method::GET)), None);
+        assert_eq!(
+            HttpReplay::new().time_allowed(&req(Method::GET)),
+            None,
+            "off by default"
+        );
+
+        let mut r = req(Method::GET);
+        replay.mark_time_left(&mut r, Duration::from_micros(1_500_900));
+        assert_eq!(r.headers()["x-deadline-ms"], "1500", "rounded down");
+        replay.mark_time_left(&mut r, Duration::MAX);
+        assert_eq!(r.headers()["x-deadline-ms"], u64::MAX.to_string().as_str());
+        let mut untouched = req(Method::GET);
+        HttpReplay::new().mark_time_left(&mut untouched, Duration::from_secs(1));
+        assert!(untouched.headers().is_empty());
+
+        for bad in ["X-Deadline", "bad name", "", "x:y"] {
+            assert_eq!(
+                HttpReplay::new()
+                    .deadline_header(bad)
+                    .expect_err(bad)
+                    .field(),
+                "deadline_header"
+            );
+        }
     }
 }

@@ -2,6 +2,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 use tower::Service;
@@ -178,7 +179,8 @@ where
         let shared = &self.shared;
         // The clock, read once for the pick (and once more when the call
         // ends), turned into the pool's time once.
-        let now_ns = shared.ns(Instant::now());
+        let clock = Instant::now();
+        let now_ns = shared.ns(clock);
         let now = Moment::from_nanos(now_ns);
         shared.refresh(&mut self.cached, now);
         let snapshot = &self.cached;
@@ -236,6 +238,12 @@ where
             let (i, permit, service, ready) = taken?;
             let member = &snapshot.members[i];
             if let Some(tried) = tried {
+                if !first && too_late(member, tried.time_left(clock)) {
+                    release(member, permit);
+                    tried.decline_too_late();
+                    declined = true;
+                    return None;
+                }
                 if tried.is_hedge() && !free_for_a_hedge(member, ready) {
                     release(member, permit);
                     tried.decline_hedge();
@@ -284,6 +292,14 @@ where
 /// and the hedge layer tries again after another delay.
 fn free_for_a_hedge<K, S>(member: &Member<K, S>, ready: bool) -> bool {
     ready && member.state.in_flight.load(crate::sync::Ordering::Acquire) == 0
+}
+
+/// Whether a repeat (a retry or a hedge) with `left` to the call's deadline
+/// would come too late from `member`: the time left is less than it
+/// typically takes to answer (the pool's estimate of its answers' latency,
+/// none before its first answer). Sent, it would only add load.
+fn too_late<K, S>(member: &Member<K, S>, left: Option<Duration>) -> bool {
+    left.is_some_and(|left| (left.as_nanos() as f64) < member.state.answer_latency.get())
 }
 
 /// The breaker's permit for a call to `member`: `Some(None)` without a

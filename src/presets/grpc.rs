@@ -45,9 +45,11 @@ type IntoTonic = fn(Request<ReplayBody<TonicBody>>) -> Request<TonicBody>;
 /// stops the retries and the caller gets the last attempt's own status).
 /// Every method is retried ([`GrpcReplay`]), after an attempt timeout too,
 /// when a call may still be running on the server: give a method that must
-/// not run twice `Idempotent(false)` on its request. When the caller sets a
-/// deadline (`tonic::Request::set_timeout`), each retry carries the time
-/// left of it in `grpc-timeout`; the preset's own timeouts are not sent.
+/// not run twice `Idempotent(false)` on its request. The call's deadline
+/// is the total timeout, or the caller's (`tonic::Request::set_timeout`)
+/// when that is sooner: every attempt carries the time left of it in
+/// `grpc-timeout`, and no retry is sent that would not answer in time (see
+/// [deadlines](crate::attempt#deadlines)).
 ///
 /// ```
 /// use steadfast::presets::GrpcClient;
@@ -213,8 +215,8 @@ impl ReplicaStack {
     /// every error of the stack. A unary call is hedged; a client stream
     /// still uploading is not (see [`GrpcReplay`]). As with
     /// [`GrpcClient`], a method that must not run twice needs
-    /// `Idempotent(false)` on its request, and `grpc-timeout` is rewritten
-    /// only when the caller set one.
+    /// `Idempotent(false)` on its request, and the call's deadline is the
+    /// total timeout or the caller's, whichever is sooner.
     ///
     /// ```
     /// use steadfast::grpc::GrpcCheck;

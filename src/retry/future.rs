@@ -6,11 +6,11 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use tower::Service;
 
 use super::config::Policy;
-use crate::attempt::{Replay, Share};
+use crate::attempt::{Replay, Share, Taken};
 use crate::classify::Classify;
 use crate::per_clone::PerClone;
 
@@ -32,13 +32,15 @@ pin_project! {
         template: Option<Req>,
         // The next attempt's request, while it waits out its backoff.
         next: Option<Req>,
+        // The failure it retries, while it does: the answer if the pool
+        // below declines the retry as too late.
+        last: Option<Result<S::Response, S::Error>>,
         policy: PerClone<Policy<C, R>>,
         // The request's attempt record, or this layer's part in it.
         share: Share,
         // Attempts this layer sent.
         attempt: u32,
         previous_delay: Duration,
-        started: Option<Instant>,
     }
 }
 
@@ -75,7 +77,6 @@ where
         template: Option<Req>,
         mut share: Share,
         policy: PerClone<Policy<C, R>>,
-        started: Option<Instant>,
     ) -> Self {
         let future = share.call(|| service.call(req));
         Self {
@@ -83,11 +84,11 @@ where
             service,
             template,
             next: None,
+            last: None,
             policy,
             share,
             attempt: 1,
             previous_delay: Duration::ZERO,
-            started,
         }
     }
 }
@@ -113,9 +114,9 @@ where
                     }
                     // A retryable failure: decide whether to try again.
                     let mut delay = Duration::ZERO;
-                    let (attempt, previous_delay, started) =
-                        (*this.attempt, *this.previous_delay, *this.started);
+                    let (attempt, previous_delay) = (*this.attempt, *this.previous_delay);
                     let template = this.template.as_ref();
+                    let time_left = this.share.time_left();
                     let admitted = policy.admission.admit(
                         this.share,
                         attempt < policy.max_attempts,
@@ -123,7 +124,8 @@ where
                         template,
                         || {
                             delay = backoff(policy, attempt, previous_delay, verdict.pushback());
-                            fits(policy, started, delay)
+                            // It must start before the deadline.
+                            time_left.is_none_or(|left| delay < left)
                         },
                         &policy.budget,
                     );
@@ -131,6 +133,7 @@ where
                         return Poll::Ready(result);
                     };
                     *this.next = Some(next);
+                    *this.last = Some(result);
                     if verdict.pushback().is_some() {
                         policy.metrics.retried_pushback.increment(1);
                     } else {
@@ -156,13 +159,30 @@ where
                     if let Err(err) = ready!(this.service.poll_ready(cx)) {
                         return Poll::Ready(Err(err));
                     }
-                    let Some(req) = this.next.take() else {
+                    let Some(mut req) = this.next.take() else {
                         unreachable!("a retry is only scheduled with its request");
                     };
-                    this.policy.metrics.attempts.increment(1);
-                    // Ready -> Called: the next attempt is sent.
+                    let policy = &**this.policy;
+                    if let Some(left) = this.share.time_left() {
+                        policy.replay.mark_time_left(&mut req, left);
+                    }
                     let service = &mut *this.service;
-                    let future = this.share.call(|| service.call(req));
+                    let (future, taken) = this.share.call_repeat(|| service.call(req));
+                    if taken == Taken::TooLate {
+                        // The pool below sent nothing: the retry would not
+                        // have answered in time. The failure it retried is
+                        // the answer (or, were it missing, the pool's).
+                        policy
+                            .admission
+                            .decline_too_late(this.share, &policy.budget);
+                        if let Some(last) = this.last.take() {
+                            return Poll::Ready(last);
+                        }
+                    } else {
+                        policy.metrics.attempts.increment(1);
+                    }
+                    // Ready -> Called: the next attempt is sent.
+                    *this.last = None;
                     this.state.set(State::Called { future });
                 }
             }
@@ -186,13 +206,5 @@ fn backoff<C, R>(
     match pushback {
         Some(pushback) => delay.max(pushback.min(policy.max_pushback)),
         None => delay,
-    }
-}
-
-/// Whether a retry after `delay` still starts before the deadline.
-fn fits<C, R>(policy: &Policy<C, R>, started: Option<Instant>, delay: Duration) -> bool {
-    match (policy.deadline, started) {
-        (Some(deadline), Some(started)) => started.elapsed().saturating_add(delay) < deadline,
-        _ => true,
     }
 }

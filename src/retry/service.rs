@@ -1,12 +1,13 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tower::Service;
 
 use super::config::Policy;
 use super::future::ResponseFuture;
-use crate::attempt::{CloneRequest, Replay, Share};
+use crate::attempt::{CloneRequest, Replay, Share, earliest};
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::per_clone::{PerClone, take_ready};
 
@@ -76,9 +77,12 @@ where
         policy.metrics.attempts.increment(1);
         // The original is counted once, by the outermost repeating layer,
         // which also marks it as attempt 1.
-        let mut share = Share::join(policy.max_attempts, &policy.budget);
+        let mut share = Share::join(policy.max_attempts, &policy.budget, deadline(policy, &req));
         if share.is_outermost() {
             policy.replay.mark(&mut req, 1);
+        }
+        if let Some(left) = share.time_left() {
+            policy.replay.mark_time_left(&mut req, left);
         }
         // No copy for a request that may not be sent again.
         let template = if policy.max_attempts > 1 && share.may_send_more() {
@@ -86,11 +90,23 @@ where
         } else {
             None
         };
-        let started = policy.deadline.map(|_| Instant::now());
         // The ready service takes this call and goes to the future for the
         // later attempts.
         let service = take_ready(&mut self.inner);
         let policy = self.policy.for_call();
-        ResponseFuture::new(service, req, template, share, policy, started)
+        ResponseFuture::new(service, req, template, share, policy)
     }
+}
+
+/// When a call of `req` must be over: within the layer's deadline and the
+/// time the request allows, whichever ends first. The clock is read only
+/// for a call that has either.
+fn deadline<C, R: Replay<Req>, Req>(policy: &Policy<C, R>, req: &Req) -> Option<Instant> {
+    let allowed = policy.replay.time_allowed(req);
+    if policy.deadline.is_none() && allowed.is_none() {
+        return None;
+    }
+    let now = Instant::now();
+    let after = |d: Option<Duration>| d.map(|d| crate::stats::later(now, d));
+    earliest(after(policy.deadline), after(allowed))
 }
