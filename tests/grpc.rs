@@ -1067,9 +1067,10 @@ async fn a_replica_that_fails_after_its_data_is_ejected() {
 }
 
 #[tokio::test]
-async fn a_pool_counts_a_stream_in_flight_until_its_body_ends() {
-    // A `Watch` stream holds its replica's count of calls in flight while
-    // it is open; dropped before its end, it gives it back and counts as
+async fn a_stream_leaves_its_replicas_load_once_answered_and_is_judged_at_its_end() {
+    // An open `Watch` stream does not count in its replica's calls in
+    // flight (it answered: a long stream must not make its replica look
+    // busy, or keep hedges from it); dropped before its end, it counts as
     // neither a success nor a failure.
     let server = start().await;
     server
@@ -1090,9 +1091,9 @@ async fn a_pool_counts_a_stream_in_flight_until_its_body_ends() {
         .expect("watching")
         .into_inner();
     assert_eq!(next(&mut watch).await, ServingStatus::Serving as i32);
-    assert_eq!(replica().in_flight, 1, "counted while the stream is open");
+    assert_eq!(replica().in_flight, 0, "answered: out of the load");
     drop(watch);
-    assert_eq!(replica().in_flight, 0, "given back when it is dropped");
+    assert_eq!(replica().in_flight, 0);
     assert_eq!(replica().health, Health::Healthy);
 
     // Ended by the server with UNAVAILABLE after its message: a failure,

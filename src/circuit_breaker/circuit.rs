@@ -203,6 +203,11 @@ pub(super) struct Permit {
 impl Permit {
     pub(super) const UNTIMED: u64 = u64::MAX;
 
+    /// Whether it admits one of the half-open probes.
+    pub(super) fn is_probe(&self) -> bool {
+        self.admit.role() == Role::Probe
+    }
+
     pub(super) fn untimed(admit: Admit) -> Self {
         Self {
             admit,
@@ -361,6 +366,13 @@ impl Circuit {
 /// never finished.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CircuitPermit(Permit);
+
+impl CircuitPermit {
+    /// Whether it admits one of the half-open probes.
+    pub(crate) fn is_probe(&self) -> bool {
+        self.0.is_probe()
+    }
+}
 
 impl Circuit {
     /// Admits one call, or says why not (crate-internal use).

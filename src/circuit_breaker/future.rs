@@ -104,7 +104,9 @@ impl<C> Guard<C> {
         let local = &self.local;
         let permit = self.permit;
         let deferred = match result {
-            Ok(response) => local.classifier.defer(response, || {
+            // A half-open probe is judged at its headers: a long stream
+            // must not hold the circuit half-open while it lasts.
+            Ok(response) if !permit.is_probe() => local.classifier.defer(response, || {
                 let mut permit = permit;
                 local.circuit.shared.answered(&mut permit);
                 Answered {
@@ -113,7 +115,7 @@ impl<C> Guard<C> {
                     told: false,
                 }
             }),
-            Err(_) => false,
+            _ => false,
         };
         if !deferred {
             let verdict = local.classifier.classify(result.as_ref());

@@ -78,7 +78,9 @@ const RETRYABLE: Codes = Codes::of(&[Code::Unavailable]);
 /// `UNKNOWN` for a body that ended without a status. A body dropped
 /// before its end counts as neither; the breaker's slow-call rule and the
 /// pool's latency take the time to the headers, not the length of the
-/// stream. The layers that decide on an answer (retry, hedge) see a
+/// stream, and an answered stream no longer counts in its replica's load.
+/// A breaker's half-open probe is judged at its headers, so that a long
+/// stream never holds the breaker half-open. The layers that decide on an answer (retry, hedge) see a
 /// committed call as a success. A response that is not HTTP 200 (a proxy
 /// answered) is mapped as gRPC maps HTTP statuses (502, 503, 504 and 429
 /// to `UNAVAILABLE`). A malformed `grpc-status` reads as `UNKNOWN`;
@@ -219,11 +221,16 @@ pub(crate) fn status_code_in(err: &(dyn Error + 'static)) -> Option<Code> {
     None
 }
 
-/// Whether `err` or its chain of sources is a timeout (tower's or tokio's).
+/// Whether `err` or its chain of sources is a timeout: tower's, tokio's,
+/// or a `Channel`'s own on the call's `grpc-timeout` (which tonic would
+/// make `CANCELLED`).
 pub(crate) fn is_timeout(err: &(dyn Error + 'static)) -> bool {
     let mut next = Some(err);
     while let Some(err) = next {
-        if err.is::<tower::timeout::error::Elapsed>() || err.is::<tokio::time::error::Elapsed>() {
+        if err.is::<tower::timeout::error::Elapsed>()
+            || err.is::<tokio::time::error::Elapsed>()
+            || err.is::<tonic::TimeoutExpired>()
+        {
             return true;
         }
         next = err.source();
@@ -338,11 +345,10 @@ impl<B: 'static, E: 'static> Classify<http::Response<B>, E> for GrpcErrorsAsFail
     /// `at_end` the verdict of that status, or of the error that cuts the
     /// body off. Trailers-only responses and bodies of other types are
     /// judged at once.
-    fn defer<J: AtEnd>(
-        &self,
-        response: &mut http::Response<B>,
-        at_end: impl FnOnce() -> J,
-    ) -> bool {
+    fn defer<J: AtEnd>(&self, response: &mut http::Response<B>, at_end: impl FnOnce() -> J) -> bool
+    where
+        Self: Sized,
+    {
         if response_code(response).is_some() {
             return false;
         }

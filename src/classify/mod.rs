@@ -188,7 +188,12 @@ pub trait Classify<Res, E> {
     ///
     /// The response's type does not change (its body is wrapped inside its
     /// own type), so a stack's types are the same with or without it.
-    fn defer<J: AtEnd>(&self, response: &mut Res, at_end: impl FnOnce() -> J) -> bool {
+    ///
+    /// (Not for `dyn Classify`, which judges at once.)
+    fn defer<J: AtEnd>(&self, response: &mut Res, at_end: impl FnOnce() -> J) -> bool
+    where
+        Self: Sized,
+    {
         let _ = (response, at_end);
         false
     }

@@ -32,7 +32,7 @@ pin_project! {
     {
         #[pin]
         kind: Kind<S, Req>,
-        tracked: Option<Tracked<Member<K, S>>>,
+        tracked: Option<Tracked<K, S>>,
         classifier: Option<C>,
     }
 }
@@ -54,10 +54,7 @@ where
     S: Service<Req>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let replica = self
-            .tracked
-            .as_ref()
-            .map(|t| t.member.state().label.clone());
+        let replica = self.tracked.as_ref().map(|t| t.member.state.label.clone());
         f.debug_struct("ResponseFuture")
             .field("replica", &replica)
             .finish_non_exhaustive()
@@ -65,17 +62,13 @@ where
 }
 
 /// A call in flight on one replica: counted in its load until it ends.
-/// `M` is the replica's `Member`, or the member erased for a call that
-/// lives on in its response's body ([`Answered`]).
-pub(super) struct Tracked<M: Outcomes + ?Sized> {
-    pub(super) member: Arc<M>,
+#[derive(Debug)]
+pub(super) struct Tracked<K, S> {
+    pub(super) member: Arc<Member<K, S>>,
     permit: Option<CircuitPermit>,
     /// The pool's clock: its base, and when the call started on it.
     base: Instant,
     started_ns: u64,
-    /// When its replica answered, for a call judged when its response's
-    /// body ends (`Classify::defer`): its latency, and a call that answered.
-    answered_ns: Option<u64>,
     done: bool,
     /// Whether it is its request's first attempt (or the pool is called
     /// without a retry or hedge above): only such a call, dropped, hints
@@ -84,40 +77,35 @@ pub(super) struct Tracked<M: Outcomes + ?Sized> {
     first: bool,
 }
 
-impl<M: Outcomes + ?Sized> Tracked<M> {
+impl<K, S> Tracked<K, S> {
     pub(super) fn new(
-        member: Arc<M>,
+        member: Arc<Member<K, S>>,
         permit: Option<CircuitPermit>,
         base: Instant,
         started_ns: u64,
         first: bool,
     ) -> Self {
-        member.state().in_flight.fetch_add(1, Ordering::AcqRel);
+        member.state.in_flight.fetch_add(1, Ordering::AcqRel);
         Self {
             member,
             permit,
             base,
             started_ns,
-            answered_ns: None,
             done: false,
             first,
         }
     }
 }
 
-impl<M: Outcomes + ?Sized> Drop for Tracked<M> {
+impl<K, S> Drop for Tracked<K, S> {
     fn drop(&mut self) {
-        let state = self.member.state();
+        let state = &self.member.state;
         state.in_flight.fetch_sub(1, Ordering::AcqRel);
         if !self.done {
             if let (Some(circuit), Some(permit)) = (state.breaker(), self.permit) {
                 circuit.release(permit);
             }
-            // A body dropped before its end: the replica answered, and the
-            // call counts as neither.
-            if self.answered_ns.is_none() {
-                self.cut_short();
-            }
+            self.cut_short();
         }
     }
 }
@@ -127,7 +115,7 @@ impl<M: Outcomes + ?Sized> Drop for Tracked<M> {
 /// nothing about the replica.
 const UNANSWERED_AFTER: f64 = 0.1;
 
-impl<M: Outcomes + ?Sized> Tracked<M> {
+impl<K, S> Tracked<K, S> {
     /// The call was dropped unfinished (a hedge won elsewhere, the caller
     /// gave up, a timeout above the pool): it would have taken at least as
     /// long as it ran. That lower bound feeds the load estimate when it is
@@ -139,7 +127,7 @@ impl<M: Outcomes + ?Sized> Tracked<M> {
     /// slow.
     fn cut_short(&self) {
         let member = &self.member;
-        let state = member.state();
+        let state = &member.state;
         let now_ns = crate::stats::nanos_since(self.base, Instant::now());
         let ran = now_ns.saturating_sub(self.started_ns) as f64;
         state.latency.observe_at_least(now_ns, ran, RATE);
@@ -159,12 +147,7 @@ impl<K, S, Req, C> ResponseFuture<K, S, Req, C>
 where
     S: Service<Req>,
 {
-    pub(super) fn called(
-        service: S,
-        req: Req,
-        tracked: Tracked<Member<K, S>>,
-        classifier: C,
-    ) -> Self {
+    pub(super) fn called(service: S, req: Req, tracked: Tracked<K, S>, classifier: C) -> Self {
         Self {
             kind: Kind::Called {
                 call: Oneshot::new(service, req),
@@ -175,7 +158,7 @@ where
     }
 
     /// A call already made, on a service that was ready.
-    pub(super) fn calling(call: S::Future, tracked: Tracked<Member<K, S>>, classifier: C) -> Self {
+    pub(super) fn calling(call: S::Future, tracked: Tracked<K, S>, classifier: C) -> Self {
         Self {
             kind: Kind::Calling { call },
             tracked: Some(tracked),
@@ -220,52 +203,95 @@ where
 }
 
 /// A call that answered and is judged when its response's body ends
-/// ([`Classify::defer`]): still counted in its replica's load until then.
-/// `None` only if its member was gone, which a call in flight prevents.
-struct Answered(Option<Tracked<ErasedMember>>);
+/// ([`Classify::defer`]): its replica (erased, to live on in the body), its
+/// breaker permit, and when it started and answered. No longer counted in
+/// its replica's load: the replica answered, and a long stream must not
+/// make it look busy (nor keep it from taking hedges).
+struct Answered {
+    member: Arc<ErasedMember>,
+    permit: Option<CircuitPermit>,
+    times: Times,
+    told: bool,
+}
+
+/// When a call started and when its replica answered, on the pool's clock.
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    base: Instant,
+    started_ns: u64,
+    /// `None` until it answered: then it ends (and is judged) at once.
+    answered_ns: Option<u64>,
+}
+
+impl Times {
+    /// The time to the answer, and the time now.
+    fn elapsed(&self) -> (f64, u64) {
+        let now_ns = crate::stats::nanos_since(self.base, Instant::now());
+        let answered_ns = self.answered_ns.unwrap_or(now_ns);
+        (answered_ns.saturating_sub(self.started_ns) as f64, now_ns)
+    }
+}
 
 impl Answered {
-    /// The call in `tracked` (taken from its future, so always `Some`),
-    /// answered now, its member erased to live on in the body.
-    fn new<K, S>(tracked: Option<Tracked<Member<K, S>>>) -> Self {
-        let Some(mut tracked) = tracked else {
-            return Self(None);
-        };
-        let Some(member) = tracked.member.erased.upgrade() else {
-            return Self(None);
-        };
+    /// The call in `tracked`, answered now, if its member is still there
+    /// (a call in flight keeps it). `tracked` ends, done, here.
+    fn new<K, S>(mut tracked: Tracked<K, S>) -> Option<Self> {
+        let member = tracked.member.erased.upgrade()?;
         let mut permit = tracked.permit.take();
         if let (Some(circuit), Some(permit)) = (member.state().breaker(), permit.as_mut()) {
             circuit.answered(permit);
         }
-        // The count in flight moves to the erased call: it counts itself,
-        // and `tracked`, done, gives its own back when it drops here.
-        let mut answered = Tracked::new(
+        tracked.done = true;
+        Some(Self {
             member,
             permit,
-            tracked.base,
-            tracked.started_ns,
-            tracked.first,
-        );
-        answered.answered_ns = Some(crate::stats::nanos_since(tracked.base, Instant::now()));
-        tracked.done = true;
-        Self(Some(answered))
+            times: Times {
+                base: tracked.base,
+                started_ns: tracked.started_ns,
+                answered_ns: Some(crate::stats::nanos_since(tracked.base, Instant::now())),
+            },
+            told: false,
+        })
     }
 }
 
-impl AtEnd for Answered {
-    fn verdict(mut self, verdict: Verdict) {
-        if let Some(mut tracked) = self.0.take() {
-            tracked.done = true;
-            report(&tracked, verdict);
+impl AtEnd for Option<Answered> {
+    fn verdict(self, verdict: Verdict) {
+        if let Some(mut answered) = self {
+            answered.told = true;
+            report(&*answered.member, answered.permit, answered.times, verdict);
         }
     }
+}
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        if self.told {
+            return;
+        }
+        // The body was dropped before its end: the call counts as neither,
+        // but the time its replica took to answer still feeds its load
+        // estimate.
+        let state = self.member.state();
+        if let (Some(circuit), Some(permit)) = (state.breaker(), self.permit) {
+            circuit.release(permit);
+        }
+        let (elapsed, now_ns) = self.times.elapsed();
+        state.latency.observe(now_ns, elapsed, RATE);
+    }
+}
+
+/// Whether a call holds one of its replica's breaker's half-open probes:
+/// such a call is judged at its headers, so that a long stream does not
+/// hold the breaker half-open.
+fn holds_a_probe<K, S>(tracked: Option<&Tracked<K, S>>) -> bool {
+    tracked.is_some_and(|t| t.permit.is_some_and(|p| p.is_probe()))
 }
 
 /// Judges a finished call and reports it (once: now, or when its response's
 /// body ends), and hands its result on.
 fn finish<K, S, C, T, E>(
-    tracked: &mut Option<Tracked<Member<K, S>>>,
+    tracked: &mut Option<Tracked<K, S>>,
     classifier: &mut Option<C>,
     mut result: Result<T, E>,
 ) -> Result<T, BoxError>
@@ -275,13 +301,20 @@ where
 {
     if let Some(classifier) = classifier.take() {
         let deferred = match &mut result {
-            Ok(response) => classifier.defer(response, || Answered::new(tracked.take())),
-            Err(_) => false,
+            Ok(response) if !holds_a_probe(tracked.as_ref()) => {
+                classifier.defer(response, || tracked.take().and_then(Answered::new))
+            }
+            _ => false,
         };
         if let (false, Some(mut tracked)) = (deferred, tracked.take()) {
             let verdict = classifier.classify(result.as_ref());
             tracked.done = true;
-            report(&tracked, verdict);
+            let times = Times {
+                base: tracked.base,
+                started_ns: tracked.started_ns,
+                answered_ns: None,
+            };
+            report(&*tracked.member, tracked.permit, times, verdict);
         }
     }
     result.map_err(Into::into)
@@ -289,13 +322,15 @@ where
 
 /// Feeds one finished call to the replica's load estimate, its breaker and
 /// outlier detection.
-fn report<M: Outcomes + ?Sized>(tracked: &Tracked<M>, verdict: Verdict) {
-    let member = &tracked.member;
+fn report<M: Outcomes + ?Sized>(
+    member: &M,
+    permit: Option<CircuitPermit>,
+    times: Times,
+    verdict: Verdict,
+) {
     let state = member.state();
-    let now_ns = crate::stats::nanos_since(tracked.base, Instant::now());
-    let answered_ns = tracked.answered_ns.unwrap_or(now_ns);
-    let elapsed = answered_ns.saturating_sub(tracked.started_ns) as f64;
-    if let (Some(circuit), Some(permit)) = (state.breaker(), tracked.permit) {
+    let (elapsed, now_ns) = times.elapsed();
+    if let (Some(circuit), Some(permit)) = (state.breaker(), permit) {
         circuit.complete(permit, verdict);
     }
     if !verdict.is_failure() {
