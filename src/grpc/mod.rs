@@ -37,11 +37,13 @@
 //! error from `poll_ready` into `UNKNOWN` too; with it, the caller sees
 //! what happened, and when to come back.
 
+mod buffer;
 mod check;
 mod health_sync;
 mod replay;
 mod status;
 
+pub use self::buffer::{BufferBody, BufferBodyLayer, DEFAULT_MAX_WAIT};
 pub use self::check::GrpcCheck;
 pub use self::health_sync::HealthSync;
 pub use self::replay::{GrpcReplay, into_tonic_body, replayable};

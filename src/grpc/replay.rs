@@ -87,8 +87,9 @@ where
 /// message) is sent at once, so its hedges work (tested over two tonic
 /// replicas, one hung). A client stream still uploading when the hedge
 /// is due is not hedged: its copy is refused and the first attempt goes
-/// on alone. Buffering a whole stream before the first attempt, so that it
-/// could be hedged too, is not built yet.
+/// on alone. Put [`BufferBodyLayer`](super::BufferBodyLayer) above the
+/// hedge to read a client stream whole first: it is then sent at once and
+/// hedged like a unary call.
 #[derive(Debug, Clone, Default)]
 pub struct GrpcReplay {
     /// Paths (`/package.Service/Method`) never sent twice.

@@ -213,7 +213,9 @@ impl ReplicaStack {
     /// each attempt with the time left in `grpc-timeout`), and
     /// [`GrpcStatusLayer`] on top gives the caller a `tonic::Status` for
     /// every error of the stack. A unary call is hedged; a client stream
-    /// still uploading is not (see [`GrpcReplay`]). As with
+    /// still uploading is not (see [`GrpcReplay`]), unless
+    /// [`BufferBodyLayer`](crate::grpc::BufferBodyLayer) above the stack
+    /// reads it whole first. As with
     /// [`GrpcClient`], a method that must not run twice needs
     /// `Idempotent(false)` on its request, and the call's deadline is the
     /// total timeout or the caller's, whichever is sooner.
