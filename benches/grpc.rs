@@ -15,6 +15,9 @@
 //! - `steadfast`: `GrpcStatusLayer` → `replayable` → `RetryLayer` with
 //!   `GrpcErrorsAsFailures` and `GrpcReplay` (up to 3 attempts, a budget)
 //!   → `into_tonic_body` → the server;
+//! - `steadfast, breaker …`: the same, with a `CircuitBreaker` under the
+//!   retry, which judges the answer's status when its body ends (the status
+//!   of a unary answer comes in its trailers);
 //! - `tower`: the same layers around `tower::retry::Retry` with a policy
 //!   that does what steadfast's retry does for a call: copies the request
 //!   through the same `ReplayBody`, retries a trailers-only `UNAVAILABLE`
@@ -126,6 +129,38 @@ fn calls(c: &mut Criterion) {
     );
     group.bench_function("steadfast", |b| {
         b.iter(|| runtime.block_on(steadfast.check(check())).expect("served"));
+    });
+
+    // The same with a circuit breaker under the retry: the unary answer's
+    // status comes in its trailers, so the breaker judges it when the body
+    // ends (its body wrapped, `Classify::defer`).
+    let retry = steadfast::RetryLayer::builder()
+        .name("bench-breaker")
+        .classify(GrpcErrorsAsFailures::new())
+        .replay(GrpcReplay::new())
+        .max_attempts(3)
+        .build()
+        .expect("a valid retry");
+    let breaker = steadfast::CircuitBreakerLayer::builder()
+        .name("bench")
+        .classify(GrpcErrorsAsFailures::new())
+        .build()
+        .expect("a valid breaker");
+    let mut with_breaker = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(GrpcStatusLayer::new())
+            .map_request(replayable)
+            .layer(retry)
+            .map_request(into_tonic_body)
+            .layer(breaker)
+            .service(server.clone()),
+    );
+    group.bench_function("steadfast, breaker judging at the end of the body", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(with_breaker.check(check()))
+                .expect("served")
+        });
     });
 
     let policy = TowerGrpcPolicy {
