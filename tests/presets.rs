@@ -349,3 +349,130 @@ async fn the_replica_stack_hedges_only_to_a_free_replica() {
         "a hedge to the free replica"
     );
 }
+
+/// A replica for the deadline tests: it answers 200 after `before` until
+/// `turned` is set, then `status` after `after`, and counts its calls.
+fn turning_replica(
+    id: &'static str,
+    turned: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    calls: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+    before: Duration,
+    (status, after): (u16, Duration),
+) -> (
+    &'static str,
+    Replica<
+        tower::util::BoxCloneSyncService<http::Request<String>, http::Response<String>, BoxError>,
+    >,
+) {
+    use std::sync::atomic::Ordering;
+    let (turned, calls) = (turned.clone(), calls.clone());
+    let service = tower::service_fn(move |_req: http::Request<String>| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let (status, wait) = if turned.load(Ordering::SeqCst) {
+            (status, after)
+        } else {
+            (200, before)
+        };
+        async move {
+            tokio::time::sleep(wait).await;
+            let mut res = http::Response::new(String::new());
+            *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            Ok::<_, BoxError>(res)
+        }
+    });
+    (
+        id,
+        Replica::new(tower::util::BoxCloneSyncService::new(service)),
+    )
+}
+
+/// Through `ReplicaStack`, a retry that could not answer before the total
+/// timeout is not sent: the replicas answer in 100 ms, then fail after
+/// 220 ms. With a 300 ms total, 80 ms are left when the first attempt
+/// fails, less than the other replica takes, so the caller gets that 503
+/// at once (not a timeout at 300 ms) and no retry loads the fleet. With a
+/// 2 s total the retries go, and the caller still gets the 503.
+#[tokio::test(start_paused = true)]
+async fn the_replica_stack_sends_no_retry_that_would_come_too_late() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use steadfast::hedge::HedgeDelay;
+
+    const MS: Duration = Duration::from_millis(1);
+    for (total, attempts_wanted) in [(300 * MS, 1), (2 * SEC, 3)] {
+        let failing = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(AtomicU64::new(0));
+        let parts = ReplicaStack::new("late")
+            .total_timeout(total)
+            .attempt_timeout(total - 10 * MS)
+            .hedge(HedgeDelay::Fixed(Duration::MAX))
+            .build(
+                ["a", "b", "c"]
+                    .map(|id| turning_replica(id, &failing, &calls, 100 * MS, (503, 220 * MS))),
+            )
+            .unwrap();
+        let mut svc = parts.service;
+        for _ in 0..30 {
+            let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+            assert_eq!(res.status(), 200);
+        }
+        failing.store(true, Ordering::SeqCst);
+        let before = calls.load(Ordering::SeqCst);
+        let started = tokio::time::Instant::now();
+        let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+        assert_eq!(res.status(), 503, "the last attempt's own answer");
+        let attempts = calls.load(Ordering::SeqCst) - before;
+        assert_eq!(attempts, attempts_wanted, "with {total:?} for the call");
+        if attempts_wanted == 1 {
+            let took = started.elapsed();
+            assert!(took < 230 * MS, "answered when it failed, after {took:?}");
+        }
+    }
+}
+
+/// Through `ReplicaStack`, a hedge that could not answer before the total
+/// timeout is not sent: the replicas turn slow (1 s, after answering in
+/// 100 ms). The hedge is due after 50 ms; with a 120 ms total, 70 ms are
+/// left, less than another replica takes, so no hedge goes and the call
+/// times out having made one attempt. With a 5 s total the hedge goes.
+#[tokio::test(start_paused = true)]
+async fn the_replica_stack_sends_no_hedge_that_would_come_too_late() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use steadfast::hedge::HedgeDelay;
+
+    const MS: Duration = Duration::from_millis(1);
+    for (total, attempts_wanted) in [(120 * MS, 1), (5 * SEC, 2)] {
+        let slow = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(AtomicU64::new(0));
+        let parts = ReplicaStack::new("late")
+            .total_timeout(total)
+            .attempt_timeout(total - MS)
+            .max_attempts(2)
+            .hedge(HedgeDelay::Fixed(50 * MS))
+            .build(
+                ["a", "b", "c"]
+                    .map(|id| turning_replica(id, &slow, &calls, 100 * MS, (200, 1_000 * MS))),
+            )
+            .unwrap();
+        let mut svc = parts.service;
+        for _ in 0..30 {
+            let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+            assert_eq!(res.status(), 200);
+        }
+        slow.store(true, Ordering::SeqCst);
+        let before = calls.load(Ordering::SeqCst);
+        let outcome = svc.ready().await.unwrap().call(get()).await;
+        let attempts = calls.load(Ordering::SeqCst) - before;
+        assert_eq!(attempts, attempts_wanted, "with {total:?} for the call");
+        if attempts_wanted == 1 {
+            let err = outcome.expect_err("timed out");
+            assert!(
+                err.is::<tower::timeout::error::Elapsed>(),
+                "the total timeout: {err}"
+            );
+        } else {
+            assert_eq!(outcome.unwrap().status(), 200);
+        }
+    }
+}
