@@ -350,6 +350,10 @@ async fn the_replica_stack_hedges_only_to_a_free_replica() {
     );
 }
 
+/// A replica's service, boxed.
+type Boxed =
+    tower::util::BoxCloneSyncService<http::Request<String>, http::Response<String>, BoxError>;
+
 /// A replica for the deadline tests: it answers 200 after `before` until
 /// `turned` is set, then `status` after `after`, and counts its calls.
 fn turning_replica(
@@ -358,12 +362,7 @@ fn turning_replica(
     calls: &std::sync::Arc<std::sync::atomic::AtomicU64>,
     before: Duration,
     (status, after): (u16, Duration),
-) -> (
-    &'static str,
-    Replica<
-        tower::util::BoxCloneSyncService<http::Request<String>, http::Response<String>, BoxError>,
-    >,
-) {
+) -> (&'static str, Replica<Boxed>) {
     use std::sync::atomic::Ordering;
     let (turned, calls) = (turned.clone(), calls.clone());
     let service = tower::service_fn(move |_req: http::Request<String>| {
