@@ -26,15 +26,10 @@ pin_project! {
         S: Service<Req>,
     {
         #[pin]
-        state: State<S::Future>,
+        state: State<S::Future, Req, Result<S::Response, S::Error>>,
         service: S,
         // The copy later attempts are made from, if the request may be sent again.
         template: Option<Req>,
-        // The next attempt's request, while it waits out its backoff.
-        next: Option<Req>,
-        // The failure it retries, while it does: the answer if the pool
-        // below declines the retry as too late.
-        last: Option<Result<S::Response, S::Error>>,
         policy: PerClone<Policy<C, R>>,
         // The request's attempt record, or this layer's part in it.
         share: Share,
@@ -45,14 +40,27 @@ pin_project! {
 }
 
 pin_project! {
+    // A retry's request and the failure it retries live in the states
+    // that have them, beside the attempt's future, not after it: the
+    // future of a call stays as small as its attempt's.
     #[project = StateProj]
-    enum State<F> {
+    #[project_replace = StateReplace]
+    enum State<F, Req, Out> {
         Called { #[pin] future: F },
-        // Boxed: a timer entry is large, and only a retry needs one; the
-        // future of a call that succeeds stays small.
-        Backoff { sleep: Pin<Box<Sleep>> },
-        Ready,
+        // Boxed: a timer entry is large, and only a retry needs one.
+        Backoff { sleep: Pin<Box<Sleep>>, retry: Retrying<Req, Out> },
+        Ready { retry: Retrying<Req, Out> },
+        // Between two of the above, while a retry is moved on; no poll
+        // finds it.
+        Sending,
     }
+}
+
+/// A retry on its way: the request it sends, and the failure it retries
+/// (the answer if the pool below declines the retry as too late).
+struct Retrying<Req, Out> {
+    request: Req,
+    last: Out,
 }
 
 impl<S, Req, C, R> std::fmt::Debug for ResponseFuture<S, Req, C, R>
@@ -83,8 +91,6 @@ where
             state: State::Called { future },
             service,
             template,
-            next: None,
-            last: None,
             policy,
             share,
             attempt: 1,
@@ -132,8 +138,10 @@ where
                     let Ok(next) = admitted else {
                         return Poll::Ready(result);
                     };
-                    *this.next = Some(next);
-                    *this.last = Some(result);
+                    let retry = Retrying {
+                        request: next,
+                        last: result,
+                    };
                     if verdict.pushback().is_some() {
                         policy.metrics.retried_pushback.increment(1);
                     } else {
@@ -143,25 +151,38 @@ where
                     *this.previous_delay = delay;
                     // Called -> Backoff (or straight to Ready for no delay).
                     if delay.is_zero() {
-                        this.state.set(State::Ready);
+                        this.state.set(State::Ready { retry });
                     } else {
                         this.state.set(State::Backoff {
                             sleep: Box::pin(tokio::time::sleep(delay)),
+                            retry,
                         });
                     }
                 }
-                StateProj::Backoff { sleep } => {
+                StateProj::Backoff { sleep, .. } => {
                     ready!(sleep.as_mut().poll(cx));
                     // Backoff -> Ready: the delay is over.
-                    this.state.set(State::Ready);
+                    let StateReplace::Backoff { retry, .. } =
+                        this.state.as_mut().project_replace(State::Sending)
+                    else {
+                        unreachable!("in the backoff state");
+                    };
+                    this.state.set(State::Ready { retry });
                 }
-                StateProj::Ready => {
+                StateProj::Sending => unreachable!("no poll finds the state in between"),
+                StateProj::Ready { .. } => {
                     if let Err(err) = ready!(this.service.poll_ready(cx)) {
                         return Poll::Ready(Err(err));
                     }
-                    let Some(mut req) = this.next.take() else {
-                        unreachable!("a retry is only scheduled with its request");
+                    let StateReplace::Ready { retry } =
+                        this.state.as_mut().project_replace(State::Sending)
+                    else {
+                        unreachable!("in the ready state");
                     };
+                    let Retrying {
+                        request: mut req,
+                        last,
+                    } = retry;
                     let policy = &**this.policy;
                     if let Some(left) = this.share.time_left() {
                         policy.replay.mark_time_left(&mut req, left);
@@ -175,14 +196,10 @@ where
                         policy
                             .admission
                             .decline_too_late(this.share, &policy.budget);
-                        if let Some(last) = this.last.take() {
-                            return Poll::Ready(last);
-                        }
-                    } else {
-                        policy.metrics.attempts.increment(1);
+                        return Poll::Ready(last);
                     }
+                    policy.metrics.attempts.increment(1);
                     // Ready -> Called: the next attempt is sent.
-                    *this.last = None;
                     this.state.set(State::Called { future });
                 }
             }
