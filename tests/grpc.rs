@@ -492,15 +492,18 @@ async fn the_server_reports_not_serving_while_its_dependency_is_open() {
     task.abort();
 }
 
-/// Runs `check` until it says `healthy` (or 10,000 rounds, yielding
-/// between them so the connection's task can deliver what the server
-/// sent): whether it did.
+/// Runs `check` until it says `healthy`, a round every millisecond for at
+/// most 10 s (what the server sent comes over a real socket, which a busy
+/// machine may deliver late): whether it did.
 async fn until_check(check: &GrpcCheck<Channel>, healthy: bool) -> bool {
-    for _ in 0..10_000 {
+    const PATIENCE: Duration = Duration::from_secs(10);
+    const BETWEEN_ROUNDS: Duration = Duration::from_millis(1);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
         if check.check().await.is_ok() == healthy {
             return true;
         }
-        tokio::task::yield_now().await;
+        tokio::time::sleep(BETWEEN_ROUNDS).await;
     }
     false
 }
